@@ -1,0 +1,203 @@
+//! HTTP plumbing every service shares: RFC 9457 problems, the operational
+//! endpoints (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`),
+//! request metrics, and serving with graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use orderflow_domain::intake::FieldError;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::metrics::HttpMetrics;
+use crate::shutdown::CancellationToken;
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
+}
+
+impl Problem {
+    /// `kind` becomes the type URI `https://orderflow.dev/problems/<kind>`.
+    pub fn new(status: StatusCode, kind: &str, detail: impl Into<String>) -> Self {
+        Problem {
+            type_uri: format!("https://orderflow.dev/problems/{kind}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            errors: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let mut p = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "the request has invalid fields",
+        );
+        p.errors = errors;
+        p
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::NOT_FOUND, "not-found", detail)
+    }
+
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry_after = self.retry_after;
+        let mut response = (status, Json(self)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(after) = retry_after {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs().max(1)),
+            );
+        }
+        response
+    }
+}
+
+pub type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// A named readiness check: a dependency the service cannot work without.
+pub type ReadinessCheck = (&'static str, Arc<dyn Fn() -> CheckFuture + Send + Sync>);
+
+/// Everything the operational endpoints need.
+pub struct Ops {
+    pub service: &'static str,
+    pub openapi: &'static str,
+    pub checks: Vec<ReadinessCheck>,
+    pub registry: Registry,
+}
+
+/// Adds the operational endpoints, request metrics, and problem fallbacks to
+/// a service's router.
+pub fn with_ops(app: Router, mut ops: Ops) -> Router {
+    let http_metrics = HttpMetrics::register(&mut ops.registry);
+    let registry = Arc::new(ops.registry);
+    let checks = Arc::new(ops.checks);
+    let openapi = ops.openapi;
+    let service = ops.service;
+    app.route(
+        "/healthz",
+        get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+    )
+    .route("/readyz", get(move || readiness(service, checks.clone())))
+    .route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    crate::metrics::encode(&registry),
+                )
+            }
+        }),
+    )
+    .route(
+        "/openapi.json",
+        get(move || async move { ([(header::CONTENT_TYPE, "application/json")], openapi) }),
+    )
+    .route(
+        "/docs",
+        get(|| async { Html(include_str!("http/docs.html")) }),
+    )
+    .fallback(|| async { Problem::not_found("no such endpoint") })
+    .method_not_allowed_fallback(|| async {
+        Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "this endpoint does not support that method",
+        )
+    })
+    .layer(axum::middleware::from_fn_with_state(
+        http_metrics,
+        crate::metrics::track,
+    ))
+}
+
+async fn readiness(service: &'static str, checks: Arc<Vec<ReadinessCheck>>) -> Response {
+    let results = futures::future::join_all(checks.iter().map(|(name, check)| {
+        let fut = check();
+        async move {
+            let outcome = tokio::time::timeout(Duration::from_secs(3), fut)
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()));
+            (*name, outcome)
+        }
+    }))
+    .await;
+    let ready = results.iter().all(|(_, r)| r.is_ok());
+    let body = serde_json::json!({
+        "service": service,
+        "status": if ready { "ready" } else { "unavailable" },
+        "checks": results.iter().map(|(name, r)| (name.to_string(), match r {
+            Ok(()) => serde_json::json!("ok"),
+            Err(e) => serde_json::json!(e),
+        })).collect::<serde_json::Map<_, _>>(),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Binds `addr`; returns the listener so callers (and tests) learn the port.
+pub async fn bind(bind: &str, port: u16) -> anyhow::Result<tokio::net::TcpListener> {
+    let addr: SocketAddr = format!("{bind}:{port}").parse()?;
+    Ok(tokio::net::TcpListener::bind(addr).await?)
+}
+
+/// Serves until `shutdown` trips, then lets in-flight requests finish for
+/// at most `grace`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let stop = shutdown.clone();
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+    tokio::select! {
+        r = server => r?,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("in-flight requests did not finish within the shutdown grace period");
+        }
+    }
+    Ok(())
+}

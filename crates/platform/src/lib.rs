@@ -1,0 +1,11 @@
+//! Shared runtime plumbing for every orderflow binary: one configuration
+//! loader, one telemetry init, one Kafka client setup.
+
+pub mod config;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
+pub mod mongo;
+pub mod redis;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,77 @@
+//! One telemetry init for every binary: JSON logs on stdout and an
+//! OpenTelemetry tracer whose context travels in Kafka headers (W3C
+//! `traceparent`). Span export over OTLP is added by the packaging work; until
+//! then spans get real, propagated trace ids that appear in the logs.
+
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::Context;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+/// Keeps the tracer provider alive; call [`Telemetry::shutdown`] last.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    pub fn shutdown(self) {
+        if let Err(e) = self.provider.shutdown() {
+            eprintln!("telemetry shutdown: {e}");
+        }
+    }
+}
+
+/// Installs the global subscriber and propagator. Log level from `RUST_LOG`
+/// (default `info`).
+pub fn init(service: &'static str) -> Telemetry {
+    let provider = SdkTracerProvider::builder()
+        .with_resource(Resource::builder().with_service_name(service).build())
+        .build();
+    let tracer = provider.tracer(service);
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    opentelemetry::global::set_tracer_provider(provider.clone());
+
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,mongodb=warn,hyper=warn,h2=warn"));
+    let fmt = tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_target(true);
+    // `try_init` so tests that start several services in one process work.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .try_init();
+    Telemetry { provider }
+}
+
+/// The W3C trace id of a span, for log lines (`trace_id` field).
+pub fn trace_id(span: &tracing::Span) -> String {
+    span.context().span().span_context().trace_id().to_string()
+}
+
+/// Makes `parent` (extracted from a message or request) the parent of `span`.
+pub fn set_parent(span: &tracing::Span, parent: Context) {
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// Injects the context of `span` through the global propagator.
+pub fn inject(span: &tracing::Span, carrier: &mut dyn opentelemetry::propagation::Injector) {
+    let cx = span.context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, carrier));
+}
+
+/// Extracts a remote parent context through the global propagator.
+pub fn extract(carrier: &dyn opentelemetry::propagation::Extractor) -> Context {
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(carrier))
+}
