@@ -201,3 +201,15 @@ pub async fn serve(
     }
     Ok(())
 }
+
+/// Reads a W3C trace context from incoming HTTP headers.
+pub struct HttpHeaderExtractor<'a>(pub &'a axum::http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HttpHeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}

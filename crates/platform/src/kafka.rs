@@ -106,10 +106,8 @@ pub async fn ensure_topics(
 
 /// Asks the cluster for metadata: proves the brokers answer. Blocking
 /// librdkafka call, so it runs off the async threads.
-pub async fn check_reachable<C>(client: C, timeout: Duration) -> Result<(), String>
-where
-    C: rdkafka::producer::Producer + Clone + Send + 'static,
-{
+pub async fn check_reachable(client: FutureProducer, timeout: Duration) -> Result<(), String> {
+    use rdkafka::producer::Producer as _;
     tokio::task::spawn_blocking(move || {
         client
             .client()

@@ -10,6 +10,8 @@ use mongodb::{Client, Database, IndexModel};
 
 use crate::config::MongoArgs;
 
+pub mod documents;
+
 pub const DEFAULT_DATABASE: &str = "orders";
 /// Collection names (SPEC §4).
 pub const ORDERS: &str = "orders";

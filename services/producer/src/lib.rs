@@ -1,1 +1,133 @@
+//! The producer: `POST /orders` validates a request, publishes OrderPlaced to
+//! Kafka and answers 202 only after the broker acknowledged it (acks=all).
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::post;
+use axum::Router;
+use clap::Parser;
+use orderflow_platform::config::{HttpArgs, KafkaArgs, RedisArgs, TopicArgs};
+use orderflow_platform::http::{self, Ops, ReadinessCheck};
+use orderflow_platform::redis::LazyRedis;
+use orderflow_platform::shutdown::CancellationToken;
+use prometheus_client::registry::Registry;
+use rdkafka::producer::{FutureProducer, Producer};
+
+mod orders;
+mod recent;
+
+pub use recent::RecentOrders;
+
+pub const SERVICE: &str = "producer";
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "producer", about = "orderflow producer: POST /orders → Kafka")]
+pub struct Args {
+    #[arg(long, env = "API_PORT", default_value_t = 3000)]
+    pub port: u16,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "BODY_LIMIT", default_value_t = 64 * 1024)]
+    pub body_limit: usize,
+    /// How long a request waits for the broker's acknowledgement before 503.
+    #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub publish_timeout: Duration,
+    /// Redis list holding the most recent orders.
+    #[arg(long, env = "RECENT_ORDERS_KEY", default_value = "orders:recent")]
+    pub recent_key: String,
+    /// How many recent orders the Redis list keeps.
+    #[arg(long, env = "RECENT_ORDERS_LIMIT", default_value_t = 10)]
+    pub recent_limit: usize,
+    /// Time limit of each Redis call; Redis never holds up a request longer.
+    #[arg(long, env = "REDIS_TIMEOUT", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    producer: FutureProducer,
+    topic: Arc<str>,
+    publish_timeout: Duration,
+    recent: Arc<RecentOrders>,
+    metrics: orders::Metrics,
+}
+
+/// A started producer: where it listens and how to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Binds, builds the app and serves it in a task until `shutdown` trips;
+/// on the way out the Kafka producer is flushed.
+pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let producer = orderflow_platform::kafka::producer(&args.kafka, SERVICE, args.publish_timeout)?;
+    let recent = Arc::new(RecentOrders::new(
+        LazyRedis::new(&args.redis, args.redis_timeout)?,
+        args.recent_key.clone(),
+        args.recent_limit,
+    ));
+    let mut registry = Registry::with_prefix("orderflow_producer");
+    let state = AppState {
+        producer: producer.clone(),
+        topic: args.topics.orders.as_str().into(),
+        publish_timeout: args.publish_timeout,
+        recent,
+        metrics: orders::Metrics::register(&mut registry),
+    };
+    let kafka_check = producer.clone();
+    let checks: Vec<ReadinessCheck> = vec![(
+        "kafka",
+        Arc::new(move || {
+            let p = kafka_check.clone();
+            Box::pin(orderflow_platform::kafka::check_reachable(
+                p,
+                Duration::from_secs(2),
+            ))
+        }),
+    )];
+    let app = Router::new()
+        .route("/orders", post(orders::create_order))
+        .layer(DefaultBodyLimit::max(args.body_limit))
+        .with_state(state);
+    let app = http::with_ops(
+        app,
+        Ops {
+            service: SERVICE,
+            openapi: include_str!("../openapi.json"),
+            checks,
+            registry,
+        },
+    );
+    let listener = http::bind(&args.http.bind, args.port).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, topic = %args.topics.orders, "producer listening");
+    let grace = args.http.shutdown_grace;
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let served = http::serve(listener, app, token, grace).await;
+        // Whatever was acknowledged is already durable; flush the rest.
+        let flushed =
+            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+        if let Ok(Err(e)) = flushed {
+            tracing::warn!(error = %e, "flushing the Kafka producer");
+        }
+        served
+    });
+    Ok(Running {
+        addr,
+        shutdown,
+        task,
+    })
+}

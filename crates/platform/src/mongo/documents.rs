@@ -1,0 +1,133 @@
+//! The documents orderflow keeps in MongoDB. Amounts are integer minor units
+//! (`…Cents`), so aggregations over them are exact.
+
+use bson::DateTime;
+use orderflow_domain::events::{OrderValidated, PricedItem};
+use orderflow_domain::{Money, OrderStatus};
+use serde::{Deserialize, Serialize};
+
+/// One order in the `orders` collection (unique `orderId`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderDocument {
+    pub order_id: String,
+    pub customer_id: String,
+    pub currency: String,
+    pub status: OrderStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    pub items: Vec<ItemDocument>,
+    pub total_cents: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_total_cents: Option<i64>,
+    /// When the producer accepted the order.
+    pub received_at: DateTime,
+    /// When the persist stage stored it.
+    pub processed_at: DateTime,
+    pub updated_at: DateTime,
+    /// Incremented on every change; the basis of ETag / If-Match.
+    pub version: i64,
+    pub history: Vec<StatusChange>,
+    /// What the persist stage decided, so a replay emits the same event.
+    pub validation: Validation,
+    pub source: SourceRef,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemDocument {
+    pub product_id: String,
+    pub name: String,
+    pub quantity: i64,
+    /// `None` only on a rejected order whose item carried no price.
+    pub unit_price_cents: Option<i64>,
+    pub line_total_cents: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_unit_price_cents: Option<i64>,
+    pub tracked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusChange {
+    pub status: OrderStatus,
+    pub at: DateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Validation {
+    pub accepted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Where the order came from in Kafka.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceRef {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl From<&PricedItem> for ItemDocument {
+    fn from(i: &PricedItem) -> Self {
+        ItemDocument {
+            product_id: i.product_id.clone(),
+            name: i.name.clone(),
+            quantity: i64::from(i.quantity),
+            unit_price_cents: Some(i.unit_price.minor()),
+            line_total_cents: Some(i.line_total.minor()),
+            client_unit_price_cents: i.client_unit_price.map(Money::minor),
+            tracked: i.tracked,
+        }
+    }
+}
+
+fn offset_date_time(dt: DateTime) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(dt.timestamp_millis()) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+pub fn bson_date(t: time::OffsetDateTime) -> DateTime {
+    DateTime::from_millis((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+impl OrderDocument {
+    /// The OrderValidated event of an accepted order, rebuilt from what is
+    /// stored, so a redelivered message re-emits exactly the same facts.
+    pub fn to_validated(&self) -> Option<OrderValidated> {
+        if !self.validation.accepted {
+            return None;
+        }
+        let items = self
+            .items
+            .iter()
+            .map(|i| {
+                Some(PricedItem {
+                    product_id: i.product_id.clone(),
+                    name: i.name.clone(),
+                    quantity: u32::try_from(i.quantity).ok()?,
+                    unit_price: Money::from_minor(i.unit_price_cents?),
+                    line_total: Money::from_minor(i.line_total_cents?),
+                    client_unit_price: i.client_unit_price_cents.map(Money::from_minor),
+                    tracked: i.tracked,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(OrderValidated {
+            order_id: self.order_id.clone(),
+            customer_id: self.customer_id.clone(),
+            currency: self.currency.clone(),
+            items,
+            total_amount: Money::from_minor(self.total_cents),
+            placed_at: offset_date_time(self.received_at),
+            validated_at: offset_date_time(self.processed_at),
+        })
+    }
+}

@@ -1,0 +1,385 @@
+//! The persist stage (SPEC §4): stores each OrderPlaced in MongoDB exactly
+//! once, priced by the catalogue, and emits OrderValidated (or, for an order
+//! the catalogue refuses, OrderRejected to `notifications`).
+//!
+//! Idempotence: `orderId` is unique, so a redelivered or re-posted order hits
+//! a duplicate key and leaves the stored order untouched; the events are
+//! always rebuilt from the *stored* document, so a crash between the write
+//! and the publish re-emits the same facts on redelivery.
+
+use std::collections::{HashMap, HashSet};
+
+use bson::{doc, Bson, Document};
+use mongodb::{Collection, Database};
+use orderflow_domain::events::{types, OrderPlaced, OrderRejected};
+use orderflow_domain::pricing::{price_order, Catalogue, CatalogueEntry};
+use orderflow_domain::{Money, OrderStatus};
+use orderflow_platform::kafka::headers::{self, Envelope};
+use orderflow_platform::mongo::documents::{
+    bson_date, ItemDocument, OrderDocument, SourceRef, StatusChange, Validation,
+};
+use orderflow_platform::mongo::{INVENTORY, ORDERS};
+use orderflow_platform::telemetry;
+use rdkafka::message::{Message, OwnedMessage};
+use time::OffsetDateTime;
+
+use crate::runner::{Outcome, Outgoing, Stage, Transient};
+
+pub const SOURCE: &str = "/orderflow/consumer/persist";
+
+pub struct Persist {
+    orders: Collection<OrderDocument>,
+    inventory: Collection<Document>,
+    validated_topic: String,
+    notifications_topic: String,
+    strict_catalogue: bool,
+}
+
+impl Persist {
+    pub fn new(
+        db: &Database,
+        validated_topic: String,
+        notifications_topic: String,
+        strict_catalogue: bool,
+    ) -> Self {
+        Persist {
+            orders: db.collection(ORDERS),
+            inventory: db.collection(INVENTORY),
+            validated_topic,
+            notifications_topic,
+            strict_catalogue,
+        }
+    }
+
+    async fn load_catalogue(&self, product_ids: Vec<&str>) -> Result<Catalogue, Transient> {
+        if product_ids.is_empty() {
+            return Ok(Catalogue::new());
+        }
+        let mut cursor = self
+            .inventory
+            .find(doc! {"productId": {"$in": product_ids}})
+            .await
+            .map_err(|e| Transient(format!("reading the catalogue: {e}")))?;
+        let mut catalogue = Catalogue::new();
+        while cursor
+            .advance()
+            .await
+            .map_err(|e| Transient(format!("reading the catalogue: {e}")))?
+        {
+            let d = cursor
+                .deserialize_current()
+                .map_err(|e| Transient(format!("reading the catalogue: {e}")))?;
+            if let Some(entry) = catalogue_entry(&d) {
+                catalogue.insert(entry.product_id.clone(), entry);
+            }
+        }
+        Ok(catalogue)
+    }
+
+    /// Inserts the new documents; returns the indexes that were new and
+    /// those the server refused for good (other than as duplicates).
+    async fn insert(
+        &self,
+        docs: &[OrderDocument],
+    ) -> Result<(HashSet<usize>, HashMap<usize, String>), Transient> {
+        let mut new: HashSet<usize> = (0..docs.len()).collect();
+        let mut refused = HashMap::new();
+        if docs.is_empty() {
+            return Ok((new, refused));
+        }
+        match self.orders.insert_many(docs).ordered(false).await {
+            Ok(_) => {}
+            Err(e) => match e.kind.as_ref() {
+                mongodb::error::ErrorKind::InsertMany(ime) if ime.write_concern_error.is_none() => {
+                    for we in ime.write_errors.iter().flatten() {
+                        new.remove(&we.index);
+                        if we.code != 11000 {
+                            refused.insert(we.index, format!("{} ({})", we.message, we.code));
+                        }
+                    }
+                }
+                // Not attributable to one document: retrying is all we can do.
+                _ => return Err(Transient(format!("storing orders: {e}"))),
+            },
+        }
+        Ok((new, refused))
+    }
+
+    async fn load_stored(
+        &self,
+        ids: Vec<&str>,
+    ) -> Result<HashMap<String, OrderDocument>, Transient> {
+        let mut stored = HashMap::new();
+        if ids.is_empty() {
+            return Ok(stored);
+        }
+        let mut cursor = self
+            .orders
+            .find(doc! {"orderId": {"$in": ids}})
+            .await
+            .map_err(|e| Transient(format!("reading stored orders: {e}")))?;
+        while cursor
+            .advance()
+            .await
+            .map_err(|e| Transient(format!("reading stored orders: {e}")))?
+        {
+            let d = cursor
+                .deserialize_current()
+                .map_err(|e| Transient(format!("reading stored orders: {e}")))?;
+            stored.insert(d.order_id.clone(), d);
+        }
+        Ok(stored)
+    }
+
+    fn emit(&self, stored: &OrderDocument, span: &tracing::Span) -> Result<Outgoing, Transient> {
+        let (topic, event_type, payload) = match stored.to_validated() {
+            Some(validated) => (
+                &self.validated_topic,
+                types::ORDER_VALIDATED,
+                serde_json::to_vec(&validated),
+            ),
+            None if !stored.validation.accepted => {
+                let rejected = OrderRejected {
+                    order_id: stored.order_id.clone(),
+                    customer_id: stored.customer_id.clone(),
+                    reason: stored.validation.reason.clone().unwrap_or_default(),
+                    detail: stored.validation.detail.clone().unwrap_or_default(),
+                    rejected_at: OffsetDateTime::now_utc(),
+                };
+                (
+                    &self.notifications_topic,
+                    types::ORDER_REJECTED,
+                    serde_json::to_vec(&rejected),
+                )
+            }
+            None => {
+                return Err(Transient(format!(
+                    "stored order {} is inconsistent",
+                    stored.order_id
+                )))
+            }
+        };
+        let payload = payload.map_err(|e| Transient(e.to_string()))?;
+        let headers = headers::for_event(
+            &Envelope {
+                event_type,
+                source: SOURCE,
+                subject: &stored.order_id,
+                time: OffsetDateTime::now_utc(),
+            },
+            span,
+        );
+        Ok(Outgoing {
+            topic: topic.clone(),
+            key: stored.order_id.as_bytes().to_vec(),
+            payload,
+            headers,
+        })
+    }
+}
+
+fn catalogue_entry(d: &Document) -> Option<CatalogueEntry> {
+    let product_id = d.get_str("productId").ok()?.to_owned();
+    let cents = match d.get("unitPriceCents")? {
+        Bson::Int64(v) => *v,
+        Bson::Int32(v) => i64::from(*v),
+        _ => return None,
+    };
+    Some(CatalogueEntry {
+        name: d
+            .get_str("name")
+            .map(str::to_owned)
+            .unwrap_or_else(|_| product_id.clone()),
+        product_id,
+        unit_price: Money::from_minor(cents),
+    })
+}
+
+/// Decodes an OrderPlaced, or says why the message can never be one.
+fn decode(msg: &OwnedMessage) -> Result<OrderPlaced, (&'static str, String)> {
+    if let Some(t) = headers::get(msg.headers().map(|h| h.as_borrowed()), headers::TYPE) {
+        if t != types::ORDER_PLACED {
+            return Err(("unexpected_event_type", format!("ce_type {t}")));
+        }
+    }
+    let payload = msg
+        .payload()
+        .ok_or(("undecodable", "empty payload".to_string()))?;
+    let order: OrderPlaced =
+        serde_json::from_slice(payload).map_err(|e| ("undecodable", e.to_string()))?;
+    let valid_id = !order.order_id.is_empty() && order.order_id.len() <= 64;
+    if !valid_id
+        || order.customer_id.is_empty()
+        || order.items.is_empty()
+        || order.items.iter().any(|i| i.quantity == 0)
+    {
+        return Err((
+            "invalid_event",
+            "orderId, customerId and items with quantity ≥ 1 are required".into(),
+        ));
+    }
+    Ok(order)
+}
+
+fn document(
+    order: &OrderPlaced,
+    msg: &OwnedMessage,
+    catalogue: &Catalogue,
+    strict: bool,
+    now: OffsetDateTime,
+) -> OrderDocument {
+    let at = bson_date(now);
+    let (status, items, total_cents, validation) =
+        match price_order(&order.items, catalogue, strict) {
+            Ok(priced) => (
+                OrderStatus::Placed,
+                priced.items.iter().map(ItemDocument::from).collect(),
+                priced.total.minor(),
+                Validation {
+                    accepted: true,
+                    reason: None,
+                    detail: None,
+                },
+            ),
+            Err(rejection) => (
+                OrderStatus::Rejected,
+                order
+                    .items
+                    .iter()
+                    .map(|i| ItemDocument {
+                        product_id: i.product_id.clone(),
+                        name: i.name.clone().unwrap_or_else(|| i.product_id.clone()),
+                        quantity: i64::from(i.quantity),
+                        unit_price_cents: i.unit_price.map(Money::minor),
+                        line_total_cents: i
+                            .unit_price
+                            .and_then(|p| p.checked_mul(i.quantity))
+                            .map(Money::minor),
+                        client_unit_price_cents: None,
+                        tracked: false,
+                    })
+                    .collect(),
+                order.total_amount.map(Money::minor).unwrap_or(0),
+                Validation {
+                    accepted: false,
+                    reason: Some(rejection.reason.to_owned()),
+                    detail: Some(rejection.detail),
+                },
+            ),
+        };
+    let client_total_cents = order
+        .client_total
+        .or(order.total_amount)
+        .map(Money::minor)
+        .filter(|c| *c != total_cents);
+    OrderDocument {
+        order_id: order.order_id.clone(),
+        customer_id: order.customer_id.clone(),
+        currency: order.currency.clone(),
+        status,
+        status_reason: validation.reason.clone(),
+        items,
+        total_cents,
+        client_total_cents,
+        received_at: bson_date(order.placed_at),
+        processed_at: at,
+        updated_at: at,
+        version: 1,
+        history: vec![StatusChange {
+            status,
+            at,
+            reason: validation.reason.clone(),
+        }],
+        validation,
+        source: SourceRef {
+            topic: msg.topic().to_owned(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+        },
+    }
+}
+
+impl Stage for Persist {
+    async fn handle(&self, batch: &[OwnedMessage]) -> Result<Vec<Outcome>, Transient> {
+        let decoded: Vec<Result<OrderPlaced, (&'static str, String)>> =
+            batch.iter().map(decode).collect();
+        let orders: Vec<(usize, &OrderPlaced)> = decoded
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| d.as_ref().ok().map(|o| (i, o)))
+            .collect();
+        let product_ids: HashSet<&str> = orders
+            .iter()
+            .flat_map(|(_, o)| o.items.iter().map(|i| i.product_id.as_str()))
+            .collect();
+        let catalogue = self
+            .load_catalogue(product_ids.into_iter().collect())
+            .await?;
+
+        let now = OffsetDateTime::now_utc();
+        let docs: Vec<OrderDocument> = orders
+            .iter()
+            .map(|(i, o)| document(o, &batch[*i], &catalogue, self.strict_catalogue, now))
+            .collect();
+        let (new, refused) = self.insert(&docs).await?;
+        let stored = self
+            .load_stored(orders.iter().map(|(_, o)| o.order_id.as_str()).collect())
+            .await?;
+
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
+        let mut doc_index = 0;
+        for (msg, decoded) in batch.iter().zip(&decoded) {
+            let order = match decoded {
+                Err((reason, error)) => {
+                    outcomes.push(Outcome::DeadLetter {
+                        reason,
+                        error: error.clone(),
+                    });
+                    continue;
+                }
+                Ok(order) => order,
+            };
+            let this_doc = doc_index;
+            doc_index += 1;
+            if let Some(error) = refused.get(&this_doc) {
+                outcomes.push(Outcome::DeadLetter {
+                    reason: "store_refused",
+                    error: error.clone(),
+                });
+                continue;
+            }
+            let Some(doc) = stored.get(&order.order_id) else {
+                return Err(Transient(format!(
+                    "order {} not found after insert",
+                    order.order_id
+                )));
+            };
+            let span = tracing::info_span!(
+                "orders process",
+                otel.kind = "consumer",
+                messaging.system = "kafka",
+                messaging.operation.name = "process",
+                messaging.consumer.group.name = "orderflow-persist",
+                messaging.destination.name = msg.topic(),
+                order_id = %order.order_id,
+            );
+            telemetry::set_parent(
+                &span,
+                headers::parent_context(msg.headers().map(|h| h.as_borrowed())),
+            );
+            if new.contains(&this_doc) {
+                tracing::info!(
+                    parent: &span,
+                    order_id = %doc.order_id,
+                    status = %doc.status,
+                    total = %Money::from_minor(doc.total_cents),
+                    currency = %doc.currency,
+                    trace_id = %telemetry::trace_id(&span),
+                    "order saved"
+                );
+            }
+            outcomes.push(Outcome::Done(vec![self.emit(doc, &span)?]));
+        }
+        Ok(outcomes)
+    }
+}

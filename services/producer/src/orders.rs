@@ -1,0 +1,225 @@
+//! `POST /orders`.
+
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use orderflow_domain::events::{types, OrderPlaced};
+use orderflow_domain::intake::{parse_submission, IntakeError};
+use orderflow_platform::http::{HttpHeaderExtractor, Problem};
+use orderflow_platform::kafka::headers::{self, Envelope};
+use orderflow_platform::telemetry;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
+use time::OffsetDateTime;
+use tracing::Instrument;
+
+use crate::AppState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    orders: Family<OutcomeLabels, Counter>,
+    publish_seconds: Histogram,
+    recent_failures: Counter,
+}
+
+impl Metrics {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let m = Metrics {
+            orders: Family::default(),
+            publish_seconds: orderflow_platform::metrics::latency_histogram(),
+            recent_failures: Counter::default(),
+        };
+        registry.register(
+            "orders",
+            "Order requests by outcome (accepted, invalid, malformed, unavailable)",
+            m.orders.clone(),
+        );
+        registry.register(
+            "publish_duration_seconds",
+            "Time from send to broker acknowledgement",
+            m.publish_seconds.clone(),
+        );
+        registry.register(
+            "recent_orders_failures",
+            "Failed writes to the Redis recent-orders list",
+            m.recent_failures.clone(),
+        );
+        m
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.orders.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+}
+
+/// The 202 body. A typed struct, not `json!`, so money stays an exact
+/// decimal literal (a `serde_json::Value` would turn it into a float).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted<'a> {
+    status: &'static str,
+    order_id: &'a str,
+    total_amount: Option<orderflow_domain::Money>,
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+pub(crate) async fn create_order(
+    State(state): State<AppState>,
+    request_headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    if !is_json(&request_headers) {
+        state.metrics.count("unsupported_media_type");
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "send the order as application/json",
+        ));
+    }
+    let body = body.map_err(|rejection| {
+        state.metrics.count("too_large");
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "the request body exceeds the size limit",
+            )
+        } else {
+            Problem::new(rejection.status(), "bad-request", rejection.body_text())
+        }
+    })?;
+    let submission = parse_submission(&body).map_err(|e| match e {
+        IntakeError::Malformed(detail) => {
+            state.metrics.count("malformed");
+            Problem::new(StatusCode::BAD_REQUEST, "malformed-json", detail)
+        }
+        IntakeError::Invalid(errors) => {
+            state.metrics.count("invalid");
+            Problem::validation(errors)
+        }
+    })?;
+
+    let order_id = submission
+        .order_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let event =
+        OrderPlaced::from_submission(submission, order_id.clone(), OffsetDateTime::now_utc());
+
+    let span = tracing::info_span!(
+        "orders publish",
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.destination.name = %state.topic,
+        order_id = %order_id,
+    );
+    telemetry::set_parent(
+        &span,
+        telemetry::extract(&HttpHeaderExtractor(&request_headers)),
+    );
+    publish(&state, &event).instrument(span.clone()).await?;
+
+    if let Err(e) = state.recent.push(&event).await {
+        state.metrics.recent_failures.inc();
+        tracing::warn!(order_id = %order_id, error = %e, "recent-orders list not updated");
+    }
+    state.metrics.count("accepted");
+    let body = Accepted {
+        status: "queued",
+        order_id: &event.order_id,
+        total_amount: event.total_amount,
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/orders/{}", event.order_id))],
+        Json(body),
+    )
+        .into_response())
+}
+
+/// Sends the event and waits for the broker's acknowledgement, for at most
+/// the publish timeout.
+async fn publish(state: &AppState, event: &OrderPlaced) -> Result<(), Problem> {
+    let payload = serde_json::to_vec(event).map_err(|e| {
+        tracing::error!(error = %e, "serializing OrderPlaced");
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "could not encode the order",
+        )
+    })?;
+    let envelope = Envelope {
+        event_type: types::ORDER_PLACED,
+        source: "/orderflow/producer",
+        subject: &event.order_id,
+        time: event.placed_at,
+    };
+    let record = FutureRecord::to(&state.topic)
+        .key(event.order_id.as_bytes())
+        .payload(&payload)
+        .headers(headers::for_event(&envelope, &tracing::Span::current()));
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(
+        state.publish_timeout,
+        state
+            .producer
+            .send(record, Timeout::After(state.publish_timeout)),
+    )
+    .await;
+    state
+        .metrics
+        .publish_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let unavailable = |detail: String| {
+        state.metrics.count("unavailable");
+        tracing::warn!(order_id = %event.order_id, %detail, "order not acknowledged by the broker");
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker-unavailable",
+            "the order could not be queued in time; retry with the same orderId",
+        )
+        .with_retry_after(std::time::Duration::from_secs(1))
+    };
+    match outcome {
+        Ok(Ok(delivery)) => {
+            tracing::debug!(
+                partition = delivery.partition,
+                offset = delivery.offset,
+                "order acknowledged"
+            );
+            Ok(())
+        }
+        Ok(Err((e, _))) => Err(unavailable(e.to_string())),
+        Err(_) => Err(unavailable("timed out waiting for acknowledgement".into())),
+    }
+}
