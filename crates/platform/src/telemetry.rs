@@ -12,6 +12,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 
 /// Keeps the tracer provider alive; call [`Telemetry::shutdown`] last.
 pub struct Telemetry {
@@ -44,11 +45,15 @@ pub fn init(service: &'static str) -> Telemetry {
         .with_current_span(false)
         .with_span_list(false)
         .with_target(true);
+    // The log level filters log output only: spans that carry trace context
+    // across Kafka must exist whatever RUST_LOG says.
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     // `try_init` so tests that start several services in one process work.
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(fmt.with_filter(filter))
+        .with(traces)
         .try_init();
     Telemetry { provider }
 }

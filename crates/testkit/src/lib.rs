@@ -1,1 +1,283 @@
+//! Test support for tests that run against the real servers `scripts/test`
+//! starts. Each test gets its own topics and its own database, so tests run
+//! in parallel without seeing each other's data.
 
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orderflow_platform::config::{KafkaArgs, TopicArgs};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+
+fn required(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!(
+            "{var} is not set: run the tests through scripts/test, which starts the real servers"
+        )
+    })
+}
+
+/// Broker address of the shared test broker.
+pub fn kafka() -> String {
+    required("ORDERFLOW_TEST_KAFKA")
+}
+
+pub fn kafka_args(brokers: &str) -> KafkaArgs {
+    KafkaArgs {
+        brokers: brokers.to_owned(),
+        extra: String::new(),
+    }
+}
+
+/// `mongodb://host:port/<db>` on the shared test server.
+pub fn mongo_url(db: &str) -> String {
+    format!(
+        "{}/{db}",
+        required("ORDERFLOW_TEST_MONGO").trim_end_matches('/')
+    )
+}
+
+pub fn redis_url() -> String {
+    required("ORDERFLOW_TEST_REDIS")
+}
+
+/// A short unique name for topics, databases and groups.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// A full set of pipeline topics private to one test.
+pub fn topics(prefix: &str) -> TopicArgs {
+    let p = unique(prefix);
+    TopicArgs {
+        orders: format!("{p}.orders"),
+        validated: format!("{p}.orders.validated"),
+        inventory: format!("{p}.inventory.events"),
+        payment: format!("{p}.payment.events"),
+        notifications: format!("{p}.notifications"),
+        dlq: format!("{p}.orders.dlq"),
+    }
+}
+
+/// Creates the topics on `brokers` with their default partition counts.
+pub async fn create_topics(brokers: &str, topics: &TopicArgs) {
+    let admin = orderflow_platform::kafka::admin(&kafka_args(brokers), "testkit").unwrap();
+    orderflow_platform::kafka::ensure_topics(&admin, &topics.all(), 1)
+        .await
+        .expect("creating test topics");
+}
+
+pub async fn mongo_db(name: &str) -> mongodb::Database {
+    let client = mongodb::Client::with_uri_str(mongo_url(name))
+        .await
+        .unwrap();
+    client.database(name)
+}
+
+pub fn producer(brokers: &str) -> FutureProducer {
+    orderflow_platform::kafka::producer(&kafka_args(brokers), "testkit", Duration::from_secs(30))
+        .unwrap()
+}
+
+/// Produces raw bytes to a topic and waits for the acknowledgement.
+pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("producing a test message");
+}
+
+/// Total number of messages in a topic (Σ high − low watermarks).
+pub fn message_count(brokers: &str, topic: &str) -> i64 {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("watermarks"))
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            let (lo, hi) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .unwrap();
+            hi - lo
+        })
+        .sum()
+}
+
+/// Reads a topic from the beginning until `count` messages arrived or
+/// `timeout` passed; returns what it got.
+pub async fn consume(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < count {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => out.push(m.detach()),
+            Ok(Err(e)) => panic!("consuming {topic}: {e}"),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+pub fn header<'a>(msg: &'a OwnedMessage, key: &str) -> Option<&'a str> {
+    orderflow_platform::kafka::headers::get(msg.headers().map(|h| h.as_borrowed()), key)
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if started.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server process owned by one test; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    _dir: Option<TempDir>,
+}
+
+impl Server {
+    /// SIGKILL: the server disappears without a goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn wait_listening(port: u16, what: &str) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what} did not start on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A private tansu broker (SQLite storage) on a free port.
+pub fn spawn_broker() -> Server {
+    let port = free_port();
+    let dir = TempDir::new("tansu");
+    let child = Command::new(required("ORDERFLOW_TEST_TANSU"))
+        .current_dir(&dir.0)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .args([
+            "broker",
+            "--listener-url",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--storage-engine",
+            "sqlite://tansu.db",
+            "--silent",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting tansu");
+    wait_listening(port, "tansu");
+    Server {
+        child,
+        port,
+        _dir: Some(dir),
+    }
+}
+
+/// A private redis-server on a free port.
+pub fn spawn_redis() -> Server {
+    let port = free_port();
+    let child = Command::new(required("ORDERFLOW_TEST_REDIS_SERVER"))
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting redis-server");
+    wait_listening(port, "redis-server");
+    Server {
+        child,
+        port,
+        _dir: None,
+    }
+}

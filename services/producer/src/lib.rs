@@ -43,10 +43,18 @@ pub struct Args {
     #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub publish_timeout: Duration,
     /// Redis list holding the most recent orders.
-    #[arg(long, env = "RECENT_ORDERS_KEY", default_value = "orders:recent")]
+    #[arg(
+        long = "recent-orders-key",
+        env = "RECENT_ORDERS_KEY",
+        default_value = "orders:recent"
+    )]
     pub recent_key: String,
     /// How many recent orders the Redis list keeps.
-    #[arg(long, env = "RECENT_ORDERS_LIMIT", default_value_t = 10)]
+    #[arg(
+        long = "recent-orders-limit",
+        env = "RECENT_ORDERS_LIMIT",
+        default_value_t = 10
+    )]
     pub recent_limit: usize,
     /// Time limit of each Redis call; Redis never holds up a request longer.
     #[arg(long, env = "REDIS_TIMEOUT", default_value = "250ms", value_parser = humantime::parse_duration)]

@@ -1,0 +1,431 @@
+//! POST /orders against the real broker and Redis (started by scripts/test).
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use orderflow_domain::events::OrderPlaced;
+use orderflow_platform::config::TopicArgs;
+use orderflow_platform::kafka::headers;
+use orderflow_platform::shutdown::CancellationToken;
+use orderflow_producer::{start, Args, Running};
+use orderflow_testkit as kit;
+use rdkafka::Message;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn telemetry() {
+    static T: OnceLock<orderflow_platform::telemetry::Telemetry> = OnceLock::new();
+    T.get_or_init(|| orderflow_platform::telemetry::init("producer-test"));
+}
+
+struct Producer {
+    running: Running,
+    base: String,
+    topics: TopicArgs,
+    client: reqwest::Client,
+}
+
+impl Producer {
+    async fn start(brokers: &str, redis: &str, extra: &[&str]) -> Producer {
+        telemetry();
+        let topics = kit::topics("producer");
+        kit::create_topics(brokers, &topics).await;
+        let mut argv = vec![
+            "producer",
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--kafka-brokers",
+            brokers,
+            "--topic-orders",
+            &topics.orders,
+            "--redis-url",
+            redis,
+            "--recent-orders-key",
+        ];
+        let key = format!("{}:recent", topics.orders);
+        argv.push(&key);
+        argv.extend_from_slice(extra);
+        let args = Args::try_parse_from(argv).unwrap();
+        let running = start(args, CancellationToken::new()).await.unwrap();
+        let base = format!("http://{}", running.addr);
+        Producer {
+            running,
+            base,
+            topics,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    async fn post(&self, body: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}/orders", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    fn recent_key(&self) -> String {
+        format!("{}:recent", self.topics.orders)
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.running.shutdown.cancel();
+    }
+}
+
+async fn problem(resp: reqwest::Response, status: StatusCode) -> Value {
+    assert_eq!(resp.status(), status);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["type"].as_str().unwrap().starts_with("https://"));
+    assert!(!body["title"].as_str().unwrap().is_empty());
+    assert!(!body["detail"].as_str().unwrap().is_empty());
+    body
+}
+
+#[tokio::test]
+async fn every_request_shape_is_accepted_and_published_exactly() {
+    let brokers = kit::kafka();
+    let p = Producer::start(&brokers, &kit::redis_url(), &[]).await;
+    let shapes = [
+        (
+            r#"{"orderId":"c-1","customerId":"u-42","currency":"USD","items":[{"productId":"coffee","name":"Coffee","quantity":3,"unitPrice":0.1}],"totalAmount":0.3}"#,
+            Some("0.30"),
+        ),
+        (
+            r#"{"orderId":"r0-1","userId":"u-42","price":29.99,"items":["coffee","mug"]}"#,
+            None,
+        ),
+        (
+            r#"{"orderId":"r1-1","userId":"user123","products":[{"id":"prod-1","name":"Product 1","price":19.99,"quantity":2}],"totalAmount":39.98}"#,
+            Some("39.98"),
+        ),
+        (
+            r#"{"orderId":"r2-1","customerId":"customer-123","productId":"product-A","quantity":2}"#,
+            None,
+        ),
+    ];
+    for (body, total) in shapes {
+        let resp = p.post(body).await;
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "{body}");
+        let location = resp.headers()["location"].to_str().unwrap().to_owned();
+        let text = resp.text().await.unwrap();
+        let accepted: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(accepted["status"], "queued");
+        assert_eq!(
+            location,
+            format!("/orders/{}", accepted["orderId"].as_str().unwrap())
+        );
+        match total {
+            // The literal text, not a float: 0.30 stays 0.30.
+            Some(t) => assert!(text.contains(&format!(r#""totalAmount":{t}"#)), "{text}"),
+            None => assert_eq!(accepted["totalAmount"], Value::Null),
+        }
+    }
+    let msgs = kit::consume(&brokers, &p.topics.orders, 4, Duration::from_secs(20)).await;
+    assert_eq!(msgs.len(), 4);
+    let mut events: Vec<OrderPlaced> = Vec::new();
+    for m in &msgs {
+        assert_eq!(
+            kit::header(m, headers::TYPE),
+            Some("dev.orderflow.order.placed")
+        );
+        assert_eq!(kit::header(m, headers::SPECVERSION), Some("1.0"));
+        assert_eq!(kit::header(m, headers::SCHEMA_VERSION), Some("1"));
+        assert!(kit::header(m, headers::ID).is_some_and(|id| !id.is_empty()));
+        assert!(kit::header(m, headers::TIME).is_some());
+        let tp = kit::header(m, "traceparent").expect("traceparent header");
+        assert_eq!(tp.split('-').count(), 4, "{tp}");
+        let ev: OrderPlaced = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        assert_eq!(m.key(), Some(ev.order_id.as_bytes()), "keyed by orderId");
+        assert_eq!(kit::header(m, headers::SUBJECT), Some(ev.order_id.as_str()));
+        events.push(ev);
+    }
+    events.sort_by(|a, b| a.order_id.cmp(&b.order_id));
+    let c = &events[0];
+    assert_eq!(c.order_id, "c-1");
+    assert_eq!(c.total_amount.unwrap().minor(), 30);
+    assert_eq!(c.items[0].unit_price.unwrap().minor(), 10);
+    let r0 = &events[1];
+    assert_eq!(r0.customer_id, "u-42");
+    assert_eq!(
+        r0.items
+            .iter()
+            .map(|i| i.product_id.as_str())
+            .collect::<Vec<_>>(),
+        ["coffee", "mug"]
+    );
+    assert_eq!(r0.client_total.unwrap().minor(), 2999);
+    let r1 = &events[2];
+    assert_eq!(
+        (r1.items[0].product_id.as_str(), r1.items[0].quantity),
+        ("prod-1", 2)
+    );
+    let r2 = &events[3];
+    assert_eq!(
+        (r2.items[0].product_id.as_str(), r2.items[0].quantity),
+        ("product-A", 2)
+    );
+}
+
+#[tokio::test]
+async fn server_assigns_a_uuid_v7_when_no_order_id_is_given() {
+    let p = Producer::start(&kit::kafka(), &kit::redis_url(), &[]).await;
+    let resp = p.post(r#"{"customerId":"c","productId":"p"}"#).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let body: Value = resp.json().await.unwrap();
+    let id = uuid::Uuid::parse_str(body["orderId"].as_str().unwrap()).unwrap();
+    assert_eq!(id.get_version_num(), 7);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_problem_and_publishes_nothing() {
+    let brokers = kit::kafka();
+    let p = Producer::start(&brokers, &kit::redis_url(), &["--body-limit", "1024"]).await;
+
+    problem(
+        p.post(r#"{"customerId": "c", "items": ["#).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(p.post("not json").await, StatusCode::BAD_REQUEST).await;
+
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut req = p
+            .client
+            .post(format!("{}/orders", p.base))
+            .body(r#"{"customerId":"c","productId":"p"}"#);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        problem(
+            req.send().await.unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        )
+        .await;
+    }
+
+    let big = format!(r#"{{"customerId":"{}","productId":"p"}}"#, "x".repeat(2000));
+    problem(p.post(&big).await, StatusCode::PAYLOAD_TOO_LARGE).await;
+
+    let invalid: [(&str, &[&str]); 12] = [
+        (r#"{"productId":"p"}"#, &["customerId"]),
+        (r#"{"customerId":"c"}"#, &["items"]),
+        (r#"{"customerId":"c","items":[]}"#, &["items"]),
+        (
+            r#"{"orderId":"has space","customerId":"c","productId":"p"}"#,
+            &["orderId"],
+        ),
+        (
+            r#"{"customerId":"c","currency":"dollars","productId":"p"}"#,
+            &["currency"],
+        ),
+        (
+            r#"{"customerId":"c","items":[{"name":"no id"}]}"#,
+            &["items[0].productId"],
+        ),
+        (
+            r#"{"customerId":"c","items":[{"id":"p","quantity":0}]}"#,
+            &["items[0].quantity"],
+        ),
+        (
+            r#"{"customerId":"c","items":[{"id":"p","quantity":1.5}]}"#,
+            &["items[0].quantity"],
+        ),
+        (
+            r#"{"customerId":"c","items":[{"id":"p","unitPrice":-1}]}"#,
+            &["items[0].unitPrice"],
+        ),
+        (
+            r#"{"customerId":"c","items":[{"id":"p","unitPrice":1.999}]}"#,
+            &["items[0].unitPrice"],
+        ),
+        (
+            r#"{"customerId":"c","items":[{"id":"p","quantity":2,"unitPrice":1}],"totalAmount":3}"#,
+            &["totalAmount"],
+        ),
+        (
+            r#"{"customerId":7,"items":[{"id":"p","quantity":"x"}],"totalAmount":"1"}"#,
+            &["customerId", "items[0].quantity", "totalAmount"],
+        ),
+    ];
+    for (body, fields) in invalid {
+        let problem = problem(p.post(body).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+        let got: Vec<&str> = problem["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                assert!(!e["message"].as_str().unwrap().is_empty());
+                e["field"].as_str().unwrap()
+            })
+            .collect();
+        assert_eq!(got, fields, "{body}");
+    }
+    assert_eq!(
+        kit::message_count(&brokers, &p.topics.orders),
+        0,
+        "nothing may be published"
+    );
+}
+
+#[tokio::test]
+async fn broker_down_answers_503_within_the_publish_timeout() {
+    let mut broker = kit::spawn_broker();
+    let brokers = format!("127.0.0.1:{}", broker.port);
+    let p = Producer::start(&brokers, &kit::redis_url(), &["--publish-timeout", "2s"]).await;
+    assert_eq!(
+        p.post(r#"{"customerId":"c","productId":"p"}"#)
+            .await
+            .status(),
+        StatusCode::ACCEPTED
+    );
+
+    broker.kill();
+    let started = Instant::now();
+    let resp = p
+        .post(r#"{"orderId":"while-down","customerId":"c","productId":"p"}"#)
+        .await;
+    let elapsed = started.elapsed();
+    assert!(resp.headers().contains_key("retry-after"));
+    problem(resp, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(
+        elapsed < Duration::from_millis(2500),
+        "answered after {elapsed:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(1900),
+        "503 must not come before the timeout: {elapsed:?}"
+    );
+
+    let ready = p
+        .client
+        .get(format!("{}/readyz", p.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn redis_down_still_accepts_orders() {
+    let mut redis = kit::spawn_redis();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let p = Producer::start(&kit::kafka(), &url, &[]).await;
+    assert_eq!(
+        p.post(r#"{"orderId":"r-up","customerId":"c","productId":"p"}"#)
+            .await
+            .status(),
+        StatusCode::ACCEPTED
+    );
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let list: Vec<String> = redis::cmd("LRANGE")
+        .arg(p.recent_key())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1);
+
+    redis.kill();
+    let started = Instant::now();
+    let resp = p
+        .post(r#"{"orderId":"r-down","customerId":"c","productId":"p"}"#)
+        .await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "Redis must not hold the request up"
+    );
+
+    // And with Redis never reachable at all.
+    let unreachable = format!("redis://127.0.0.1:{}", kit::free_port());
+    let p2 = Producer::start(&kit::kafka(), &unreachable, &[]).await;
+    assert_eq!(
+        p2.post(r#"{"customerId":"c","productId":"p"}"#)
+            .await
+            .status(),
+        StatusCode::ACCEPTED
+    );
+}
+
+#[tokio::test]
+async fn recent_orders_list_keeps_the_newest_ten() {
+    let p = Producer::start(&kit::kafka(), &kit::redis_url(), &[]).await;
+    for i in 0..12 {
+        let body = json!({"orderId": format!("recent-{i}"), "customerId": "c", "items": [{"id": "p", "quantity": 3, "price": 0.1}]});
+        assert_eq!(
+            p.post(&body.to_string()).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    let client = redis::Client::open(kit::redis_url().as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let list: Vec<String> = redis::cmd("LRANGE")
+        .arg(p.recent_key())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 10);
+    let first: Value = serde_json::from_str(&list[0]).unwrap();
+    assert_eq!(first["orderId"], "recent-11", "newest first");
+    assert_eq!(first["itemCount"], 3);
+    assert!(list[0].contains(r#""totalAmount":0.30"#), "{}", list[0]);
+    let last: Value = serde_json::from_str(&list[9]).unwrap();
+    assert_eq!(last["orderId"], "recent-2");
+}
+
+#[tokio::test]
+async fn operational_endpoints() {
+    let p = Producer::start(&kit::kafka(), &kit::redis_url(), &[]).await;
+    let get = |path: &str| p.client.get(format!("{}{path}", p.base)).send();
+    assert_eq!(get("/healthz").await.unwrap().status(), StatusCode::OK);
+    let ready = get("/readyz").await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(
+        ready.json::<Value>().await.unwrap()["checks"]["kafka"],
+        "ok"
+    );
+    let spec: Value = get("/openapi.json").await.unwrap().json().await.unwrap();
+    assert!(spec["paths"]["/orders"]["post"]["responses"]["503"].is_object());
+    let docs = get("/docs").await.unwrap().text().await.unwrap();
+    assert!(docs.contains("/openapi.json"));
+    assert_eq!(
+        p.post(r#"{"customerId":"c","productId":"p"}"#)
+            .await
+            .status(),
+        StatusCode::ACCEPTED
+    );
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(r#"orderflow_producer_orders_total{outcome="accepted"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("http_requests_total"), "{metrics}");
+    problem(get("/nope").await.unwrap(), StatusCode::NOT_FOUND).await;
+    problem(
+        p.client
+            .delete(format!("{}/orders", p.base))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::METHOD_NOT_ALLOWED,
+    )
+    .await;
+}
