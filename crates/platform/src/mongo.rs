@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bson::doc;
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, WriteConcern};
 use mongodb::{Client, Database, IndexModel};
 
 use crate::config::MongoArgs;
@@ -26,6 +26,17 @@ pub async fn connect(args: &MongoArgs, app_name: &str) -> anyhow::Result<Databas
         .await
         .with_context(|| "parsing MONGO_URL".to_string())?;
     opts.app_name = Some(app_name.to_owned());
+    // Offsets are committed once a write is acknowledged, so the
+    // acknowledgement must mean durable: journaled, on a majority. A
+    // `w`/`journal` in the URL overrides this.
+    if opts.write_concern.is_none() {
+        opts.write_concern = Some(
+            WriteConcern::builder()
+                .w(Acknowledgment::Majority)
+                .journal(true)
+                .build(),
+        );
+    }
     opts.server_selection_timeout = Some(Duration::from_secs(5));
     opts.connect_timeout = Some(Duration::from_secs(3));
     let name = opts

@@ -281,3 +281,32 @@ pub fn spawn_redis() -> Server {
         _dir: None,
     }
 }
+
+/// A private MongoDB-compatible server on `port`, keeping its data in `dir`
+/// (so a restarted server finds what the killed one stored).
+pub fn spawn_mongo(port: u16, dir: &std::path::Path) -> Server {
+    let bin = required("ORDERFLOW_TEST_MONGOD");
+    let mut cmd = Command::new(&bin);
+    cmd.args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--storage-path",
+    ])
+    .arg(dir);
+    if bin.ends_with("secantusd-rs") {
+        cmd.args(["--cache-size", "64M"]);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the MongoDB server");
+    wait_listening(port, "mongodb");
+    Server {
+        child,
+        port,
+        _dir: None,
+    }
+}
