@@ -9,9 +9,9 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
 
 /// Keeps the tracer provider alive; call [`Telemetry::shutdown`] last.
@@ -37,8 +37,16 @@ pub fn init(service: &'static str) -> Telemetry {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
 
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,mongodb=warn,hyper=warn,h2=warn"));
+    // RUST_LOG as `target=level` directives; it filters log output only.
+    let filter: Targets = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            "info,rdkafka=warn,mongodb=warn,hyper=warn,h2=warn"
+                .parse()
+                .expect("valid default filter")
+        });
     let fmt = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)

@@ -13,6 +13,14 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 
+/// Installs the services' telemetry once per test binary, so spans exist
+/// and trace context travels in Kafka headers as in production.
+pub fn telemetry() {
+    static T: std::sync::OnceLock<orderflow_platform::telemetry::Telemetry> =
+        std::sync::OnceLock::new();
+    T.get_or_init(|| orderflow_platform::telemetry::init("orderflow-test"));
+}
+
 fn required(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
         panic!(

@@ -208,7 +208,7 @@ impl<S: Stage> Runner<S> {
                 }
                 Err(Transient(e)) => {
                     self.metrics.retries.inc();
-                    let wait = backoff.next();
+                    let wait = backoff.next_wait();
                     tracing::warn!(stage = self.config.stage, error = %e, retry_in = ?wait, "transient failure; retrying the batch");
                     tokio::select! {
                         _ = shutdown.cancelled() => return None,
@@ -281,7 +281,7 @@ impl<S: Stage> Runner<S> {
                 self.metrics.retries.inc();
                 tokio::select! {
                     _ = shutdown.cancelled() => return false,
-                    _ = tokio::time::sleep(backoff.next()) => {}
+                    _ = tokio::time::sleep(backoff.next_wait()) => {}
                 }
             }
         }
@@ -333,7 +333,7 @@ impl Backoff {
         }
     }
 
-    pub fn next(&mut self) -> Duration {
+    pub fn next_wait(&mut self) -> Duration {
         let now = self.next.min(self.max);
         self.next = (self.next * 2).min(self.max);
         now
@@ -347,7 +347,7 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let mut b = Backoff::new(Duration::from_millis(500));
-        let waits: Vec<u64> = (0..5).map(|_| b.next().as_millis() as u64).collect();
+        let waits: Vec<u64> = (0..5).map(|_| b.next_wait().as_millis() as u64).collect();
         assert_eq!(waits, [100, 200, 400, 500, 500]);
     }
 }

@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bson::{doc, Document};
@@ -20,9 +19,12 @@ use rdkafka::Message;
 use reqwest::StatusCode;
 use serde_json::json;
 
-fn telemetry() {
-    static T: OnceLock<orderflow_platform::telemetry::Telemetry> = OnceLock::new();
-    T.get_or_init(|| orderflow_platform::telemetry::init("persist-test"));
+/// These tests each push thousands of messages through one broker and one
+/// MongoDB; on a 2-core machine running them at once starves them all, so
+/// they take turns.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 fn persist_args(topics: &TopicArgs, mongo_url: &str, brokers: &str, extra: &[&str]) -> Vec<String> {
@@ -75,7 +77,7 @@ impl Pipeline {
     }
 
     async fn start_with_mongo(mongo_url: Option<String>, extra: &[&str]) -> Pipeline {
-        telemetry();
+        kit::telemetry();
         let brokers = kit::kafka();
         let topics = kit::topics("persist");
         kit::create_topics(&brokers, &topics).await;
@@ -192,6 +194,7 @@ fn trace_id(msg: &rdkafka::message::OwnedMessage) -> String {
 
 #[tokio::test]
 async fn every_shape_lands_in_mongodb_priced_and_exact() {
+    let _turn = one_at_a_time().await;
     let p = Pipeline::start(&[]).await;
     seed_catalogue(&p.db).await;
     let orders = [
@@ -306,6 +309,7 @@ async fn every_shape_lands_in_mongodb_priced_and_exact() {
 
 #[tokio::test]
 async fn strict_catalogue_rejects_unknown_products() {
+    let _turn = one_at_a_time().await;
     let p = Pipeline::start(&["--strict-catalogue", "true"]).await;
     seed_catalogue(&p.db).await;
     p.post(
@@ -326,6 +330,7 @@ async fn strict_catalogue_rejects_unknown_products() {
 
 #[tokio::test]
 async fn a_thousand_concurrent_orders_are_stored_once_and_reposts_add_none() {
+    let _turn = one_at_a_time().await;
     let p = Pipeline::start(&[]).await;
     let body = |i: usize| {
         json!({"orderId": format!("bulk-{i}"), "customerId": format!("c-{}", i % 17),
@@ -371,16 +376,14 @@ async fn a_thousand_concurrent_orders_are_stored_once_and_reposts_add_none() {
 }
 
 impl Pipeline {
-    fn post_owned(
-        &self,
-        body: serde_json::Value,
-    ) -> impl std::future::Future<Output = StatusCode> + '_ {
-        async move { self.post(&body).await }
+    async fn post_owned(&self, body: serde_json::Value) -> StatusCode {
+        self.post(&body).await
     }
 }
 
 #[tokio::test]
 async fn poison_messages_go_to_the_dlq_and_the_partition_keeps_flowing() {
+    let _turn = one_at_a_time().await;
     let p = Pipeline::start(&[]).await;
     let producer = kit::producer(&p.brokers);
     let poisons: [(&str, &[u8], &str); 3] = [
@@ -473,7 +476,7 @@ fn spawn_persist(argv: &[String], log: &std::path::Path) -> Stage {
     Stage(
         Command::new(env!("CARGO_BIN_EXE_consumer"))
             .args(&argv[1..])
-            .env("RUST_LOG", "info,librdkafka=warn")
+            .env("RUST_LOG", "info")
             .stdout(log)
             .stderr(Stdio::null())
             .spawn()
@@ -495,8 +498,11 @@ async fn stored_ids(db: &mongodb::Database) -> (u64, HashSet<String>) {
 
 #[tokio::test]
 async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
+    let _turn = one_at_a_time().await;
     const N: usize = 5000;
-    let brokers = kit::kafka();
+    // A private broker: the group coordinator sees only this test's group.
+    let broker = kit::spawn_broker();
+    let brokers = format!("127.0.0.1:{}", broker.port);
     let topics = kit::topics("sigkill");
     kit::create_topics(&brokers, &topics).await;
     let db_name = kit::unique("sigkill");
@@ -517,6 +523,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
 
     let log_dir = kit::TempDir::new("sigkill-logs");
     let log = log_dir.0.join("persist.log");
+    let t0 = std::time::Instant::now();
     let mut child = spawn_persist(&argv, &log);
     let progressed = kit::eventually(
         Duration::from_secs(120),
@@ -534,6 +541,10 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     child.0.kill().unwrap(); // SIGKILL
     child.0.wait().unwrap();
     let (at_kill, _) = stored_ids(&db).await;
+    eprintln!(
+        "sigkill test: killed after {:?} with {at_kill} stored",
+        t0.elapsed()
+    );
     assert!(
         at_kill < N as u64,
         "the kill must land mid-stream (had {progressed}, then {at_kill})"
@@ -557,6 +568,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (n, ids) = stored_ids(&db).await;
+    eprintln!("sigkill test: all stored after {:?}", t0.elapsed());
     assert_eq!(n, N as u64, "each order exactly once");
     let expected: HashSet<String> = (0..N).map(|i| format!("stream-{i}")).collect();
     assert_eq!(ids, expected);
@@ -595,6 +607,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
 
 #[tokio::test]
 async fn mongodb_outage_pauses_the_stage_and_nothing_is_skipped() {
+    let _turn = one_at_a_time().await;
     let port = kit::free_port();
     let dir = kit::TempDir::new("mongo-outage");
     let mut mongo = kit::spawn_mongo(port, &dir.0);

@@ -1,1 +1,277 @@
-fn main() {}
+//! loadgen: posts realistic orders to the producer at a target rate (or as
+//! fast as it can) over N connections, prints progress, reports the achieved
+//! rate, latency percentiles and errors, and can verify afterwards that every
+//! accepted order reached MongoDB (end-to-end throughput).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bson::doc;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use tokio::sync::Semaphore;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "loadgen", about = "Load generator for the orderflow producer")]
+struct Args {
+    /// Producer base URL.
+    #[arg(long, env = "LOADGEN_URL", default_value = "http://127.0.0.1:3000")]
+    url: String,
+    /// Target orders per second; 0 means as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Number of orders to send.
+    #[arg(long, default_value_t = 10_000)]
+    count: u64,
+    /// Concurrent connections (requests in flight).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// After the run, wait until every accepted order is in this MongoDB
+    /// (URL with database) and report end-to-end throughput.
+    #[arg(long)]
+    verify_mongo: Option<String>,
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    verify_timeout: Duration,
+    /// Prefix of generated order ids (default: a fresh one per run).
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
+const PRODUCTS: [(&str, &str, &str); 8] = [
+    ("coffee", "Coffee", "4.50"),
+    ("mug", "Mug", "12.00"),
+    ("tea", "Green Tea", "3.20"),
+    ("beans-1kg", "Coffee Beans 1 kg", "24.90"),
+    ("filter", "Paper Filters", "2.99"),
+    ("grinder", "Hand Grinder", "49.00"),
+    ("kettle", "Gooseneck Kettle", "39.95"),
+    ("sticker", "Sticker", "0.10"),
+];
+
+/// Small deterministic PRNG (xorshift64*), enough for varied orders.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn order_body(id: &str, rng: &mut Rng) -> String {
+    let lines = 1 + rng.below(4);
+    let items: Vec<String> = (0..lines)
+        .map(|_| {
+            let (pid, name, price) = PRODUCTS[rng.below(PRODUCTS.len() as u64) as usize];
+            let qty = 1 + rng.below(3);
+            format!(
+                r#"{{"productId":"{pid}","name":"{name}","quantity":{qty},"unitPrice":{price}}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"orderId":"{id}","customerId":"cust-{}","currency":"USD","items":[{}]}}"#,
+        rng.below(5000),
+        items.join(",")
+    )
+}
+
+#[derive(Default)]
+struct Stats {
+    sent: AtomicU64,
+    accepted: AtomicU64,
+    failed: AtomicU64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let prefix = args
+        .prefix
+        .clone()
+        .unwrap_or_else(|| format!("lg-{}", std::process::id()));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let url = format!("{}/orders", args.url.trim_end_matches('/'));
+    let stats = Arc::new(Stats::default());
+    let latencies = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let errors: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let next = Arc::new(AtomicU64::new(0));
+    // Paced runs hand out one permit per order at the target rate.
+    let pace = (args.rate > 0).then(|| Arc::new(Semaphore::new(0)));
+    if let (Some(pace), rate) = (pace.clone(), args.rate) {
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut granted = 0u64;
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                if due > granted {
+                    pace.add_permits((due - granted) as usize);
+                    granted = due;
+                }
+            }
+        });
+    }
+
+    println!(
+        "loadgen: {} orders to {url}, {} connections, rate {}",
+        args.count,
+        args.connections,
+        if args.rate == 0 {
+            "max".to_string()
+        } else {
+            format!("{}/s", args.rate)
+        }
+    );
+    let started = Instant::now();
+    let progress = {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let done =
+                    stats.accepted.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed);
+                println!(
+                    "  {:>6.1}s  {done} done ({} accepted, {} failed), {} /s",
+                    started.elapsed().as_secs_f64(),
+                    stats.accepted.load(Ordering::Relaxed),
+                    stats.failed.load(Ordering::Relaxed),
+                    done - last
+                );
+                last = done;
+            }
+        })
+    };
+
+    let workers: Vec<_> = (0..args.connections)
+        .map(|w| {
+            let (client, url, stats, latencies, errors, next, pace, prefix) = (
+                client.clone(),
+                url.clone(),
+                stats.clone(),
+                latencies.clone(),
+                errors.clone(),
+                next.clone(),
+                pace.clone(),
+                prefix.clone(),
+            );
+            let count = args.count;
+            tokio::spawn(async move {
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1));
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        break;
+                    }
+                    if let Some(p) = &pace {
+                        p.acquire().await.expect("pacer alive").forget();
+                    }
+                    let body = order_body(&format!("{prefix}-{i}"), &mut rng);
+                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    let result = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await;
+                    let micros = t.elapsed().as_micros() as u64;
+                    let outcome = match result {
+                        Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => Ok(()),
+                        Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+                        Err(e) => Err(if e.is_timeout() {
+                            "timeout".into()
+                        } else {
+                            "connection error".into()
+                        }),
+                    };
+                    match outcome {
+                        Ok(()) => {
+                            stats.accepted.fetch_add(1, Ordering::Relaxed);
+                            latencies.lock().unwrap().record(micros.max(1)).ok();
+                        }
+                        Err(e) => {
+                            stats.failed.fetch_add(1, Ordering::Relaxed);
+                            *errors.lock().unwrap().entry(e).or_default() += 1;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await?;
+    }
+    let elapsed = started.elapsed();
+    progress.abort();
+
+    let accepted = stats.accepted.load(Ordering::Relaxed);
+    let h = latencies.lock().unwrap().clone();
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!("\nresults");
+    println!("  sent       {}", stats.sent.load(Ordering::Relaxed));
+    println!("  accepted   {accepted}");
+    println!("  failed     {}", stats.failed.load(Ordering::Relaxed));
+    for (e, n) in errors.lock().unwrap().iter() {
+        println!("    {e}: {n}");
+    }
+    println!("  duration   {:.2} s", elapsed.as_secs_f64());
+    println!(
+        "  rate       {:.0} accepted orders/s",
+        accepted as f64 / elapsed.as_secs_f64()
+    );
+    if accepted > 0 {
+        println!(
+            "  latency    p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            ms(0.50),
+            ms(0.90),
+            ms(0.99),
+            h.max() as f64 / 1000.0
+        );
+    }
+
+    if let Some(mongo) = &args.verify_mongo {
+        let client = mongodb::Client::with_uri_str(mongo).await?;
+        let db = client
+            .default_database()
+            .unwrap_or_else(|| client.database("orders"));
+        let orders = db.collection::<bson::Document>("orders");
+        let filter = doc! {"orderId": {"$regex": format!("^{prefix}-")}};
+        let deadline = Instant::now() + args.verify_timeout;
+        let stored = loop {
+            let n = orders.count_documents(filter.clone()).await?;
+            if n >= accepted || Instant::now() > deadline {
+                break n;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let e2e = started.elapsed();
+        println!("\nverification against MongoDB");
+        println!("  stored     {stored} of {accepted} accepted");
+        println!(
+            "  end-to-end {:.0} orders/s into MongoDB ({:.2} s from first request)",
+            stored as f64 / e2e.as_secs_f64(),
+            e2e.as_secs_f64()
+        );
+        if stored != accepted {
+            anyhow::bail!(
+                "{} accepted orders are missing from MongoDB",
+                accepted - stored
+            );
+        }
+    }
+    Ok(())
+}

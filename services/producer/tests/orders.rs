@@ -1,6 +1,5 @@
 //! POST /orders against the real broker and Redis (started by scripts/test).
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -14,11 +13,6 @@ use rdkafka::Message;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-fn telemetry() {
-    static T: OnceLock<orderflow_platform::telemetry::Telemetry> = OnceLock::new();
-    T.get_or_init(|| orderflow_platform::telemetry::init("producer-test"));
-}
-
 struct Producer {
     running: Running,
     base: String,
@@ -28,7 +22,7 @@ struct Producer {
 
 impl Producer {
     async fn start(brokers: &str, redis: &str, extra: &[&str]) -> Producer {
-        telemetry();
+        kit::telemetry();
         let topics = kit::topics("producer");
         kit::create_topics(brokers, &topics).await;
         let mut argv = vec![
@@ -78,6 +72,18 @@ impl Drop for Producer {
     fn drop(&mut self) {
         self.running.shutdown.cancel();
     }
+}
+
+async fn recent_list(url: &str, key: &str) -> Vec<String> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("LRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
 }
 
 async fn problem(resp: reqwest::Response, status: StatusCode) -> Value {
@@ -330,15 +336,7 @@ async fn redis_down_still_accepts_orders() {
             .status(),
         StatusCode::ACCEPTED
     );
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let list: Vec<String> = redis::cmd("LRANGE")
-        .arg(p.recent_key())
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let list = recent_list(&url, &p.recent_key()).await;
     assert_eq!(list.len(), 1);
 
     redis.kill();
@@ -373,15 +371,7 @@ async fn recent_orders_list_keeps_the_newest_ten() {
             StatusCode::ACCEPTED
         );
     }
-    let client = redis::Client::open(kit::redis_url().as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let list: Vec<String> = redis::cmd("LRANGE")
-        .arg(p.recent_key())
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let list = recent_list(&kit::redis_url(), &p.recent_key()).await;
     assert_eq!(list.len(), 10);
     let first: Value = serde_json::from_str(&list[0]).unwrap();
     assert_eq!(first["orderId"], "recent-11", "newest first");
