@@ -14,13 +14,20 @@ use crate::config::KafkaArgs;
 
 pub mod headers;
 
-/// Base configuration: brokers, client id, and any `KAFKA_CONFIG` extras
-/// (security settings, tuning) layered on top.
-pub fn client_config(args: &KafkaArgs, client_id: &str) -> anyhow::Result<ClientConfig> {
+/// A client configuration: brokers and client id, then the role's
+/// `defaults`, then the `KAFKA_CONFIG` extras (security, tuning), which win.
+fn config(
+    args: &KafkaArgs,
+    client_id: &str,
+    defaults: &[(&str, String)],
+) -> anyhow::Result<ClientConfig> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &args.brokers)
         .set("client.id", client_id)
         .set("log_level", "4");
+    for (k, v) in defaults {
+        cfg.set(*k, v);
+    }
     for pair in args
         .extra
         .split(',')
@@ -35,6 +42,16 @@ pub fn client_config(args: &KafkaArgs, client_id: &str) -> anyhow::Result<Client
     Ok(cfg)
 }
 
+fn build<T: rdkafka::config::FromClientConfig>(
+    args: &KafkaArgs,
+    client_id: &str,
+    defaults: &[(&str, String)],
+) -> anyhow::Result<T> {
+    config(args, client_id, defaults)?
+        .create()
+        .context("creating a Kafka client")
+}
+
 /// An idempotent producer that waits for every in-sync replica (acks=all).
 /// `delivery_timeout` bounds how long librdkafka keeps retrying a message.
 pub fn producer(
@@ -42,40 +59,46 @@ pub fn producer(
     client_id: &str,
     delivery_timeout: Duration,
 ) -> anyhow::Result<FutureProducer> {
-    let mut cfg = client_config(args, client_id)?;
-    cfg.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "2")
-        .set(
-            "message.timeout.ms",
-            delivery_timeout.as_millis().to_string(),
-        );
-    cfg.create().context("creating Kafka producer")
+    build(
+        args,
+        client_id,
+        &[
+            ("enable.idempotence", "true".into()),
+            ("acks", "all".into()),
+            ("linger.ms", "5".into()),
+            (
+                "message.timeout.ms",
+                delivery_timeout.as_millis().to_string(),
+            ),
+        ],
+    )
 }
 
 /// A group consumer for at-least-once processing: offsets are *stored* by the
 /// application only after a message's effects are durable, and auto-commit
 /// flushes what was stored.
 pub fn consumer(args: &KafkaArgs, client_id: &str, group: &str) -> anyhow::Result<StreamConsumer> {
-    let mut cfg = client_config(args, client_id)?;
-    cfg.set("group.id", group)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "2000")
-        .set("enable.partition.eof", "false");
-    cfg.create().context("creating Kafka consumer")
+    build(
+        args,
+        client_id,
+        &[
+            ("group.id", group.into()),
+            ("enable.auto.commit", "true".into()),
+            ("auto.commit.interval.ms", "1000".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("auto.offset.reset", "earliest".into()),
+            ("session.timeout.ms", "10000".into()),
+            ("heartbeat.interval.ms", "2000".into()),
+            ("enable.partition.eof", "false".into()),
+        ],
+    )
 }
 
 pub fn admin(
     args: &KafkaArgs,
     client_id: &str,
 ) -> anyhow::Result<AdminClient<DefaultClientContext>> {
-    client_config(args, client_id)?
-        .create()
-        .context("creating Kafka admin client")
+    build(args, client_id, &[])
 }
 
 /// Creates each topic that does not exist yet; existing topics are left alone.
@@ -117,4 +140,36 @@ pub async fn check_reachable(client: FutureProducer, timeout: Duration) -> Resul
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_settings_override_the_defaults() {
+        let args = KafkaArgs {
+            brokers: "b:9092".into(),
+            extra: "linger.ms=50, security.protocol=SASL_SSL".into(),
+        };
+        let cfg = config(
+            &args,
+            "id",
+            &[("linger.ms", "5".into()), ("acks", "all".into())],
+        )
+        .unwrap();
+        assert_eq!(cfg.get("linger.ms"), Some("50"));
+        assert_eq!(cfg.get("acks"), Some("all"));
+        assert_eq!(cfg.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(cfg.get("bootstrap.servers"), Some("b:9092"));
+    }
+
+    #[test]
+    fn malformed_extras_are_refused() {
+        let args = KafkaArgs {
+            brokers: "b".into(),
+            extra: "linger.ms".into(),
+        };
+        assert!(config(&args, "id", &[]).is_err());
+    }
 }

@@ -60,6 +60,9 @@ pub struct Args {
     /// Longest pause between retries of a transient failure.
     #[arg(long, env = "MAX_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
     pub max_backoff: Duration,
+    /// Longest a stage may spend on one batch before retrying it.
+    #[arg(long, env = "BATCH_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub batch_timeout: Duration,
     /// Reject products the catalogue does not know (persist).
     #[arg(long, env = "STRICT_CATALOGUE", default_value_t = false, action = clap::ArgAction::Set)]
     pub strict_catalogue: bool,
@@ -91,6 +94,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         batch_size: args.batch_size.max(1),
         batch_wait: args.batch_wait,
         max_backoff: args.max_backoff,
+        batch_timeout: args.batch_timeout,
     };
 
     let (mongo_check, kafka_check) = (db.clone(), producer.clone());

@@ -65,6 +65,9 @@ pub struct RunnerConfig {
     pub batch_size: usize,
     pub batch_wait: Duration,
     pub max_backoff: Duration,
+    /// Longest a stage may take over one batch before it counts as a
+    /// transient failure (a dependency that hangs instead of failing).
+    pub batch_timeout: Duration,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -197,7 +200,15 @@ impl<S: Stage> Runner<S> {
     ) -> Option<Vec<Outcome>> {
         let mut backoff = Backoff::new(self.config.max_backoff);
         loop {
-            match self.stage.handle(batch).await {
+            let attempt = tokio::time::timeout(self.config.batch_timeout, self.stage.handle(batch))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Transient(format!(
+                        "batch not handled within {:?}",
+                        self.config.batch_timeout
+                    )))
+                });
+            match attempt {
                 Ok(outcomes) => {
                     assert_eq!(
                         outcomes.len(),
