@@ -1,0 +1,83 @@
+//! orders-api: the read side of orders over MongoDB — list with filters and
+//! cursor pagination, get one, and stats computed by MongoDB aggregations.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use clap::Parser;
+use orderflow_platform::config::{HttpArgs, MongoArgs};
+use orderflow_platform::http::{self, Ops, ReadinessCheck};
+use orderflow_platform::shutdown::CancellationToken;
+use prometheus_client::registry::Registry;
+
+mod orders;
+mod view;
+
+pub const SERVICE: &str = "orders-api";
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "orders-api", about = "orderflow orders API over MongoDB")]
+pub struct Args {
+    #[arg(long, env = "ORDERS_API_PORT", default_value_t = 3003)]
+    pub port: u16,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    orders: mongodb::Collection<orderflow_platform::mongo::documents::OrderDocument>,
+}
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let db = orderflow_platform::mongo::connect(&args.mongo, SERVICE).await?;
+    if let Err(e) = orderflow_platform::mongo::ensure_order_indexes(&db).await {
+        tracing::warn!(error = %e, "indexes not ensured at start-up");
+    }
+    let state = AppState {
+        orders: db.collection(orderflow_platform::mongo::ORDERS),
+    };
+    let mongo_check = db.clone();
+    let checks: Vec<ReadinessCheck> = vec![(
+        "mongodb",
+        Arc::new(move || {
+            let db = mongo_check.clone();
+            Box::pin(async move { orderflow_platform::mongo::ping(&db).await })
+        }),
+    )];
+    let app = Router::new()
+        .route("/orders", get(orders::list))
+        .route("/orders/stats", get(orders::stats))
+        .route("/orders/{id}", get(orders::get_one))
+        .with_state(state);
+    let app = http::with_ops(
+        app,
+        Ops {
+            service: SERVICE,
+            openapi: include_str!("../openapi.json"),
+            checks,
+            registry: Registry::with_prefix("orderflow_orders_api"),
+        },
+    );
+    let listener = http::bind(&args.http.bind, args.port).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "orders-api listening");
+    let grace = args.http.shutdown_grace;
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { http::serve(listener, app, token, grace).await });
+    Ok(Running {
+        addr,
+        shutdown,
+        task,
+    })
+}

@@ -1,0 +1,345 @@
+//! `GET /orders`, `GET /orders/{id}`, `GET /orders/stats`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bson::{doc, Bson, DateTime, Document};
+use futures::TryStreamExt;
+use orderflow_domain::intake::FieldError;
+use orderflow_domain::{Money, OrderStatus};
+use orderflow_platform::http::Problem;
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::{Date, OffsetDateTime};
+
+use crate::view::OrderView;
+use crate::AppState;
+
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 500;
+/// Statuses whose totals count as revenue: the customer has paid.
+pub const REVENUE_STATUSES: [OrderStatus; 3] = [
+    OrderStatus::Confirmed,
+    OrderStatus::Shipped,
+    OrderStatus::Delivered,
+];
+
+fn internal(e: impl std::fmt::Display) -> Problem {
+    tracing::error!(error = %e, "orders query failed");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage-unavailable",
+        "orders cannot be read right now",
+    )
+    .with_retry_after(std::time::Duration::from_secs(1))
+}
+
+/// Position after the last order of a page, in the list's sort order
+/// (receivedAt desc, orderId desc). Opaque to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub received_ms: i64,
+    pub order_id: String,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}|{}", self.received_ms, self.order_id))
+    }
+
+    pub fn decode(s: &str) -> Option<Cursor> {
+        let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(s).ok()?).ok()?;
+        let (ms, id) = raw.split_once('|')?;
+        Some(Cursor {
+            received_ms: ms.parse().ok()?,
+            order_id: id.to_owned(),
+        })
+    }
+
+    fn filter(&self) -> Document {
+        let at = DateTime::from_millis(self.received_ms);
+        doc! {"$or": [
+            {"receivedAt": {"$lt": at}},
+            {"receivedAt": at, "orderId": {"$lt": &self.order_id}},
+        ]}
+    }
+}
+
+/// `YYYY-MM-DD` (midnight UTC) or an RFC 3339 timestamp.
+fn parse_instant(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &Rfc3339).ok().or_else(|| {
+        Date::parse(s, format_description!("[year]-[month]-[day]"))
+            .ok()
+            .map(|d| d.midnight().assume_utc())
+    })
+}
+
+fn bson_at(t: OffsetDateTime) -> DateTime {
+    orderflow_platform::mongo::documents::bson_date(t)
+}
+
+#[derive(Debug, PartialEq)]
+pub struct ListQuery {
+    pub filter: Document,
+    pub limit: i64,
+}
+
+/// Validates the list parameters, reporting every violation.
+pub fn parse_list_query(params: &HashMap<String, String>) -> Result<ListQuery, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut err = |field: &str, message: &str| {
+        errors.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        })
+    };
+    let mut clauses: Vec<Document> = Vec::new();
+    if let Some(s) = params.get("status") {
+        match OrderStatus::parse(s) {
+            Some(st) => clauses.push(doc! {"status": st.as_str()}),
+            None => err("status", "must be one of placed, reserved, confirmed, rejected, shipped, delivered, cancelled"),
+        }
+    }
+    if let Some(c) = params.get("customerId") {
+        clauses.push(doc! {"customerId": c});
+    }
+    let mut range = Document::new();
+    for (field, op) in [("from", "$gte"), ("to", "$lt")] {
+        if let Some(v) = params.get(field) {
+            match parse_instant(v) {
+                Some(t) => {
+                    range.insert(op, bson_at(t));
+                }
+                None => err(
+                    field,
+                    "must be a date (YYYY-MM-DD) or an RFC 3339 timestamp",
+                ),
+            }
+        }
+    }
+    if !range.is_empty() {
+        clauses.push(doc! {"receivedAt": range});
+    }
+    let limit = match params.get("limit").map(|l| l.parse::<i64>()) {
+        None => DEFAULT_LIMIT,
+        Some(Ok(l)) if (1..=MAX_LIMIT).contains(&l) => l,
+        Some(_) => {
+            err("limit", "must be an integer from 1 to 500");
+            DEFAULT_LIMIT
+        }
+    };
+    if let Some(c) = params.get("cursor") {
+        match Cursor::decode(c) {
+            Some(cursor) => clauses.push(cursor.filter()),
+            None => err("cursor", "is not a cursor this API returned"),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let filter = match clauses.len() {
+        0 => Document::new(),
+        1 => clauses.pop().expect("one clause"),
+        _ => doc! {"$and": clauses},
+    };
+    Ok(ListQuery { filter, limit })
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Page {
+    items: Vec<OrderView>,
+    next_cursor: Option<String>,
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    let query = parse_list_query(&params).map_err(Problem::validation)?;
+    let mut docs: Vec<_> = state
+        .orders
+        .find(query.filter)
+        .sort(doc! {"receivedAt": -1, "orderId": -1})
+        .limit(query.limit + 1)
+        .await
+        .map_err(internal)?
+        .try_collect()
+        .await
+        .map_err(internal)?;
+    let next_cursor = if docs.len() as i64 > query.limit {
+        docs.truncate(query.limit as usize);
+        docs.last().map(|d| {
+            Cursor {
+                received_ms: d.received_at.timestamp_millis(),
+                order_id: d.order_id.clone(),
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    let items = docs.into_iter().map(OrderView::from).collect();
+    Ok(Json(Page { items, next_cursor }).into_response())
+}
+
+pub(crate) async fn get_one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let doc = state
+        .orders
+        .find_one(doc! {"orderId": &id})
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| Problem::not_found(format!("no order with id '{id}'")))?;
+    let etag = format!("\"{}\"", doc.version);
+    Ok(([(header::ETAG, etag)], Json(OrderView::from(doc))).into_response())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Stats {
+    total_orders: i64,
+    count_by_status: BTreeMap<String, i64>,
+    /// Σ totals of paid orders (confirmed, shipped, delivered).
+    total_revenue: Money,
+    average_order_value: Option<Money>,
+    /// Σ totals of orders still on their way to payment (placed, reserved).
+    pending_amount: Money,
+    today: Today,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Today {
+    date: String,
+    orders: i64,
+    revenue: Money,
+}
+
+/// Count and Σ totalCents per status, computed by MongoDB.
+async fn by_status(
+    state: &AppState,
+    matcher: Document,
+) -> Result<HashMap<String, (i64, i64)>, Problem> {
+    let pipeline = [
+        doc! {"$match": matcher},
+        doc! {"$group": {"_id": "$status", "count": {"$sum": 1}, "cents": {"$sum": "$totalCents"}}},
+    ];
+    let rows: Vec<Document> = state
+        .orders
+        .clone_with_type::<Document>()
+        .aggregate(pipeline)
+        .await
+        .map_err(internal)?
+        .try_collect()
+        .await
+        .map_err(internal)?;
+    let number = |b: Option<&Bson>| match b {
+        Some(Bson::Int32(v)) => i64::from(*v),
+        Some(Bson::Int64(v)) => *v,
+        Some(Bson::Double(v)) => *v as i64,
+        _ => 0,
+    };
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let status = r.get_str("_id").ok()?.to_owned();
+            Some((status, (number(r.get("count")), number(r.get("cents")))))
+        })
+        .collect())
+}
+
+fn revenue(rows: &HashMap<String, (i64, i64)>, statuses: &[OrderStatus]) -> (i64, i64) {
+    statuses
+        .iter()
+        .filter_map(|s| rows.get(s.as_str()))
+        .fold((0, 0), |(n, c), (rn, rc)| (n + rn, c + rc))
+}
+
+pub(crate) async fn stats(State(state): State<AppState>) -> Result<Response, Problem> {
+    let all = by_status(&state, doc! {}).await?;
+    let today_start = OffsetDateTime::now_utc().date().midnight().assume_utc();
+    let today = by_status(&state, doc! {"receivedAt": {"$gte": bson_at(today_start)}}).await?;
+
+    let (paid_orders, paid_cents) = revenue(&all, &REVENUE_STATUSES);
+    let (_, pending_cents) = revenue(&all, &[OrderStatus::Placed, OrderStatus::Reserved]);
+    let average = (paid_orders > 0).then(|| {
+        // Rounded half up to the cent.
+        Money::from_minor((2 * paid_cents + paid_orders) / (2 * paid_orders))
+    });
+    let stats = Stats {
+        total_orders: all.values().map(|(n, _)| n).sum(),
+        count_by_status: all.iter().map(|(k, (n, _))| (k.clone(), *n)).collect(),
+        total_revenue: Money::from_minor(paid_cents),
+        average_order_value: average,
+        pending_amount: Money::from_minor(pending_cents),
+        today: Today {
+            date: today_start.date().to_string(),
+            orders: today.values().map(|(n, _)| n).sum(),
+            revenue: Money::from_minor(revenue(&today, &REVENUE_STATUSES).1),
+        },
+    };
+    Ok(Json(stats).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let c = Cursor {
+            received_ms: 1_795_000_000_123,
+            order_id: "o|with:odd.chars".into(),
+        };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        assert_eq!(Cursor::decode("not-a-cursor!"), None);
+        assert_eq!(Cursor::decode(&URL_SAFE_NO_PAD.encode("x|y")), None);
+    }
+
+    #[test]
+    fn every_bad_parameter_is_reported() {
+        let errs = parse_list_query(&params(&[
+            ("status", "lost"),
+            ("from", "yesterday"),
+            ("limit", "501"),
+            ("cursor", "zz"),
+        ]))
+        .unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["status", "from", "limit", "cursor"]);
+        assert!(parse_list_query(&params(&[("limit", "0")])).is_err());
+        assert!(parse_list_query(&params(&[("limit", "ten")])).is_err());
+    }
+
+    #[test]
+    fn filters_combine() {
+        let q = parse_list_query(&params(&[
+            ("status", "placed"),
+            ("customerId", "c-1"),
+            ("from", "2026-11-01"),
+            ("to", "2026-11-22T10:00:00Z"),
+            ("limit", "500"),
+        ]))
+        .unwrap();
+        assert_eq!(q.limit, 500);
+        let and = q.filter.get_array("$and").unwrap();
+        assert_eq!(and.len(), 3);
+        assert_eq!(parse_list_query(&params(&[])).unwrap().limit, DEFAULT_LIMIT);
+    }
+}

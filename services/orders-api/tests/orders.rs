@@ -1,0 +1,354 @@
+//! orders-api against the real MongoDB (started by scripts/test).
+
+use std::collections::{BTreeMap, HashSet};
+
+use bson::DateTime;
+use clap::Parser;
+use orderflow_domain::OrderStatus;
+use orderflow_orders_api::{start, Args};
+use orderflow_platform::mongo::documents::{
+    ItemDocument, OrderDocument, SourceRef, StatusChange, Validation,
+};
+use orderflow_platform::shutdown::CancellationToken;
+use orderflow_testkit as kit;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+struct Api {
+    base: String,
+    db: mongodb::Database,
+    client: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl Api {
+    async fn start() -> Api {
+        kit::telemetry();
+        let name = kit::unique("ordersapi");
+        let args = Args::try_parse_from([
+            "orders-api",
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--mongo-url",
+            &kit::mongo_url(&name),
+        ])
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let running = start(args, shutdown.clone()).await.unwrap();
+        Api {
+            base: format!("http://{}", running.addr),
+            db: kit::mongo_db(&name).await,
+            client: reqwest::Client::new(),
+            shutdown,
+        }
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn insert(&self, docs: Vec<OrderDocument>) {
+        self.db
+            .collection::<OrderDocument>("orders")
+            .insert_many(docs)
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn order(
+    id: &str,
+    customer: &str,
+    status: OrderStatus,
+    cents: i64,
+    received_ms: i64,
+) -> OrderDocument {
+    let at = DateTime::from_millis(received_ms);
+    OrderDocument {
+        order_id: id.into(),
+        customer_id: customer.into(),
+        currency: "USD".into(),
+        status,
+        status_reason: None,
+        items: vec![ItemDocument {
+            product_id: "p".into(),
+            name: "P".into(),
+            quantity: 1,
+            unit_price_cents: Some(cents),
+            line_total_cents: Some(cents),
+            client_unit_price_cents: None,
+            tracked: false,
+        }],
+        total_cents: cents,
+        client_total_cents: None,
+        received_at: at,
+        processed_at: at,
+        updated_at: at,
+        version: 1,
+        history: vec![StatusChange {
+            status,
+            at,
+            reason: None,
+        }],
+        validation: Validation {
+            accepted: true,
+            reason: None,
+            detail: None,
+        },
+        source: SourceRef {
+            topic: "orders".into(),
+            partition: 0,
+            offset: 0,
+        },
+    }
+}
+
+fn now_ms() -> i64 {
+    DateTime::now().timestamp_millis()
+}
+
+async fn problem(resp: reqwest::Response, status: StatusCode) -> Value {
+    assert_eq!(resp.status(), status);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    resp.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn get_returns_exact_amounts_and_an_etag_or_404() {
+    let api = Api::start().await;
+    api.insert(vec![order("o-1", "c-1", OrderStatus::Placed, 30, now_ms())])
+        .await;
+    let resp = api.get("/orders/o-1").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["etag"], "\"1\"");
+    let text = resp.text().await.unwrap();
+    assert!(text.contains(r#""totalAmount":0.30"#), "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["orderId"], "o-1");
+    assert_eq!(body["status"], "placed");
+    assert_eq!(body["items"][0]["unitPrice"], serde_json::json!(0.3));
+    let p = problem(api.get("/orders/nope").await, StatusCode::NOT_FOUND).await;
+    assert!(p["detail"].as_str().unwrap().contains("nope"));
+}
+
+#[tokio::test]
+async fn list_filters_and_rejects_bad_parameters() {
+    let api = Api::start().await;
+    let t = now_ms();
+    api.insert(vec![
+        order("a", "c-1", OrderStatus::Placed, 100, t - 3_000),
+        order("b", "c-2", OrderStatus::Confirmed, 200, t - 2_000),
+        order("c", "c-1", OrderStatus::Confirmed, 300, t - 1_000),
+        order("old", "c-1", OrderStatus::Confirmed, 400, 1_600_000_000_000),
+    ])
+    .await;
+    let ids = |v: Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["orderId"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        ids(api.get("/orders").await.json().await.unwrap()),
+        ["c", "b", "a", "old"],
+        "newest first"
+    );
+    assert_eq!(
+        ids(api
+            .get("/orders?status=confirmed")
+            .await
+            .json()
+            .await
+            .unwrap()),
+        ["c", "b", "old"]
+    );
+    assert_eq!(
+        ids(api
+            .get("/orders?customerId=c-1&status=confirmed")
+            .await
+            .json()
+            .await
+            .unwrap()),
+        ["c", "old"]
+    );
+    assert_eq!(
+        ids(api
+            .get("/orders?from=2021-01-01")
+            .await
+            .json()
+            .await
+            .unwrap()),
+        ["c", "b", "a"]
+    );
+    assert_eq!(
+        ids(api.get("/orders?to=2021-01-01").await.json().await.unwrap()),
+        ["old"]
+    );
+    let p = problem(
+        api.get("/orders?status=lost&limit=0&from=x&cursor=%21")
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    let fields: HashSet<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, HashSet::from(["status", "limit", "from", "cursor"]));
+}
+
+#[tokio::test]
+async fn walking_the_cursor_returns_each_order_once_newest_first_while_orders_arrive() {
+    const N: usize = 1234;
+    let api = Api::start().await;
+    let base = now_ms() - 10_000_000;
+    // Pairs share a millisecond so the orderId tie-break is exercised.
+    let docs: Vec<OrderDocument> = (0..N)
+        .map(|i| {
+            order(
+                &format!("o-{i:05}"),
+                "c",
+                OrderStatus::Placed,
+                100,
+                base + (i as i64 / 2) * 1000,
+            )
+        })
+        .collect();
+    api.insert(docs).await;
+
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/orders?limit=100&cursor={c}"),
+            None => "/orders?limit=100".to_string(),
+        };
+        let page: Value = api.get(&path).await.json().await.unwrap();
+        for o in page["items"].as_array().unwrap() {
+            seen.push((
+                o["receivedAt"].as_str().unwrap().to_owned(),
+                o["orderId"].as_str().unwrap().to_owned(),
+            ));
+        }
+        pages += 1;
+        // New orders keep arriving while the client pages.
+        api.insert(vec![order(
+            &format!("new-{pages}"),
+            "c",
+            OrderStatus::Placed,
+            100,
+            now_ms(),
+        )])
+        .await;
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let ids: Vec<&str> = seen.iter().map(|(_, id)| id.as_str()).collect();
+    let unique: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "no order twice");
+    let expected: HashSet<String> = (0..N).map(|i| format!("o-{i:05}")).collect();
+    assert!(
+        expected.iter().all(|id| unique.contains(id.as_str())),
+        "every stored order once"
+    );
+    let mut sorted = seen.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(seen, sorted, "newest first");
+    assert!(pages >= 13);
+}
+
+#[tokio::test]
+async fn stats_match_an_independent_computation() {
+    let api = Api::start().await;
+    let t = now_ms();
+    let yesterday = t - 2 * 86_400_000;
+    let rows = [
+        ("s1", OrderStatus::Confirmed, 1999, t),
+        ("s2", OrderStatus::Confirmed, 1, t),
+        ("s3", OrderStatus::Shipped, 1000, yesterday),
+        ("s4", OrderStatus::Placed, 555, t),
+        ("s5", OrderStatus::Rejected, 777, t),
+        ("s6", OrderStatus::Delivered, 3, yesterday),
+    ];
+    api.insert(
+        rows.iter()
+            .map(|(id, st, c, at)| order(id, "c", *st, *c, *at))
+            .collect(),
+    )
+    .await;
+
+    let paid: Vec<i64> = rows
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.1,
+                OrderStatus::Confirmed | OrderStatus::Shipped | OrderStatus::Delivered
+            )
+        })
+        .map(|r| r.2)
+        .collect();
+    let revenue: i64 = paid.iter().sum();
+    // Rounded half up to the cent, like the service.
+    let avg = (revenue as f64 / paid.len() as f64).round() / 100.0;
+    let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+    for r in &rows {
+        *counts.entry(r.1.as_str().to_string()).or_default() += 1;
+    }
+    let today_start = t - t.rem_euclid(86_400_000);
+    let today: Vec<_> = rows.iter().filter(|r| r.3 >= today_start).collect();
+    let today_revenue: i64 = today
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.1,
+                OrderStatus::Confirmed | OrderStatus::Shipped | OrderStatus::Delivered
+            )
+        })
+        .map(|r| r.2)
+        .sum();
+
+    let resp = api.get("/orders/stats").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    let s: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(s["totalOrders"], 6);
+    assert_eq!(serde_json::to_value(&counts).unwrap(), s["countByStatus"]);
+    assert!(
+        text.contains(&format!(
+            r#""totalRevenue":{}.{:02}"#,
+            revenue / 100,
+            revenue % 100
+        )),
+        "{text}"
+    );
+    assert_eq!(s["averageOrderValue"].as_f64().unwrap(), avg);
+    assert!(text.contains(r#""pendingAmount":5.55"#), "{text}");
+    assert_eq!(s["today"]["orders"], today.len());
+    assert!(
+        text.contains(&format!(
+            r#""revenue":{}.{:02}"#,
+            today_revenue / 100,
+            today_revenue % 100
+        )),
+        "{text}"
+    );
+}
