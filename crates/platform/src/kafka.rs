@@ -127,6 +127,17 @@ pub async fn ensure_topics(
     Ok(())
 }
 
+/// The `/readyz` check for a service that needs the brokers.
+pub fn readiness(producer: &FutureProducer) -> crate::http::ReadinessCheck {
+    let producer = producer.clone();
+    (
+        "kafka",
+        std::sync::Arc::new(move || {
+            Box::pin(check_reachable(producer.clone(), Duration::from_secs(2)))
+        }),
+    )
+}
+
 /// Asks the cluster for metadata: proves the brokers answer. Blocking
 /// librdkafka call, so it runs off the async threads.
 pub async fn check_reachable(client: FutureProducer, timeout: Duration) -> Result<(), String> {

@@ -47,6 +47,18 @@ pub async fn connect(args: &MongoArgs, app_name: &str) -> anyhow::Result<Databas
     Ok(client.database(&name))
 }
 
+/// The `/readyz` check for a service that needs MongoDB.
+pub fn readiness(db: &Database) -> crate::http::ReadinessCheck {
+    let db = db.clone();
+    (
+        "mongodb",
+        std::sync::Arc::new(move || {
+            let db = db.clone();
+            Box::pin(async move { ping(&db).await })
+        }),
+    )
+}
+
 pub async fn ping(db: &Database) -> Result<(), String> {
     db.run_command(doc! {"ping": 1})
         .await

@@ -2,13 +2,12 @@
 //! own consumer group (`orderflow-<stage>`), on the shared [`runner`].
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use clap::{Parser, ValueEnum};
 use orderflow_platform::config::{HttpArgs, KafkaArgs, MongoArgs, TopicArgs};
-use orderflow_platform::http::{self, Ops, ReadinessCheck};
+use orderflow_platform::http::{self, Ops};
 use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::Consumer;
@@ -97,25 +96,9 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         batch_timeout: args.batch_timeout,
     };
 
-    let (mongo_check, kafka_check) = (db.clone(), producer.clone());
-    let checks: Vec<ReadinessCheck> = vec![
-        (
-            "mongodb",
-            Arc::new(move || {
-                let db = mongo_check.clone();
-                Box::pin(async move { orderflow_platform::mongo::ping(&db).await })
-            }),
-        ),
-        (
-            "kafka",
-            Arc::new(move || {
-                let p = kafka_check.clone();
-                Box::pin(orderflow_platform::kafka::check_reachable(
-                    p,
-                    Duration::from_secs(2),
-                ))
-            }),
-        ),
+    let checks = vec![
+        orderflow_platform::mongo::readiness(&db),
+        orderflow_platform::kafka::readiness(&producer),
     ];
     let app = http::with_ops(
         Router::new(),

@@ -2,13 +2,12 @@
 //! cursor pagination, get one, and stats computed by MongoDB aggregations.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::routing::get;
 use axum::Router;
 use clap::Parser;
 use orderflow_platform::config::{HttpArgs, MongoArgs};
-use orderflow_platform::http::{self, Ops, ReadinessCheck};
+use orderflow_platform::http::{self, Ops};
 use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::registry::Registry;
 
@@ -47,14 +46,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     let state = AppState {
         orders: db.collection(orderflow_platform::mongo::ORDERS),
     };
-    let mongo_check = db.clone();
-    let checks: Vec<ReadinessCheck> = vec![(
-        "mongodb",
-        Arc::new(move || {
-            let db = mongo_check.clone();
-            Box::pin(async move { orderflow_platform::mongo::ping(&db).await })
-        }),
-    )];
+    let checks = vec![orderflow_platform::mongo::readiness(&db)];
     let app = Router::new()
         .route("/orders", get(orders::list))
         .route("/orders/stats", get(orders::stats))

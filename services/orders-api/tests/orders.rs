@@ -115,6 +115,14 @@ fn order(
     }
 }
 
+/// The test's own definition of a paid order, independent of the service's.
+fn is_paid(status: OrderStatus) -> bool {
+    matches!(
+        status,
+        OrderStatus::Confirmed | OrderStatus::Shipped | OrderStatus::Delivered
+    )
+}
+
 fn now_ms() -> i64 {
     DateTime::now().timestamp_millis()
 }
@@ -296,16 +304,7 @@ async fn stats_match_an_independent_computation() {
     )
     .await;
 
-    let paid: Vec<i64> = rows
-        .iter()
-        .filter(|r| {
-            matches!(
-                r.1,
-                OrderStatus::Confirmed | OrderStatus::Shipped | OrderStatus::Delivered
-            )
-        })
-        .map(|r| r.2)
-        .collect();
+    let paid: Vec<i64> = rows.iter().filter(|r| is_paid(r.1)).map(|r| r.2).collect();
     let revenue: i64 = paid.iter().sum();
     // Rounded half up to the cent, like the service.
     let avg = (revenue as f64 / paid.len() as f64).round() / 100.0;
@@ -315,16 +314,7 @@ async fn stats_match_an_independent_computation() {
     }
     let today_start = t - t.rem_euclid(86_400_000);
     let today: Vec<_> = rows.iter().filter(|r| r.3 >= today_start).collect();
-    let today_revenue: i64 = today
-        .iter()
-        .filter(|r| {
-            matches!(
-                r.1,
-                OrderStatus::Confirmed | OrderStatus::Shipped | OrderStatus::Delivered
-            )
-        })
-        .map(|r| r.2)
-        .sum();
+    let today_revenue: i64 = today.iter().filter(|r| is_paid(r.1)).map(|r| r.2).sum();
 
     let resp = api.get("/orders/stats").await;
     assert_eq!(resp.status(), StatusCode::OK);

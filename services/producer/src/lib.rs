@@ -10,7 +10,7 @@ use axum::routing::post;
 use axum::Router;
 use clap::Parser;
 use orderflow_platform::config::{HttpArgs, KafkaArgs, RedisArgs, TopicArgs};
-use orderflow_platform::http::{self, Ops, ReadinessCheck};
+use orderflow_platform::http::{self, Ops};
 use orderflow_platform::redis::LazyRedis;
 use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::registry::Registry;
@@ -94,17 +94,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         recent,
         metrics: orders::Metrics::register(&mut registry),
     };
-    let kafka_check = producer.clone();
-    let checks: Vec<ReadinessCheck> = vec![(
-        "kafka",
-        Arc::new(move || {
-            let p = kafka_check.clone();
-            Box::pin(orderflow_platform::kafka::check_reachable(
-                p,
-                Duration::from_secs(2),
-            ))
-        }),
-    )];
+    let checks = vec![orderflow_platform::kafka::readiness(&producer)];
     let app = Router::new()
         .route("/orders", post(orders::create_order))
         .layer(DefaultBodyLimit::max(args.body_limit))
