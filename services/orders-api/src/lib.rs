@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use axum::routing::get;
+use axum::routing::{delete, get};
 use axum::Router;
 use clap::Parser;
 use orderflow_platform::config::{HttpArgs, MongoArgs};
@@ -11,6 +11,7 @@ use orderflow_platform::http::{self, Ops};
 use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::registry::Registry;
 
+mod auth;
 mod orders;
 mod view;
 
@@ -25,6 +26,17 @@ pub struct Args {
     pub http: HttpArgs,
     #[command(flatten)]
     pub mongo: MongoArgs,
+    /// Bearer tokens accepted on mutating endpoints, comma-separated.
+    #[arg(
+        long = "api-tokens",
+        env = "API_TOKENS",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub api_tokens: String,
+    /// A file with one accepted token per line (a mounted Secret).
+    #[arg(long = "api-tokens-file", env = "API_TOKENS_FILE")]
+    pub api_tokens_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone)]
@@ -39,6 +51,10 @@ pub struct Running {
 }
 
 pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let tokens = auth::Tokens::load(&args.api_tokens, args.api_tokens_file.as_deref())?;
+    if tokens.is_empty() {
+        tracing::warn!("no API tokens configured: every mutating request will be refused");
+    }
     let db = orderflow_platform::mongo::connect(&args.mongo, SERVICE).await?;
     if let Err(e) = orderflow_platform::mongo::ensure_order_indexes(&db).await {
         tracing::warn!(error = %e, "indexes not ensured at start-up");
@@ -50,7 +66,12 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     let app = Router::new()
         .route("/orders", get(orders::list))
         .route("/orders/stats", get(orders::stats))
-        .route("/orders/{id}", get(orders::get_one))
+        .route(
+            "/orders/{id}",
+            get(orders::get_one).merge(delete(orders::delete_one).route_layer(
+                axum::middleware::from_fn_with_state(tokens, auth::require_token),
+            )),
+        )
         .with_state(state);
     let app = http::with_ops(
         app,

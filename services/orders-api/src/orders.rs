@@ -203,6 +203,22 @@ pub(crate) async fn get_one(
     Ok(([(header::ETAG, etag)], Json(OrderView::from(doc))).into_response())
 }
 
+pub(crate) async fn delete_one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let result = state
+        .orders
+        .delete_one(doc! {"orderId": &id})
+        .await
+        .map_err(internal)?;
+    if result.deleted_count == 0 {
+        return Err(Problem::not_found(format!("no order with id '{id}'")));
+    }
+    tracing::info!(order_id = %id, "order deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Stats {

@@ -23,18 +23,24 @@ struct Api {
 
 impl Api {
     async fn start() -> Api {
+        Self::start_with(&["--api-tokens", "token-one, token-two"]).await
+    }
+
+    async fn start_with(extra: &[&str]) -> Api {
         kit::telemetry();
         let name = kit::unique("ordersapi");
-        let args = Args::try_parse_from([
+        let url = kit::mongo_url(&name);
+        let mut argv = vec![
             "orders-api",
             "--port",
             "0",
             "--bind",
             "127.0.0.1",
             "--mongo-url",
-            &kit::mongo_url(&name),
-        ])
-        .unwrap();
+            &url,
+        ];
+        argv.extend_from_slice(extra);
+        let args = Args::try_parse_from(argv).unwrap();
         let shutdown = CancellationToken::new();
         let running = start(args, shutdown.clone()).await.unwrap();
         Api {
@@ -341,4 +347,85 @@ async fn stats_match_an_independent_computation() {
         )),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn delete_needs_a_valid_bearer_token() {
+    let api = Api::start().await;
+    api.insert(vec![order("d-1", "c", OrderStatus::Placed, 100, now_ms())])
+        .await;
+    let delete = |auth: Option<&'static str>| {
+        let mut req = api.client.delete(format!("{}/orders/d-1", api.base));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    let resp = delete(None).await.unwrap();
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    problem(resp, StatusCode::UNAUTHORIZED).await;
+    problem(
+        delete(Some("Basic dXNlcjpwYXNz")).await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    problem(
+        delete(Some("Bearer wrong")).await.unwrap(),
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    problem(
+        delete(Some("Bearer token-one-and-more")).await.unwrap(),
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    assert_eq!(
+        api.get("/orders/d-1").await.status(),
+        StatusCode::OK,
+        "refused deletes change nothing"
+    );
+
+    assert_eq!(
+        delete(Some("Bearer token-two")).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    problem(api.get("/orders/d-1").await, StatusCode::NOT_FOUND).await;
+    problem(
+        delete(Some("Bearer token-one")).await.unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    // Reads need no token.
+    assert_eq!(api.get("/orders").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn tokens_come_from_a_mounted_secret_file_and_none_means_closed() {
+    let dir = kit::TempDir::new("tokens");
+    let file = dir.0.join("tokens");
+    std::fs::write(&file, "from-secret\n").unwrap();
+    let api = Api::start_with(&["--api-tokens-file", file.to_str().unwrap()]).await;
+    api.insert(vec![order("f-1", "c", OrderStatus::Placed, 100, now_ms())])
+        .await;
+    let resp = api
+        .client
+        .delete(format!("{}/orders/f-1", api.base))
+        .bearer_auth("from-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+
+    let closed = Api::start_with(&[]).await;
+    closed
+        .insert(vec![order("g-1", "c", OrderStatus::Placed, 100, now_ms())])
+        .await;
+    let resp = closed
+        .client
+        .delete(format!("{}/orders/g-1", closed.base))
+        .bearer_auth("anything")
+        .send()
+        .await
+        .unwrap();
+    problem(resp, StatusCode::FORBIDDEN).await;
 }
