@@ -35,7 +35,8 @@ apt_install() {
     || die "apt-get install ${missing[*]} failed"
 }
 
-# The Kafka-protocol broker, with SQLite storage (never memory://).
+# The Kafka-protocol broker, with SQLite storage (its in-memory storage
+# loses and duplicates messages: never use it).
 ensure_tansu() {
   if [ -x "$TOOLS/bin/tansu" ] && "$TOOLS/bin/tansu" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
     return 0

@@ -88,6 +88,11 @@ pub fn consumer(args: &KafkaArgs, client_id: &str, group: &str) -> anyhow::Resul
             ("enable.auto.offset.store", "false".into()),
             ("auto.offset.reset", "earliest".into()),
             ("session.timeout.ms", "10000".into()),
+            // Also the rebalance timeout: a member that has not polled for 2
+            // minutes (a batch is bounded by BATCH_TIMEOUT, 60 s) leaves, so
+            // its partitions move to healthy replicas, and a restarted member
+            // never waits longer than this for a dead one to rejoin.
+            ("max.poll.interval.ms", "120000".into()),
             ("heartbeat.interval.ms", "2000".into()),
             ("enable.partition.eof", "false".into()),
         ],
