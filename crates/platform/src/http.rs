@@ -176,6 +176,13 @@ async fn readiness(service: &'static str, checks: Arc<Vec<ReadinessCheck>>) -> R
     (status, Json(body)).into_response()
 }
 
+/// A started service: where it listens, how to stop it, and its task.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
 /// Binds `addr`; returns the listener so callers (and tests) learn the port.
 pub async fn bind(bind: &str, port: u16) -> anyhow::Result<tokio::net::TcpListener> {
     let addr: SocketAddr = format!("{bind}:{port}").parse()?;

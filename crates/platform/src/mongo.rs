@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bson::doc;
-use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, WriteConcern};
 use mongodb::{Client, Database, IndexModel};
 
@@ -17,7 +16,8 @@ pub const DEFAULT_DATABASE: &str = "orders";
 pub const ORDERS: &str = "orders";
 pub const INVENTORY: &str = "inventory";
 
-const DUPLICATE_KEY: i32 = 11000;
+/// Server error code of a unique-index violation: the document is already there.
+pub const DUPLICATE_KEY: i32 = 11000;
 
 /// Connects lazily (the driver retries in the background); the database is
 /// the one named in the URL path, `orders` if none.
@@ -91,27 +91,4 @@ pub async fn ensure_order_indexes(db: &Database) -> anyhow::Result<()> {
         .await
         .context("creating indexes on inventory")?;
     Ok(())
-}
-
-/// A unique-index violation: the document is already there.
-pub fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
-    match err.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(we)) => we.code == DUPLICATE_KEY,
-        ErrorKind::InsertMany(e) => e
-            .write_errors
-            .as_ref()
-            .is_some_and(|errs| errs.iter().all(|w| w.code == DUPLICATE_KEY)),
-        _ => false,
-    }
-}
-
-/// An error that retrying cannot fix (bad input to the server); everything
-/// else — unreachable server, elections, timeouts — is worth a retry.
-pub fn is_permanent(err: &mongodb::error::Error) -> bool {
-    matches!(
-        err.kind.as_ref(),
-        ErrorKind::InvalidArgument { .. }
-            | ErrorKind::BsonSerialization(_)
-            | ErrorKind::BsonDeserialization(_)
-    )
 }

@@ -1,12 +1,12 @@
 //! The consumer binary: runs one pipeline stage per process, each stage its
 //! own consumer group (`orderflow-<stage>`), on the shared [`runner`].
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
 use clap::{Parser, ValueEnum};
 use orderflow_platform::config::{HttpArgs, KafkaArgs, MongoArgs, TopicArgs};
+pub use orderflow_platform::http::Running;
 use orderflow_platform::http::{self, Ops};
 use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::registry::Registry;
@@ -65,12 +65,6 @@ pub struct Args {
     /// Reject products the catalogue does not know (persist).
     #[arg(long, env = "STRICT_CATALOGUE", default_value_t = false, action = clap::ArgAction::Set)]
     pub strict_catalogue: bool,
-}
-
-pub struct Running {
-    pub addr: SocketAddr,
-    pub shutdown: CancellationToken,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Running> {

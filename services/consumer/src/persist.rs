@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 
 use bson::{doc, Bson, Document};
+use futures::TryStreamExt;
 use mongodb::{Collection, Database};
 use orderflow_domain::events::{types, OrderPlaced, OrderRejected};
 use orderflow_domain::pricing::{price_order, Catalogue, CatalogueEntry};
@@ -18,7 +19,7 @@ use orderflow_platform::kafka::headers::{self, Envelope};
 use orderflow_platform::mongo::documents::{
     bson_date, ItemDocument, OrderDocument, SourceRef, StatusChange, Validation,
 };
-use orderflow_platform::mongo::{INVENTORY, ORDERS};
+use orderflow_platform::mongo::{DUPLICATE_KEY, INVENTORY, ORDERS};
 use orderflow_platform::telemetry;
 use rdkafka::message::{Message, OwnedMessage};
 use time::OffsetDateTime;
@@ -55,24 +56,17 @@ impl Persist {
         if product_ids.is_empty() {
             return Ok(Catalogue::new());
         }
-        let mut cursor = self
-            .inventory
-            .find(doc! {"productId": {"$in": product_ids}})
-            .await
-            .map_err(|e| Transient(format!("reading the catalogue: {e}")))?;
-        let mut catalogue = Catalogue::new();
-        while cursor
-            .advance()
-            .await
-            .map_err(|e| Transient(format!("reading the catalogue: {e}")))?
-        {
-            let d = cursor
-                .deserialize_current()
-                .map_err(|e| Transient(format!("reading the catalogue: {e}")))?;
-            if let Some(entry) = catalogue_entry(&d) {
-                catalogue.insert(entry.product_id.clone(), entry);
-            }
-        }
+        let docs = find_all(
+            &self.inventory,
+            doc! {"productId": {"$in": product_ids}},
+            "the catalogue",
+        )
+        .await?;
+        let catalogue = docs
+            .iter()
+            .filter_map(catalogue_entry)
+            .map(|entry| (entry.product_id.clone(), entry))
+            .collect();
         Ok(catalogue)
     }
 
@@ -93,7 +87,7 @@ impl Persist {
                 mongodb::error::ErrorKind::InsertMany(ime) if ime.write_concern_error.is_none() => {
                     for we in ime.write_errors.iter().flatten() {
                         new.remove(&we.index);
-                        if we.code != 11000 {
+                        if we.code != DUPLICATE_KEY {
                             refused.insert(we.index, format!("{} ({})", we.message, we.code));
                         }
                     }
@@ -109,25 +103,16 @@ impl Persist {
         &self,
         ids: Vec<&str>,
     ) -> Result<HashMap<String, OrderDocument>, Transient> {
-        let mut stored = HashMap::new();
         if ids.is_empty() {
-            return Ok(stored);
+            return Ok(HashMap::new());
         }
-        let mut cursor = self
-            .orders
-            .find(doc! {"orderId": {"$in": ids}})
-            .await
-            .map_err(|e| Transient(format!("reading stored orders: {e}")))?;
-        while cursor
-            .advance()
-            .await
-            .map_err(|e| Transient(format!("reading stored orders: {e}")))?
-        {
-            let d = cursor
-                .deserialize_current()
-                .map_err(|e| Transient(format!("reading stored orders: {e}")))?;
-            stored.insert(d.order_id.clone(), d);
-        }
+        let docs = find_all(
+            &self.orders,
+            doc! {"orderId": {"$in": ids}},
+            "stored orders",
+        )
+        .await?;
+        let stored = docs.into_iter().map(|d| (d.order_id.clone(), d)).collect();
         Ok(stored)
     }
 
@@ -176,6 +161,24 @@ impl Persist {
             headers,
         })
     }
+}
+
+/// Every document matching `filter`; any failure is worth a retry.
+async fn find_all<T>(
+    coll: &Collection<T>,
+    filter: Document,
+    what: &str,
+) -> Result<Vec<T>, Transient>
+where
+    T: serde::de::DeserializeOwned + Send + Sync,
+{
+    let fail = |e: mongodb::error::Error| Transient(format!("reading {what}: {e}"));
+    coll.find(filter)
+        .await
+        .map_err(fail)?
+        .try_collect()
+        .await
+        .map_err(fail)
 }
 
 fn catalogue_entry(d: &Document) -> Option<CatalogueEntry> {

@@ -1,12 +1,11 @@
 //! orders-api: the read side of orders over MongoDB — list with filters and
 //! cursor pagination, get one, and stats computed by MongoDB aggregations.
 
-use std::net::SocketAddr;
-
 use axum::routing::{delete, get};
 use axum::Router;
 use clap::Parser;
 use orderflow_platform::config::{HttpArgs, MongoArgs};
+pub use orderflow_platform::http::Running;
 use orderflow_platform::http::{self, Ops};
 use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::registry::Registry;
@@ -42,12 +41,6 @@ pub struct Args {
 #[derive(Clone)]
 pub(crate) struct AppState {
     orders: mongodb::Collection<orderflow_platform::mongo::documents::OrderDocument>,
-}
-
-pub struct Running {
-    pub addr: SocketAddr,
-    pub shutdown: CancellationToken,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Running> {

@@ -1,7 +1,6 @@
 //! The producer: `POST /orders` validates a request, publishes OrderPlaced to
 //! Kafka and answers 202 only after the broker acknowledged it (acks=all).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use axum::routing::post;
 use axum::Router;
 use clap::Parser;
 use orderflow_platform::config::{HttpArgs, KafkaArgs, RedisArgs, TopicArgs};
+pub use orderflow_platform::http::Running;
 use orderflow_platform::http::{self, Ops};
 use orderflow_platform::redis::LazyRedis;
 use orderflow_platform::shutdown::CancellationToken;
@@ -68,13 +68,6 @@ pub(crate) struct AppState {
     publish_timeout: Duration,
     recent: Arc<RecentOrders>,
     metrics: orders::Metrics,
-}
-
-/// A started producer: where it listens and how to stop it.
-pub struct Running {
-    pub addr: SocketAddr,
-    pub shutdown: CancellationToken,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 /// Binds, builds the app and serves it in a task until `shutdown` trips;
