@@ -18,6 +18,11 @@ pub mod types {
     pub const ORDER_PLACED: &str = "dev.orderflow.order.placed";
     pub const ORDER_VALIDATED: &str = "dev.orderflow.order.validated";
     pub const ORDER_REJECTED: &str = "dev.orderflow.order.rejected";
+    pub const ORDER_CONFIRMED: &str = "dev.orderflow.order.confirmed";
+    pub const STOCK_RESERVED: &str = "dev.orderflow.inventory.reserved";
+    pub const LOW_STOCK: &str = "dev.orderflow.inventory.low_stock";
+    pub const PAYMENT_APPROVED: &str = "dev.orderflow.payment.approved";
+    pub const PAYMENT_DECLINED: &str = "dev.orderflow.payment.declined";
 }
 
 /// Published by the producer to `orders` once a request passed validation.
@@ -116,6 +121,72 @@ pub struct OrderRejected {
     pub detail: String,
     #[serde(with = "time::serde::rfc3339")]
     pub rejected_at: OffsetDateTime,
+}
+
+/// Published by the inventory stage to `inventory.events` (key `orderId`)
+/// once every tracked item of the order is reserved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StockReserved {
+    pub order_id: String,
+    pub customer_id: String,
+    pub currency: String,
+    /// Tracked products only, one entry per product.
+    pub items: Vec<ReservedItem>,
+    pub total_amount: Money,
+    #[serde(with = "time::serde::rfc3339")]
+    pub reserved_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReservedItem {
+    pub product_id: String,
+    pub quantity: i64,
+}
+
+/// Published by the inventory stage to `notifications` (key `productId`)
+/// when a reservation takes a product's stock below its threshold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LowStock {
+    pub product_id: String,
+    pub name: String,
+    pub stock: i64,
+    pub capacity: i64,
+    pub threshold: i64,
+    /// The order whose reservation crossed the threshold; with the product
+    /// it names the crossing, so each crossing is notified once.
+    pub order_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// Published by the payment stage to `payment.events` (key `orderId`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentProcessed {
+    pub order_id: String,
+    pub customer_id: String,
+    pub currency: String,
+    pub amount: Money,
+    pub approved: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub processed_at: OffsetDateTime,
+}
+
+/// Published by the payment stage to `notifications` once an order is paid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderConfirmed {
+    pub order_id: String,
+    pub customer_id: String,
+    pub currency: String,
+    pub total_amount: Money,
+    #[serde(with = "time::serde::rfc3339")]
+    pub confirmed_at: OffsetDateTime,
 }
 
 #[cfg(test)]

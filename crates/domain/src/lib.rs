@@ -5,8 +5,10 @@
 pub mod events;
 pub mod intake;
 pub mod money;
+pub mod payment;
 pub mod pricing;
 pub mod status;
+pub mod stock;
 
 pub use money::Money;
 pub use status::OrderStatus;

@@ -50,8 +50,73 @@ impl OrderStatus {
     }
 }
 
+/// Why a requested status change is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransitionError {
+    /// Already in the requested status.
+    Unchanged,
+    /// Not a move anyone may make by hand.
+    Illegal,
+}
+
+impl OrderStatus {
+    /// Status changes a client may request through orders-api (SPEC §2):
+    /// fulfilment moves forward (confirmed → shipped → delivered) and an
+    /// order that has not been paid may be cancelled (placed/reserved →
+    /// cancelled). Everything else belongs to the pipeline.
+    pub fn check_manual_change(self, to: OrderStatus) -> Result<(), TransitionError> {
+        use OrderStatus::*;
+        if self == to {
+            return Err(TransitionError::Unchanged);
+        }
+        match (self, to) {
+            (Confirmed, Shipped) | (Shipped, Delivered) | (Placed | Reserved, Cancelled) => Ok(()),
+            _ => Err(TransitionError::Illegal),
+        }
+    }
+
+    /// The statuses a client may request from this one.
+    pub fn manual_successors(self) -> Vec<OrderStatus> {
+        Self::ALL
+            .into_iter()
+            .filter(|to| self.check_manual_change(*to).is_ok())
+            .collect()
+    }
+}
+
 impl std::fmt::Display for OrderStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OrderStatus::*;
+    use super::*;
+
+    #[test]
+    fn only_fulfilment_and_cancellation_are_manual() {
+        let legal = [
+            (Confirmed, Shipped),
+            (Shipped, Delivered),
+            (Placed, Cancelled),
+            (Reserved, Cancelled),
+        ];
+        for from in OrderStatus::ALL {
+            for to in OrderStatus::ALL {
+                let expected = if from == to {
+                    Err(TransitionError::Unchanged)
+                } else if legal.contains(&(from, to)) {
+                    Ok(())
+                } else {
+                    Err(TransitionError::Illegal)
+                };
+                assert_eq!(from.check_manual_change(to), expected, "{from} → {to}");
+            }
+        }
+        assert_eq!(Confirmed.manual_successors(), vec![Shipped]);
+        assert!(Rejected.manual_successors().is_empty());
+        assert!(Delivered.manual_successors().is_empty());
     }
 }

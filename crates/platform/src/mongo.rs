@@ -10,11 +10,18 @@ use mongodb::{Client, Database, IndexModel};
 use crate::config::MongoArgs;
 
 pub mod documents;
+pub mod stock;
 
 pub const DEFAULT_DATABASE: &str = "orders";
 /// Collection names (SPEC §4).
 pub const ORDERS: &str = "orders";
 pub const INVENTORY: &str = "inventory";
+/// The inventory stage's decision per order (`_id` = orderId).
+pub const RESERVATIONS: &str = "reservations";
+/// The payment stage's decision per order (`_id` = orderId).
+pub const PAYMENTS: &str = "payments";
+/// Notification deliveries (`_id` = notification key / channel).
+pub const NOTIFICATIONS: &str = "notifications";
 
 /// Server error code of a unique-index violation: the document is already there.
 pub const DUPLICATE_KEY: i32 = 11000;
@@ -91,4 +98,88 @@ pub async fn ensure_order_indexes(db: &Database) -> anyhow::Result<()> {
         .await
         .context("creating indexes on inventory")?;
     Ok(())
+}
+
+/// How a transaction body ends.
+pub enum Tx<T> {
+    Commit(T),
+    /// Roll back whatever the body wrote, and return this.
+    Abort(T),
+}
+
+/// Attempts of a transaction that keeps meeting write conflicts.
+pub const TRANSACTION_ATTEMPTS: u32 = 8;
+
+/// Whether the whole transaction may simply be run again (a write conflict
+/// with a concurrent transaction, a primary that changed).
+pub fn is_transient_transaction_error(e: &mongodb::error::Error) -> bool {
+    e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
+}
+
+/// Commits, repeating the commit while its result is unknown (the commit is
+/// idempotent on the server).
+pub async fn commit(session: &mut mongodb::ClientSession) -> mongodb::error::Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match session.commit_transaction().await {
+            Err(e)
+                if attempt < TRANSACTION_ATTEMPTS
+                    && e.contains_label(mongodb::error::UNKNOWN_TRANSACTION_COMMIT_RESULT) =>
+            {
+                continue
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Runs `$body` (an expression awaiting on `$session: &mut ClientSession`
+/// and yielding `mongodb::error::Result<Tx<T>>`) in a transaction, again
+/// from the start on a transient transaction error (write conflict), with a
+/// short randomised pause between attempts.
+#[macro_export]
+macro_rules! in_transaction {
+    ($client:expr, |$session:ident| $body:expr) => {{
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let result: ::mongodb::error::Result<_> = async {
+                let mut owned = $client.start_session().await?;
+                owned.start_transaction().await?;
+                let outcome = {
+                    let $session = &mut owned;
+                    $body
+                };
+                match outcome {
+                    Ok($crate::mongo::Tx::Commit(value)) => {
+                        $crate::mongo::commit(&mut owned).await?;
+                        Ok(value)
+                    }
+                    Ok($crate::mongo::Tx::Abort(value)) => {
+                        owned.abort_transaction().await?;
+                        Ok(value)
+                    }
+                    Err(e) => {
+                        let _ = owned.abort_transaction().await;
+                        Err(e)
+                    }
+                }
+            }
+            .await;
+            match result {
+                Err(e)
+                    if attempt < $crate::mongo::TRANSACTION_ATTEMPTS
+                        && $crate::mongo::is_transient_transaction_error(&e) =>
+                {
+                    let jitter = u64::from(::std::process::id() ^ attempt) % 20;
+                    ::tokio::time::sleep(::std::time::Duration::from_millis(
+                        5 * u64::from(attempt) + jitter,
+                    ))
+                    .await;
+                }
+                other => break other,
+            }
+        }
+    }};
 }

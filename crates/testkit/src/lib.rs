@@ -318,3 +318,131 @@ pub fn spawn_mongo(port: u16, dir: &std::path::Path) -> Server {
         _dir: None,
     }
 }
+
+/// A private SMTP server (aiosmtpd) that stores every message it accepts in
+/// a Maildir, so a test can count what was really delivered.
+pub struct SmtpSink {
+    pub server: Server,
+    maildir: TempDir,
+}
+
+/// One stored e-mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mail {
+    pub to: String,
+    pub subject: String,
+    pub message_id: String,
+}
+
+pub fn spawn_smtp() -> SmtpSink {
+    let port = free_port();
+    let maildir = TempDir::new("maildir");
+    let child = Command::new(required("ORDERFLOW_TEST_AIOSMTPD"))
+        .args([
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "-c",
+            "aiosmtpd.handlers.Mailbox",
+        ])
+        .arg(maildir.0.join("box"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting aiosmtpd");
+    wait_listening(port, "aiosmtpd");
+    SmtpSink {
+        server: Server {
+            child,
+            port,
+            _dir: None,
+        },
+        maildir,
+    }
+}
+
+impl SmtpSink {
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.server.port)
+    }
+
+    /// Every message received so far.
+    pub fn mails(&self) -> Vec<Mail> {
+        let Ok(entries) = std::fs::read_dir(self.maildir.0.join("box").join("new")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .map(|text| {
+                let header = |name: &str| {
+                    text.lines()
+                        .take_while(|l| !l.is_empty())
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                        })
+                        .unwrap_or_default()
+                };
+                Mail {
+                    to: header("X-RcptTo"),
+                    subject: header("Subject"),
+                    message_id: header("Message-ID"),
+                }
+            })
+            .collect()
+    }
+}
+
+/// How far `group` has committed on `topic`, and where the topic ends:
+/// (Σ committed offsets, Σ high watermarks) over its partitions. A busy
+/// local broker sometimes times out; this asks again.
+pub fn group_position(brokers: &str, group: &str, topic: &str) -> (i64, i64) {
+    let mut last = None;
+    for _ in 0..10 {
+        match try_group_position(brokers, group, topic) {
+            Ok(p) => return p,
+            Err(e) => {
+                last = Some(e);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    panic!("position of {group} on {topic}: {last:?}");
+}
+
+fn try_group_position(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+) -> Result<(i64, i64), rdkafka::error::KafkaError> {
+    use rdkafka::consumer::BaseConsumer;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let timeout = Duration::from_secs(15);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    let mut done = 0;
+    let mut end = 0;
+    for p in &partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, *p, timeout)?;
+        end += high;
+        if let Some(rdkafka::Offset::Offset(o)) =
+            committed.find_partition(topic, *p).map(|e| e.offset())
+        {
+            done += o;
+        }
+    }
+    Ok((done, end))
+}

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use axum::Router;
 use clap::{Parser, ValueEnum};
+use orderflow_domain::payment::DeclineRule;
+use orderflow_domain::Money;
 use orderflow_platform::config::{HttpArgs, KafkaArgs, MongoArgs, TopicArgs};
 pub use orderflow_platform::http::Running;
 use orderflow_platform::http::{self, Ops};
@@ -12,7 +14,12 @@ use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::Consumer;
 
+pub mod event;
+pub mod inventory;
+pub mod notify;
+pub mod payment;
 pub mod persist;
+pub mod replay;
 pub mod runner;
 
 use runner::{Runner, RunnerConfig, RunnerMetrics};
@@ -20,12 +27,28 @@ use runner::{Runner, RunnerConfig, RunnerMetrics};
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StageName {
     Persist,
+    Inventory,
+    Payment,
+    Notify,
 }
 
 impl StageName {
     pub fn as_str(self) -> &'static str {
         match self {
             StageName::Persist => "persist",
+            StageName::Inventory => "inventory",
+            StageName::Payment => "payment",
+            StageName::Notify => "notify",
+        }
+    }
+
+    /// The topic the stage consumes.
+    pub fn input(self, topics: &TopicArgs) -> &str {
+        match self {
+            StageName::Persist => &topics.orders,
+            StageName::Inventory => &topics.validated,
+            StageName::Payment => &topics.inventory,
+            StageName::Notify => &topics.notifications,
         }
     }
 }
@@ -65,15 +88,137 @@ pub struct Args {
     /// Reject products the catalogue does not know (persist).
     #[arg(long, env = "STRICT_CATALOGUE", default_value_t = false, action = clap::ArgAction::Set)]
     pub strict_catalogue: bool,
+    /// Share of payments the simulated gateway declines, 0–1, chosen by a
+    /// hash of the orderId (payment).
+    #[arg(long, env = "PAYMENT_DECLINE_RATE", default_value_t = 0.0)]
+    pub payment_decline_rate: f64,
+    /// Decline every payment above this amount (payment).
+    #[arg(long, env = "PAYMENT_DECLINE_OVER")]
+    pub payment_decline_over: Option<String>,
+    /// How long one simulated charge takes (payment).
+    #[arg(long, env = "PAYMENT_LATENCY", default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub payment_latency: Duration,
+    /// Charges in flight at once (payment).
+    #[arg(long, env = "PAYMENT_CONCURRENCY", default_value_t = 64)]
+    pub payment_concurrency: usize,
+    /// Delivery channels, comma-separated: log, smtp, webhook (notify).
+    #[arg(
+        long,
+        env = "NOTIFY_CHANNELS",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "log"
+    )]
+    pub notify_channels: Vec<notify::Channel>,
+    /// SMTP server, e.g. smtp://mail:25 or smtps://user:pass@mail:465 (notify).
+    #[arg(long, env = "SMTP_URL", default_value = "smtp://127.0.0.1:2525")]
+    pub smtp_url: String,
+    /// Sender of the e-mails (notify).
+    #[arg(
+        long,
+        env = "MAIL_FROM",
+        default_value = "orderflow <orders@orderflow.local>"
+    )]
+    pub mail_from: String,
+    /// Who gets low-stock alerts (notify).
+    #[arg(long, env = "STAFF_EMAIL", default_value = "staff@orderflow.local")]
+    pub staff_email: String,
+    /// Customers are mailed at `<customerId>@<domain>` unless their id is an
+    /// address (notify).
+    #[arg(
+        long,
+        env = "CUSTOMER_EMAIL_DOMAIN",
+        default_value = "customers.orderflow.local"
+    )]
+    pub customer_email_domain: String,
+    /// Where webhook notifications are POSTed (notify).
+    #[arg(long, env = "WEBHOOK_URL", default_value = "")]
+    pub webhook_url: String,
+    /// Key of the webhook's HMAC-SHA256 signature (notify).
+    #[arg(
+        long,
+        env = "WEBHOOK_SECRET",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub webhook_secret: String,
+    /// Delivery attempts per channel before the notification goes to the DLQ (notify).
+    #[arg(long, env = "NOTIFY_ATTEMPTS", default_value_t = 5)]
+    pub notify_attempts: u32,
+    /// First pause between delivery attempts; doubles each time (notify).
+    #[arg(long, env = "NOTIFY_BACKOFF", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub notify_backoff: Duration,
+    /// Longest one SMTP or webhook delivery may take (notify).
+    #[arg(long, env = "NOTIFY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub notify_timeout: Duration,
+    /// Notifications delivered at once (notify).
+    #[arg(long, env = "NOTIFY_CONCURRENCY", default_value_t = 16)]
+    pub notify_concurrency: usize,
+    /// Instead of running: move the stage's consumer group to `earliest` or
+    /// an RFC 3339 time on its input topic, then exit (replay; stop the
+    /// stage first).
+    #[arg(long)]
+    pub replay_from: Option<replay::ReplayFrom>,
+}
+
+impl Args {
+    /// The consumer group: `orderflow-<stage>` unless set.
+    pub fn group(&self) -> String {
+        if self.group.is_empty() {
+            format!("orderflow-{}", self.stage.as_str())
+        } else {
+            self.group.clone()
+        }
+    }
+
+    fn decline_rule(&self) -> anyhow::Result<DeclineRule> {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.payment_decline_rate),
+            "PAYMENT_DECLINE_RATE must be between 0 and 1"
+        );
+        let over = match self.payment_decline_over.as_deref() {
+            None | Some("") => None,
+            Some(s) => {
+                Some(Money::parse(s).map_err(|e| anyhow::anyhow!("PAYMENT_DECLINE_OVER: {e}"))?)
+            }
+        };
+        Ok(DeclineRule {
+            rate: self.payment_decline_rate,
+            over,
+        })
+    }
+
+    fn notify_config(&self) -> notify::NotifyConfig {
+        notify::NotifyConfig {
+            channels: self.notify_channels.clone(),
+            smtp_url: self.smtp_url.clone(),
+            mail_from: self.mail_from.clone(),
+            staff_email: self.staff_email.clone(),
+            customer_email_domain: self.customer_email_domain.clone(),
+            webhook_url: self.webhook_url.clone(),
+            webhook_secret: self.webhook_secret.clone(),
+            attempts: self.notify_attempts,
+            backoff: self.notify_backoff,
+            timeout: self.notify_timeout,
+            concurrency: self.notify_concurrency,
+        }
+    }
+}
+
+/// The `--replay-from` command: resets the group and reports where.
+pub async fn replay(args: &Args, from: replay::ReplayFrom) -> anyhow::Result<()> {
+    let group = args.group();
+    let topic = args.stage.input(&args.topics);
+    let positions = replay::reset_group(&args.kafka, &group, topic, from).await?;
+    for (partition, offset) in positions {
+        println!("{group} {topic}[{partition}] -> {offset}");
+    }
+    Ok(())
 }
 
 pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let stage = args.stage.as_str();
-    let group = if args.group.is_empty() {
-        format!("orderflow-{stage}")
-    } else {
-        args.group.clone()
-    };
+    let group = args.group();
     let client_id = format!("orderflow-{stage}-{}", std::process::id());
     let db = orderflow_platform::mongo::connect(&args.mongo, &client_id).await?;
     let producer =
@@ -107,29 +252,55 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     let addr = listener.local_addr()?;
     let grace = args.http.shutdown_grace;
 
-    let worker = match args.stage {
-        StageName::Persist => {
-            if let Err(e) = orderflow_platform::mongo::ensure_order_indexes(&db).await {
-                // Keep going: the server may come up later; writes retry.
-                tracing::warn!(error = %e, "indexes not ensured at start-up");
-            }
-            consumer.subscribe(&[args.topics.orders.as_str()])?;
-            let stage = persist::Persist::new(
-                &db,
-                args.topics.validated.clone(),
-                args.topics.notifications.clone(),
-                args.strict_catalogue,
-            );
+    if let Err(e) = orderflow_platform::mongo::ensure_order_indexes(&db).await {
+        // Keep going: the server may come up later; writes retry.
+        tracing::warn!(error = %e, "indexes not ensured at start-up");
+    }
+    consumer.subscribe(&[args.stage.input(&args.topics)])?;
+    let topics = &args.topics;
+    let token = shutdown.clone();
+    macro_rules! run {
+        ($stage:expr) => {{
             let runner = Runner {
-                stage,
+                stage: $stage,
                 consumer,
                 producer,
                 config,
                 metrics,
             };
-            let token = shutdown.clone();
             tokio::spawn(async move { runner.run(token).await })
-        }
+        }};
+    }
+    let worker = match args.stage {
+        StageName::Persist => run!(persist::Persist::new(
+            &db,
+            group.clone(),
+            topics.validated.clone(),
+            topics.notifications.clone(),
+            args.strict_catalogue,
+        )),
+        StageName::Inventory => run!(inventory::Inventory::new(
+            &db,
+            group.clone(),
+            topics.inventory.clone(),
+            topics.notifications.clone(),
+        )),
+        StageName::Payment => run!(payment::Payment::new(
+            &db,
+            group.clone(),
+            payment::Gateway {
+                rule: args.decline_rule()?,
+                latency: args.payment_latency,
+                concurrency: args.payment_concurrency,
+            },
+            topics.payment.clone(),
+            topics.notifications.clone(),
+        )),
+        StageName::Notify => run!(notify::Notify::new(
+            &db,
+            group.clone(),
+            args.notify_config()
+        )?),
     };
     tracing::info!(%addr, stage, %group, "stage running");
 

@@ -15,7 +15,6 @@ use mongodb::{Collection, Database};
 use orderflow_domain::events::{types, OrderPlaced, OrderRejected};
 use orderflow_domain::pricing::{price_order, Catalogue, CatalogueEntry};
 use orderflow_domain::{Money, OrderStatus};
-use orderflow_platform::kafka::headers::{self, Envelope};
 use orderflow_platform::mongo::documents::{
     bson_date, ItemDocument, OrderDocument, SourceRef, StatusChange, Validation,
 };
@@ -24,11 +23,13 @@ use orderflow_platform::telemetry;
 use rdkafka::message::{Message, OwnedMessage};
 use time::OffsetDateTime;
 
+use crate::event::{decode, process_span, NewEvent, Undecodable};
 use crate::runner::{Outcome, Outgoing, Stage, Transient};
 
 pub const SOURCE: &str = "/orderflow/consumer/persist";
 
 pub struct Persist {
+    group: String,
     orders: Collection<OrderDocument>,
     inventory: Collection<Document>,
     validated_topic: String,
@@ -39,11 +40,13 @@ pub struct Persist {
 impl Persist {
     pub fn new(
         db: &Database,
+        group: String,
         validated_topic: String,
         notifications_topic: String,
         strict_catalogue: bool,
     ) -> Self {
         Persist {
+            group,
             orders: db.collection(ORDERS),
             inventory: db.collection(INVENTORY),
             validated_topic,
@@ -117,49 +120,37 @@ impl Persist {
     }
 
     fn emit(&self, stored: &OrderDocument, span: &tracing::Span) -> Result<Outgoing, Transient> {
-        let (topic, event_type, payload) = match stored.to_validated() {
-            Some(validated) => (
-                &self.validated_topic,
-                types::ORDER_VALIDATED,
-                serde_json::to_vec(&validated),
-            ),
-            None if !stored.validation.accepted => {
-                let rejected = OrderRejected {
-                    order_id: stored.order_id.clone(),
-                    customer_id: stored.customer_id.clone(),
-                    reason: stored.validation.reason.clone().unwrap_or_default(),
-                    detail: stored.validation.detail.clone().unwrap_or_default(),
-                    rejected_at: OffsetDateTime::now_utc(),
-                };
-                (
-                    &self.notifications_topic,
-                    types::ORDER_REJECTED,
-                    serde_json::to_vec(&rejected),
-                )
-            }
-            None => {
-                return Err(Transient(format!(
-                    "stored order {} is inconsistent",
-                    stored.order_id
-                )))
-            }
-        };
-        let payload = payload.map_err(|e| Transient(e.to_string()))?;
-        let headers = headers::for_event(
-            &Envelope {
-                event_type,
+        if let Some(validated) = stored.to_validated() {
+            return NewEvent {
+                topic: &self.validated_topic,
+                key: &stored.order_id,
+                event_type: types::ORDER_VALIDATED,
                 source: SOURCE,
-                subject: &stored.order_id,
-                time: OffsetDateTime::now_utc(),
-            },
-            span,
-        );
-        Ok(Outgoing {
-            topic: topic.clone(),
-            key: stored.order_id.as_bytes().to_vec(),
-            payload,
-            headers,
-        })
+                payload: &validated,
+            }
+            .build(span);
+        }
+        if stored.validation.accepted {
+            return Err(Transient(format!(
+                "stored order {} is inconsistent",
+                stored.order_id
+            )));
+        }
+        let rejected = OrderRejected {
+            order_id: stored.order_id.clone(),
+            customer_id: stored.customer_id.clone(),
+            reason: stored.validation.reason.clone().unwrap_or_default(),
+            detail: stored.validation.detail.clone().unwrap_or_default(),
+            rejected_at: OffsetDateTime::now_utc(),
+        };
+        NewEvent {
+            topic: &self.notifications_topic,
+            key: &stored.order_id,
+            event_type: types::ORDER_REJECTED,
+            source: SOURCE,
+            payload: &rejected,
+        }
+        .build(span)
     }
 }
 
@@ -199,17 +190,8 @@ fn catalogue_entry(d: &Document) -> Option<CatalogueEntry> {
 }
 
 /// Decodes an OrderPlaced, or says why the message can never be one.
-fn decode(msg: &OwnedMessage) -> Result<OrderPlaced, (&'static str, String)> {
-    if let Some(t) = headers::get(msg.headers().map(|h| h.as_borrowed()), headers::TYPE) {
-        if t != types::ORDER_PLACED {
-            return Err(("unexpected_event_type", format!("ce_type {t}")));
-        }
-    }
-    let payload = msg
-        .payload()
-        .ok_or(("undecodable", "empty payload".to_string()))?;
-    let order: OrderPlaced =
-        serde_json::from_slice(payload).map_err(|e| ("undecodable", e.to_string()))?;
+fn decode_placed(msg: &OwnedMessage) -> Result<OrderPlaced, Undecodable> {
+    let order: OrderPlaced = decode(msg, types::ORDER_PLACED)?;
     let valid_id = !order.order_id.is_empty() && order.order_id.len() <= 64;
     if !valid_id
         || order.customer_id.is_empty()
@@ -304,8 +286,8 @@ fn document(
 
 impl Stage for Persist {
     async fn handle(&self, batch: &[OwnedMessage]) -> Result<Vec<Outcome>, Transient> {
-        let decoded: Vec<Result<OrderPlaced, (&'static str, String)>> =
-            batch.iter().map(decode).collect();
+        let decoded: Vec<Result<OrderPlaced, Undecodable>> =
+            batch.iter().map(decode_placed).collect();
         let orders: Vec<(usize, &OrderPlaced)> = decoded
             .iter()
             .enumerate()
@@ -357,19 +339,7 @@ impl Stage for Persist {
                     order.order_id
                 )));
             };
-            let span = tracing::info_span!(
-                "orders process",
-                otel.kind = "consumer",
-                messaging.system = "kafka",
-                messaging.operation.name = "process",
-                messaging.consumer.group.name = "orderflow-persist",
-                messaging.destination.name = msg.topic(),
-                order_id = %order.order_id,
-            );
-            telemetry::set_parent(
-                &span,
-                headers::parent_context(msg.headers().map(|h| h.as_borrowed())),
-            );
+            let span = process_span(msg, &self.group, &order.order_id);
             if new.contains(&this_doc) {
                 tracing::info!(
                     parent: &span,

@@ -330,18 +330,20 @@ impl<S: Stage> Runner<S> {
     }
 }
 
-/// Exponential backoff from 100 ms, doubling up to `max`.
+/// Exponential backoff, doubling up to `max`.
 pub struct Backoff {
     next: Duration,
     max: Duration,
 }
 
 impl Backoff {
+    /// From 100 ms.
     pub fn new(max: Duration) -> Self {
-        Backoff {
-            next: Duration::from_millis(100),
-            max,
-        }
+        Self::starting_at(Duration::from_millis(100), max)
+    }
+
+    pub fn starting_at(first: Duration, max: Duration) -> Self {
+        Backoff { next: first, max }
     }
 
     pub fn next_wait(&mut self) -> Duration {

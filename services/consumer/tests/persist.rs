@@ -2,7 +2,7 @@
 //! by scripts/test: producer → `orders` → persist → MongoDB + `orders.validated`.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use bson::{doc, Document};
@@ -19,13 +19,8 @@ use rdkafka::Message;
 use reqwest::StatusCode;
 use serde_json::json;
 
-/// These tests each push thousands of messages through one broker and one
-/// MongoDB; on a 2-core machine running them at once starves them all, so
-/// they take turns.
-async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
-}
+mod support;
+use support::{one_at_a_time, spawn_stage};
 
 fn persist_args(topics: &TopicArgs, mongo_url: &str, brokers: &str, extra: &[&str]) -> Vec<String> {
     let mut argv: Vec<String> = [
@@ -457,33 +452,6 @@ fn placed(i: usize) -> Vec<u8> {
     .unwrap()
 }
 
-/// The consumer binary as a child process, killed if the test ends first.
-struct Stage(Child);
-
-impl Drop for Stage {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_persist(argv: &[String], log: &std::path::Path) -> Stage {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Stage(
-        Command::new(env!("CARGO_BIN_EXE_consumer"))
-            .args(&argv[1..])
-            .env("RUST_LOG", "info")
-            .stdout(log)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting the consumer binary"),
-    )
-}
-
 async fn stored_ids(db: &mongodb::Database) -> (u64, HashSet<String>) {
     let coll = db.collection::<Document>("orders");
     let n = coll.count_documents(doc! {}).await.unwrap();
@@ -524,7 +492,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     let log_dir = kit::TempDir::new("sigkill-logs");
     let log = log_dir.0.join("persist.log");
     let t0 = std::time::Instant::now();
-    let mut child = spawn_persist(&argv, &log);
+    let mut child = spawn_stage(&argv, &log);
     let progressed = kit::eventually(
         Duration::from_secs(120),
         "persist to make progress",
@@ -555,7 +523,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     // that sometimes never got partitions from the local broker (tansu);
     // see docs/adr/0002-at-least-once-stages.md.
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let mut child = spawn_persist(&argv, &log);
+    let mut child = spawn_stage(&argv, &log);
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
     while stored_ids(&db).await.0 < N as u64 {
         if std::time::Instant::now() > deadline {

@@ -1,7 +1,7 @@
 //! orders-api: the read side of orders over MongoDB — list with filters and
 //! cursor pagination, get one, and stats computed by MongoDB aggregations.
 
-use axum::routing::{delete, get};
+use axum::routing::{get, patch, post, put};
 use axum::Router;
 use clap::Parser;
 use orderflow_platform::config::{HttpArgs, MongoArgs};
@@ -11,7 +11,9 @@ use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::registry::Registry;
 
 mod auth;
+mod inventory;
 mod orders;
+mod update;
 mod view;
 
 pub const SERVICE: &str = "orders-api";
@@ -40,7 +42,9 @@ pub struct Args {
 
 #[derive(Clone)]
 pub(crate) struct AppState {
+    db: mongodb::Database,
     orders: mongodb::Collection<orderflow_platform::mongo::documents::OrderDocument>,
+    inventory: mongodb::Collection<orderflow_platform::mongo::documents::InventoryDocument>,
 }
 
 pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Running> {
@@ -53,19 +57,30 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         tracing::warn!(error = %e, "indexes not ensured at start-up");
     }
     let state = AppState {
+        db: db.clone(),
         orders: db.collection(orderflow_platform::mongo::ORDERS),
+        inventory: db.collection(orderflow_platform::mongo::INVENTORY),
     };
     let checks = vec![orderflow_platform::mongo::readiness(&db)];
-    let app = Router::new()
-        .route("/orders", get(orders::list))
-        .route("/orders/stats", get(orders::stats))
+    // Mutations (PATCH, DELETE, PUT, POST seed) need a bearer token.
+    let mutations = Router::new()
         .route(
             "/orders/{id}",
-            get(orders::get_one).merge(delete(orders::delete_one).route_layer(
-                axum::middleware::from_fn_with_state(tokens, auth::require_token),
-            )),
+            patch(update::patch_one).delete(orders::delete_one),
         )
-        .with_state(state);
+        .route("/inventory/{id}", put(inventory::put_one))
+        .route("/inventory/seed", post(inventory::seed))
+        .route_layer(axum::middleware::from_fn_with_state(
+            tokens,
+            auth::require_token,
+        ));
+    let reads = Router::new()
+        .route("/orders", get(orders::list))
+        .route("/orders/stats", get(orders::stats))
+        .route("/orders/{id}", get(orders::get_one))
+        .route("/inventory", get(inventory::list))
+        .route("/inventory/{id}", get(inventory::get_one));
+    let app = reads.merge(mutations).with_state(state);
     let app = http::with_ops(
         app,
         Ops {

@@ -30,7 +30,11 @@ pub const REVENUE_STATUSES: [OrderStatus; 3] = [
     OrderStatus::Delivered,
 ];
 
-fn internal(e: impl std::fmt::Display) -> Problem {
+pub(crate) fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+pub(crate) fn internal(e: impl std::fmt::Display) -> Problem {
     tracing::error!(error = %e, "orders query failed");
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -199,8 +203,11 @@ pub(crate) async fn get_one(
         .await
         .map_err(internal)?
         .ok_or_else(|| Problem::not_found(format!("no order with id '{id}'")))?;
-    let etag = format!("\"{}\"", doc.version);
-    Ok(([(header::ETAG, etag)], Json(OrderView::from(doc))).into_response())
+    Ok((
+        [(header::ETAG, etag(doc.version))],
+        Json(OrderView::from(doc)),
+    )
+        .into_response())
 }
 
 pub(crate) async fn delete_one(

@@ -89,7 +89,7 @@ impl From<&PricedItem> for ItemDocument {
     }
 }
 
-fn offset_date_time(dt: DateTime) -> time::OffsetDateTime {
+pub fn offset_date_time(dt: DateTime) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(dt.timestamp_millis()) * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
@@ -129,5 +129,152 @@ impl OrderDocument {
             placed_at: offset_date_time(self.received_at),
             validated_at: offset_date_time(self.processed_at),
         })
+    }
+}
+
+/// One product in the `inventory` collection (unique `productId`): the
+/// catalogue entry and its stock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryDocument {
+    pub product_id: String,
+    pub name: String,
+    pub unit_price_cents: i64,
+    pub stock: i64,
+    pub capacity: i64,
+    /// Stock below this is low; 50 % of capacity when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_stock_threshold: Option<i64>,
+    pub updated_at: DateTime,
+}
+
+/// Where an order's stock reservation stands.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReservationState {
+    /// Stock taken, payment pending.
+    Reserved,
+    /// Paid: the stock is sold.
+    Committed,
+    /// Given back (payment declined or order cancelled).
+    Released,
+    /// Not enough stock; nothing was taken.
+    Rejected,
+    /// The order had left `placed` (cancelled) before the stage saw it.
+    Skipped,
+}
+
+/// The inventory stage's decision for one order (`reservations`, `_id` =
+/// orderId): written in the same transaction as the stock it took, so a
+/// redelivered order finds it and takes nothing twice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReservationDocument {
+    #[serde(rename = "_id")]
+    pub order_id: String,
+    pub customer_id: String,
+    pub currency: String,
+    pub total_cents: i64,
+    pub state: ReservationState,
+    pub items: Vec<ReservedItemDocument>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Low-stock thresholds this reservation crossed.
+    #[serde(default)]
+    pub low_stock: Vec<LowStockCrossing>,
+    pub created_at: DateTime,
+    pub updated_at: DateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReservedItemDocument {
+    pub product_id: String,
+    pub quantity: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LowStockCrossing {
+    pub product_id: String,
+    pub name: String,
+    pub stock: i64,
+    pub capacity: i64,
+    pub threshold: i64,
+}
+
+/// The payment stage's decision for one order (`payments`, `_id` = orderId).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentDocument {
+    #[serde(rename = "_id")]
+    pub order_id: String,
+    pub customer_id: String,
+    pub currency: String,
+    pub amount_cents: i64,
+    pub outcome: PaymentOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub processed_at: DateTime,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PaymentOutcome {
+    Approved,
+    Declined,
+    /// The reservation was gone (order cancelled) before payment ran.
+    Skipped,
+}
+
+/// One notification delivered (or given up on) over one channel
+/// (`notifications`, `_id` = `<notification key>/<channel>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryDocument {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub key: String,
+    pub kind: String,
+    pub channel: String,
+    pub recipient: String,
+    pub subject: String,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub at: DateTime,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Delivered,
+    Failed,
+}
+
+/// The update moving an order to `to` (with a reason) and recording it: use
+/// with a filter on the status it must be in, so a concurrent change makes
+/// the update match nothing instead of overwriting it.
+pub fn status_change(to: OrderStatus, reason: Option<&str>, at: DateTime) -> bson::Document {
+    let mut change = bson::doc! {"status": to.as_str(), "at": at};
+    let mut set = bson::doc! {"status": to.as_str(), "updatedAt": at};
+    match reason {
+        Some(r) => {
+            change.insert("reason", r);
+            set.insert("statusReason", r);
+        }
+        None => {
+            set.insert("statusReason", bson::Bson::Null);
+        }
+    }
+    bson::doc! {
+        "$set": set,
+        "$inc": {"version": 1},
+        "$push": {"history": change},
     }
 }

@@ -1,0 +1,96 @@
+//! What every stage does with messages: decode the one event type it
+//! expects, open the processing span under the message's trace, and build
+//! the events it emits.
+
+use orderflow_platform::kafka::headers::{self, Envelope};
+use orderflow_platform::telemetry;
+use rdkafka::message::{Message, OwnedMessage};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::runner::{Outgoing, Transient};
+
+/// Why a message can never be handled: (reason, detail) for the DLQ.
+pub type Undecodable = (&'static str, String);
+
+/// The message's `ce_type`, if it carries one.
+pub fn event_type(msg: &OwnedMessage) -> Option<&str> {
+    headers::get(msg.headers().map(|h| h.as_borrowed()), headers::TYPE)
+}
+
+/// Decodes a payload of type `T`, refusing a message whose `ce_type` names
+/// another event.
+pub fn decode<T: DeserializeOwned>(msg: &OwnedMessage, expected: &str) -> Result<T, Undecodable> {
+    if let Some(t) = event_type(msg) {
+        if t != expected {
+            return Err(("unexpected_event_type", format!("ce_type {t}")));
+        }
+    }
+    decode_payload(msg)
+}
+
+pub fn decode_payload<T: DeserializeOwned>(msg: &OwnedMessage) -> Result<T, Undecodable> {
+    let payload = msg
+        .payload()
+        .ok_or(("undecodable", "empty payload".to_string()))?;
+    serde_json::from_slice(payload).map_err(|e| ("undecodable", e.to_string()))
+}
+
+/// The span a stage processes one order's message in, child of the trace
+/// the message carries.
+pub fn process_span(msg: &OwnedMessage, group: &str, order_id: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "process",
+        otel.name = format!("{} process", msg.topic()),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation.name = "process",
+        messaging.consumer.group.name = group,
+        messaging.destination.name = msg.topic(),
+        messaging.destination.partition.id = msg.partition(),
+        messaging.kafka.offset = msg.offset(),
+        order_id = %order_id,
+    );
+    telemetry::set_parent(
+        &span,
+        headers::parent_context(msg.headers().map(|h| h.as_borrowed())),
+    );
+    span
+}
+
+/// One event to publish, with its CloudEvents headers and the trace of
+/// `span`.
+pub struct NewEvent<'a, T> {
+    pub topic: &'a str,
+    pub key: &'a str,
+    pub event_type: &'a str,
+    pub source: &'a str,
+    pub payload: &'a T,
+}
+
+impl<T: Serialize> NewEvent<'_, T> {
+    pub fn build(self, span: &tracing::Span) -> Result<Outgoing, Transient> {
+        let payload = serde_json::to_vec(self.payload).map_err(|e| Transient(e.to_string()))?;
+        let headers = headers::for_event(
+            &Envelope {
+                event_type: self.event_type,
+                source: self.source,
+                subject: self.key,
+                time: OffsetDateTime::now_utc(),
+            },
+            span,
+        );
+        Ok(Outgoing {
+            topic: self.topic.to_owned(),
+            key: self.key.as_bytes().to_vec(),
+            payload,
+            headers,
+        })
+    }
+}
+
+/// A MongoDB failure inside a stage: worth a retry of the batch.
+pub fn transient(what: &str) -> impl Fn(mongodb::error::Error) -> Transient + '_ {
+    move |e| Transient(format!("{what}: {e}"))
+}

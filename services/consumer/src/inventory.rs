@@ -1,0 +1,355 @@
+//! The inventory stage (SPEC §4): reserves each validated order's stock,
+//! all or nothing, and notices low stock.
+//!
+//! One MongoDB transaction per order moves the order `placed → reserved`,
+//! takes every item's quantity with a conditional decrement (`stock ≥ q`),
+//! and records the decision in `reservations` (`_id` = orderId). A missing
+//! item aborts the whole transaction, and a second one records the
+//! rejection. A redelivered order finds its reservation and only re-emits
+//! what it recorded, so stock is never taken twice.
+
+use std::collections::HashMap;
+
+use bson::{doc, DateTime};
+use futures::TryStreamExt;
+use mongodb::options::ReturnDocument;
+use mongodb::{ClientSession, Collection, Database};
+use orderflow_domain::events::ReservedItem;
+use orderflow_domain::events::{types, LowStock, OrderRejected, OrderValidated, StockReserved};
+use orderflow_domain::stock::{crossed_low, low_stock_threshold, reservation};
+use orderflow_domain::{Money, OrderStatus};
+use orderflow_platform::in_transaction;
+use orderflow_platform::mongo::documents::{
+    bson_date, offset_date_time, status_change, InventoryDocument, LowStockCrossing, OrderDocument,
+    ReservationDocument, ReservationState, ReservedItemDocument,
+};
+use orderflow_platform::mongo::{Tx, INVENTORY, ORDERS, RESERVATIONS};
+use rdkafka::message::OwnedMessage;
+use time::OffsetDateTime;
+
+use crate::event::{decode, process_span, transient, NewEvent, Undecodable};
+use crate::runner::{Outcome, Outgoing, Stage, Transient};
+
+pub const SOURCE: &str = "/orderflow/consumer/inventory";
+pub const OUT_OF_STOCK: &str = "out_of_stock";
+
+pub struct Inventory {
+    db: Database,
+    group: String,
+    inventory_topic: String,
+    notifications_topic: String,
+}
+
+impl Inventory {
+    pub fn new(
+        db: &Database,
+        group: String,
+        inventory_topic: String,
+        notifications_topic: String,
+    ) -> Self {
+        Inventory {
+            db: db.clone(),
+            group,
+            inventory_topic,
+            notifications_topic,
+        }
+    }
+
+    fn reservations(&self) -> Collection<ReservationDocument> {
+        self.db.collection(RESERVATIONS)
+    }
+
+    /// Reservations already decided for these orders.
+    async fn decided(
+        &self,
+        ids: Vec<&str>,
+    ) -> Result<HashMap<String, ReservationDocument>, Transient> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let found: Vec<ReservationDocument> = self
+            .reservations()
+            .find(doc! {"_id": {"$in": ids}})
+            .await
+            .map_err(transient("reading reservations"))?
+            .try_collect()
+            .await
+            .map_err(transient("reading reservations"))?;
+        Ok(found.into_iter().map(|r| (r.order_id.clone(), r)).collect())
+    }
+
+    /// Decides one order for the first time and records the decision.
+    async fn decide(&self, order: &OrderValidated) -> Result<ReservationDocument, Transient> {
+        let items = reservation(&order.items);
+        let now = bson_date(OffsetDateTime::now_utc());
+        let attempt = in_transaction!(self.db.client(), |session| {
+            self.try_reserve(session, order, &items, now).await
+        })
+        .map_err(transient("reserving stock"))?;
+        match attempt {
+            Reserve::Done(reservation) => Ok(reservation),
+            Reserve::Short(detail) => {
+                let rejected = in_transaction!(self.db.client(), |session| {
+                    self.record_rejection(session, order, &items, &detail, now)
+                        .await
+                })
+                .map_err(transient("recording an out-of-stock order"))?;
+                Ok(rejected)
+            }
+        }
+    }
+
+    async fn try_reserve(
+        &self,
+        session: &mut ClientSession,
+        order: &OrderValidated,
+        items: &[ReservedItem],
+        now: DateTime,
+    ) -> mongodb::error::Result<Tx<Reserve>> {
+        let mut record = reservation_document(order, items, now);
+        let moved = self
+            .db
+            .collection::<OrderDocument>(ORDERS)
+            .update_one(
+                doc! {"orderId": &order.order_id, "status": OrderStatus::Placed.as_str()},
+                status_change(OrderStatus::Reserved, None, now),
+            )
+            .session(&mut *session)
+            .await?;
+        if moved.matched_count == 0 {
+            // Cancelled (or otherwise moved on) before we got here.
+            record.state = ReservationState::Skipped;
+            self.reservations()
+                .insert_one(&record)
+                .session(&mut *session)
+                .await?;
+            return Ok(Tx::Commit(Reserve::Done(record)));
+        }
+        let inventory = self.db.collection::<InventoryDocument>(INVENTORY);
+        for item in items {
+            let after = inventory
+                .find_one_and_update(
+                    doc! {"productId": &item.product_id, "stock": {"$gte": item.quantity}},
+                    doc! {"$inc": {"stock": -item.quantity}, "$set": {"updatedAt": now}},
+                )
+                .return_document(ReturnDocument::After)
+                .session(&mut *session)
+                .await?;
+            let Some(after) = after else {
+                return Ok(Tx::Abort(Reserve::Short(format!(
+                    "not enough '{}' in stock for {}",
+                    item.product_id, item.quantity
+                ))));
+            };
+            let threshold = low_stock_threshold(after.capacity, after.low_stock_threshold);
+            if crossed_low(after.stock + item.quantity, after.stock, threshold) {
+                record.low_stock.push(LowStockCrossing {
+                    product_id: after.product_id.clone(),
+                    name: after.name.clone(),
+                    stock: after.stock,
+                    capacity: after.capacity,
+                    threshold,
+                });
+            }
+        }
+        self.reservations()
+            .insert_one(&record)
+            .session(&mut *session)
+            .await?;
+        Ok(Tx::Commit(Reserve::Done(record)))
+    }
+
+    async fn record_rejection(
+        &self,
+        session: &mut ClientSession,
+        order: &OrderValidated,
+        items: &[ReservedItem],
+        detail: &str,
+        now: DateTime,
+    ) -> mongodb::error::Result<Tx<ReservationDocument>> {
+        let mut record = reservation_document(order, items, now);
+        let moved = self
+            .db
+            .collection::<OrderDocument>(ORDERS)
+            .update_one(
+                doc! {"orderId": &order.order_id, "status": OrderStatus::Placed.as_str()},
+                status_change(OrderStatus::Rejected, Some(OUT_OF_STOCK), now),
+            )
+            .session(&mut *session)
+            .await?;
+        if moved.matched_count == 0 {
+            record.state = ReservationState::Skipped;
+        } else {
+            record.state = ReservationState::Rejected;
+            record.reason = Some(OUT_OF_STOCK.to_owned());
+            record.detail = Some(detail.to_owned());
+        }
+        self.reservations()
+            .insert_one(&record)
+            .session(&mut *session)
+            .await?;
+        Ok(Tx::Commit(record))
+    }
+
+    /// The events a decided reservation stands for; the same every time.
+    fn emit(
+        &self,
+        r: &ReservationDocument,
+        span: &tracing::Span,
+    ) -> Result<Vec<Outgoing>, Transient> {
+        let mut out = Vec::new();
+        if r.state.was_reserved() {
+            let reserved = StockReserved {
+                order_id: r.order_id.clone(),
+                customer_id: r.customer_id.clone(),
+                currency: r.currency.clone(),
+                items: r
+                    .items
+                    .iter()
+                    .map(|i| ReservedItem {
+                        product_id: i.product_id.clone(),
+                        quantity: i.quantity,
+                    })
+                    .collect(),
+                total_amount: Money::from_minor(r.total_cents),
+                reserved_at: offset_date_time(r.created_at),
+            };
+            out.push(
+                NewEvent {
+                    topic: &self.inventory_topic,
+                    key: &r.order_id,
+                    event_type: types::STOCK_RESERVED,
+                    source: SOURCE,
+                    payload: &reserved,
+                }
+                .build(span)?,
+            );
+            for crossing in &r.low_stock {
+                let low = LowStock {
+                    product_id: crossing.product_id.clone(),
+                    name: crossing.name.clone(),
+                    stock: crossing.stock,
+                    capacity: crossing.capacity,
+                    threshold: crossing.threshold,
+                    order_id: r.order_id.clone(),
+                    at: offset_date_time(r.created_at),
+                };
+                out.push(
+                    NewEvent {
+                        topic: &self.notifications_topic,
+                        key: &crossing.product_id,
+                        event_type: types::LOW_STOCK,
+                        source: SOURCE,
+                        payload: &low,
+                    }
+                    .build(span)?,
+                );
+            }
+        } else if r.state == ReservationState::Rejected {
+            let rejected = OrderRejected {
+                order_id: r.order_id.clone(),
+                customer_id: r.customer_id.clone(),
+                reason: r.reason.clone().unwrap_or_default(),
+                detail: r.detail.clone().unwrap_or_default(),
+                rejected_at: offset_date_time(r.updated_at),
+            };
+            out.push(
+                NewEvent {
+                    topic: &self.notifications_topic,
+                    key: &r.order_id,
+                    event_type: types::ORDER_REJECTED,
+                    source: SOURCE,
+                    payload: &rejected,
+                }
+                .build(span)?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+enum Reserve {
+    Done(ReservationDocument),
+    /// An item was short; the transaction was rolled back.
+    Short(String),
+}
+
+fn reservation_document(
+    order: &OrderValidated,
+    items: &[ReservedItem],
+    now: DateTime,
+) -> ReservationDocument {
+    ReservationDocument {
+        order_id: order.order_id.clone(),
+        customer_id: order.customer_id.clone(),
+        currency: order.currency.clone(),
+        total_cents: order.total_amount.minor(),
+        state: ReservationState::Reserved,
+        items: items
+            .iter()
+            .map(|i| ReservedItemDocument {
+                product_id: i.product_id.clone(),
+                quantity: i.quantity,
+            })
+            .collect(),
+        reason: None,
+        detail: None,
+        low_stock: Vec::new(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn decode_validated(msg: &OwnedMessage) -> Result<OrderValidated, Undecodable> {
+    let order: OrderValidated = decode(msg, types::ORDER_VALIDATED)?;
+    if order.order_id.is_empty() || order.items.iter().any(|i| i.quantity == 0) {
+        return Err((
+            "invalid_event",
+            "orderId and quantities ≥ 1 are required".into(),
+        ));
+    }
+    Ok(order)
+}
+
+impl Stage for Inventory {
+    async fn handle(&self, batch: &[OwnedMessage]) -> Result<Vec<Outcome>, Transient> {
+        let decoded: Vec<Result<OrderValidated, Undecodable>> =
+            batch.iter().map(decode_validated).collect();
+        let mut decided = self
+            .decided(
+                decoded
+                    .iter()
+                    .filter_map(|d| d.as_ref().ok().map(|o| o.order_id.as_str()))
+                    .collect(),
+            )
+            .await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (msg, decoded) in batch.iter().zip(decoded) {
+            let order = match decoded {
+                Ok(order) => order,
+                Err((reason, error)) => {
+                    outcomes.push(Outcome::DeadLetter { reason, error });
+                    continue;
+                }
+            };
+            let span = process_span(msg, &self.group, &order.order_id);
+            let record = match decided.get(&order.order_id) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = self.decide(&order).await?;
+                    tracing::info!(
+                        parent: &span,
+                        order_id = %r.order_id,
+                        state = r.state.as_str(),
+                        low_stock = r.low_stock.len(),
+                        "stock decided"
+                    );
+                    decided.insert(r.order_id.clone(), r.clone());
+                    r
+                }
+            };
+            outcomes.push(Outcome::Done(self.emit(&record, &span)?));
+        }
+        Ok(outcomes)
+    }
+}

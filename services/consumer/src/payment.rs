@@ -1,0 +1,315 @@
+//! The payment stage (SPEC §4): charges each reserved order at a simulated
+//! gateway (configurable decline rule and latency, deterministic per
+//! orderId), then in one transaction confirms the order and marks its stock
+//! sold, or rejects it (`payment_declined`) and gives the stock back. The
+//! decision is recorded in `payments` (`_id` = orderId); a redelivered
+//! order finds it and only re-emits it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bson::{doc, DateTime};
+use futures::{StreamExt, TryStreamExt};
+use mongodb::{ClientSession, Collection, Database};
+use orderflow_domain::events::{
+    types, OrderConfirmed, OrderRejected, PaymentProcessed, StockReserved,
+};
+use orderflow_domain::payment::{decline, DeclineRule, PAYMENT_DECLINED};
+use orderflow_domain::{Money, OrderStatus};
+use orderflow_platform::in_transaction;
+use orderflow_platform::mongo::documents::{
+    bson_date, offset_date_time, status_change, OrderDocument, PaymentDocument, PaymentOutcome,
+};
+use orderflow_platform::mongo::{stock, Tx, ORDERS, PAYMENTS};
+use rdkafka::message::OwnedMessage;
+use time::OffsetDateTime;
+
+use crate::event::{decode, process_span, transient, NewEvent, Undecodable};
+use crate::runner::{Outcome, Outgoing, Stage, Transient};
+
+pub const SOURCE: &str = "/orderflow/consumer/payment";
+
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub rule: DeclineRule,
+    /// How long one (simulated) charge takes.
+    pub latency: Duration,
+    /// Charges in flight at once.
+    pub concurrency: usize,
+}
+
+pub struct Payment {
+    db: Database,
+    group: String,
+    gateway: Gateway,
+    payment_topic: String,
+    notifications_topic: String,
+}
+
+impl Payment {
+    pub fn new(
+        db: &Database,
+        group: String,
+        gateway: Gateway,
+        payment_topic: String,
+        notifications_topic: String,
+    ) -> Self {
+        Payment {
+            db: db.clone(),
+            group,
+            gateway,
+            payment_topic,
+            notifications_topic,
+        }
+    }
+
+    fn payments(&self) -> Collection<PaymentDocument> {
+        self.db.collection(PAYMENTS)
+    }
+
+    async fn decided(&self, ids: Vec<&str>) -> Result<HashMap<String, PaymentDocument>, Transient> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let found: Vec<PaymentDocument> = self
+            .payments()
+            .find(doc! {"_id": {"$in": ids}})
+            .await
+            .map_err(transient("reading payments"))?
+            .try_collect()
+            .await
+            .map_err(transient("reading payments"))?;
+        Ok(found.into_iter().map(|p| (p.order_id.clone(), p)).collect())
+    }
+
+    /// The gateway's answer for an order: `Some(detail)` when declined.
+    async fn charge<'o>(&self, order: &'o StockReserved) -> (&'o str, Option<String>) {
+        if !self.gateway.latency.is_zero() {
+            tokio::time::sleep(self.gateway.latency).await;
+        }
+        (
+            order.order_id.as_str(),
+            decline(&self.gateway.rule, &order.order_id, order.total_amount),
+        )
+    }
+
+    async fn settle(
+        &self,
+        session: &mut ClientSession,
+        order: &StockReserved,
+        declined: Option<&str>,
+        now: DateTime,
+    ) -> mongodb::error::Result<Tx<PaymentDocument>> {
+        let mut record = PaymentDocument {
+            order_id: order.order_id.clone(),
+            customer_id: order.customer_id.clone(),
+            currency: order.currency.clone(),
+            amount_cents: order.total_amount.minor(),
+            outcome: PaymentOutcome::Approved,
+            reason: None,
+            detail: None,
+            processed_at: now,
+        };
+        let orders = self.db.collection::<OrderDocument>(ORDERS);
+        let reserved = doc! {"orderId": &order.order_id, "status": OrderStatus::Reserved.as_str()};
+        let moved = match declined {
+            None => {
+                let sold =
+                    stock::commit_reservation(&self.db, session, &order.order_id, now).await?;
+                sold && orders
+                    .update_one(reserved, status_change(OrderStatus::Confirmed, None, now))
+                    .session(&mut *session)
+                    .await?
+                    .matched_count
+                    == 1
+            }
+            Some(detail) => {
+                record.outcome = PaymentOutcome::Declined;
+                record.reason = Some(PAYMENT_DECLINED.to_owned());
+                record.detail = Some(detail.to_owned());
+                let released =
+                    stock::release(&self.db, session, &order.order_id, PAYMENT_DECLINED, now)
+                        .await?;
+                released
+                    && orders
+                        .update_one(
+                            reserved,
+                            status_change(OrderStatus::Rejected, Some(PAYMENT_DECLINED), now),
+                        )
+                        .session(&mut *session)
+                        .await?
+                        .matched_count
+                        == 1
+            }
+        };
+        if !moved {
+            // Cancelled while waiting for payment: nothing to charge. Roll
+            // back whatever half of the move happened, record the skip.
+            return Ok(Tx::Abort(PaymentDocument {
+                outcome: PaymentOutcome::Skipped,
+                reason: Some("order_not_reserved".into()),
+                detail: None,
+                ..record
+            }));
+        }
+        self.payments()
+            .insert_one(&record)
+            .session(&mut *session)
+            .await?;
+        Ok(Tx::Commit(record))
+    }
+
+    async fn record_skip(&self, record: &PaymentDocument) -> Result<(), Transient> {
+        match self.payments().insert_one(record).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate(&e) => Ok(()),
+            Err(e) => Err(transient("recording a skipped payment")(e)),
+        }
+    }
+
+    fn emit(&self, p: &PaymentDocument, span: &tracing::Span) -> Result<Vec<Outgoing>, Transient> {
+        if p.outcome == PaymentOutcome::Skipped {
+            return Ok(Vec::new());
+        }
+        let approved = p.outcome == PaymentOutcome::Approved;
+        let at = offset_date_time(p.processed_at);
+        let processed = PaymentProcessed {
+            order_id: p.order_id.clone(),
+            customer_id: p.customer_id.clone(),
+            currency: p.currency.clone(),
+            amount: Money::from_minor(p.amount_cents),
+            approved,
+            reason: p.reason.clone(),
+            processed_at: at,
+        };
+        let mut out = vec![NewEvent {
+            topic: &self.payment_topic,
+            key: &p.order_id,
+            event_type: if approved {
+                types::PAYMENT_APPROVED
+            } else {
+                types::PAYMENT_DECLINED
+            },
+            source: SOURCE,
+            payload: &processed,
+        }
+        .build(span)?];
+        let notice = if approved {
+            NewEvent {
+                topic: &self.notifications_topic,
+                key: &p.order_id,
+                event_type: types::ORDER_CONFIRMED,
+                source: SOURCE,
+                payload: &OrderConfirmed {
+                    order_id: p.order_id.clone(),
+                    customer_id: p.customer_id.clone(),
+                    currency: p.currency.clone(),
+                    total_amount: Money::from_minor(p.amount_cents),
+                    confirmed_at: at,
+                },
+            }
+            .build(span)?
+        } else {
+            NewEvent {
+                topic: &self.notifications_topic,
+                key: &p.order_id,
+                event_type: types::ORDER_REJECTED,
+                source: SOURCE,
+                payload: &OrderRejected {
+                    order_id: p.order_id.clone(),
+                    customer_id: p.customer_id.clone(),
+                    reason: p.reason.clone().unwrap_or_default(),
+                    detail: p.detail.clone().unwrap_or_default(),
+                    rejected_at: at,
+                },
+            }
+            .build(span)?
+        };
+        out.push(notice);
+        Ok(out)
+    }
+}
+
+fn is_duplicate(e: &mongodb::error::Error) -> bool {
+    matches!(
+        e.kind.as_ref(),
+        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(we))
+            if we.code == orderflow_platform::mongo::DUPLICATE_KEY
+    )
+}
+
+fn decode_reserved(msg: &OwnedMessage) -> Result<StockReserved, Undecodable> {
+    let order: StockReserved = decode(msg, types::STOCK_RESERVED)?;
+    if order.order_id.is_empty() || order.total_amount.is_negative() {
+        return Err((
+            "invalid_event",
+            "orderId and a non-negative total are required".into(),
+        ));
+    }
+    Ok(order)
+}
+
+impl Stage for Payment {
+    async fn handle(&self, batch: &[OwnedMessage]) -> Result<Vec<Outcome>, Transient> {
+        let decoded: Vec<Result<StockReserved, Undecodable>> =
+            batch.iter().map(decode_reserved).collect();
+        let mut decided = self
+            .decided(
+                decoded
+                    .iter()
+                    .filter_map(|d| d.as_ref().ok().map(|o| o.order_id.as_str()))
+                    .collect(),
+            )
+            .await?;
+        // Charge the new orders concurrently, as a gateway client would.
+        let fresh: Vec<&StockReserved> = decoded
+            .iter()
+            .filter_map(|d| d.as_ref().ok())
+            .filter(|o| !decided.contains_key(&o.order_id))
+            .collect();
+        let charges: Vec<_> = fresh.into_iter().map(|o| self.charge(o)).collect();
+        let answers: HashMap<&str, Option<String>> = futures::stream::iter(charges)
+            .buffer_unordered(self.gateway.concurrency.max(1))
+            .collect()
+            .await;
+
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (msg, decoded) in batch.iter().zip(&decoded) {
+            let order = match decoded {
+                Ok(order) => order,
+                Err((reason, error)) => {
+                    outcomes.push(Outcome::DeadLetter {
+                        reason,
+                        error: error.clone(),
+                    });
+                    continue;
+                }
+            };
+            let span = process_span(msg, &self.group, &order.order_id);
+            let record = match decided.get(&order.order_id) {
+                Some(p) => p.clone(),
+                None => {
+                    let declined = answers.get(order.order_id.as_str()).cloned().flatten();
+                    let now = bson_date(OffsetDateTime::now_utc());
+                    let p = in_transaction!(self.db.client(), |session| {
+                        self.settle(session, order, declined.as_deref(), now).await
+                    })
+                    .map_err(transient("settling a payment"))?;
+                    if p.outcome == PaymentOutcome::Skipped {
+                        self.record_skip(&p).await?;
+                    }
+                    tracing::info!(
+                        parent: &span,
+                        order_id = %p.order_id,
+                        outcome = ?p.outcome,
+                        "payment settled"
+                    );
+                    decided.insert(p.order_id.clone(), p.clone());
+                    p
+                }
+            };
+            outcomes.push(Outcome::Done(self.emit(&record, &span)?));
+        }
+        Ok(outcomes)
+    }
+}
