@@ -75,6 +75,29 @@ impl OrderStatus {
         }
     }
 
+    /// Every status that can follow this one, by the pipeline or by hand.
+    pub fn successors(self) -> &'static [OrderStatus] {
+        use OrderStatus::*;
+        match self {
+            Placed => &[Reserved, Rejected, Cancelled],
+            Reserved => &[Confirmed, Rejected, Cancelled],
+            Confirmed => &[Shipped],
+            Shipped => &[Delivered],
+            Rejected | Delivered | Cancelled => &[],
+        }
+    }
+
+    /// Whether the order may still get to `target` from here (itself
+    /// included).
+    pub fn can_reach(self, target: OrderStatus) -> bool {
+        self == target || self.successors().iter().any(|s| s.can_reach(target))
+    }
+
+    /// The pipeline has decided: the order is past `placed` / `reserved`.
+    pub fn is_settled(self) -> bool {
+        !matches!(self, OrderStatus::Placed | OrderStatus::Reserved)
+    }
+
     /// The statuses a client may request from this one.
     pub fn manual_successors(self) -> Vec<OrderStatus> {
         Self::ALL
@@ -118,5 +141,21 @@ mod tests {
         assert_eq!(Confirmed.manual_successors(), vec![Shipped]);
         assert!(Rejected.manual_successors().is_empty());
         assert!(Delivered.manual_successors().is_empty());
+    }
+
+    #[test]
+    fn reachability_follows_the_life_cycle() {
+        assert!(Placed.can_reach(Delivered));
+        assert!(Reserved.can_reach(Confirmed));
+        assert!(Placed.can_reach(Placed));
+        assert!(!Confirmed.can_reach(Cancelled));
+        assert!(!Rejected.can_reach(Confirmed));
+        assert!(!Shipped.can_reach(Confirmed));
+        for s in OrderStatus::ALL {
+            for m in s.manual_successors() {
+                assert!(s.successors().contains(&m), "{s} → {m}");
+            }
+        }
+        assert!(!Reserved.is_settled() && Confirmed.is_settled() && Cancelled.is_settled());
     }
 }

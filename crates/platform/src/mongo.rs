@@ -113,7 +113,15 @@ pub const TRANSACTION_ATTEMPTS: u32 = 8;
 /// Whether the whole transaction may simply be run again (a write conflict
 /// with a concurrent transaction, a primary that changed).
 pub fn is_transient_transaction_error(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    // MongoDB labels these; some compatible servers only send the code.
+    const WRITE_CONFLICT: i32 = 112;
     e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
+        || match e.kind.as_ref() {
+            ErrorKind::Command(c) => c.code == WRITE_CONFLICT,
+            ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == WRITE_CONFLICT,
+            _ => false,
+        }
 }
 
 /// Commits, repeating the commit while its result is unknown (the commit is

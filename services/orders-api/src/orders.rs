@@ -13,7 +13,9 @@ use futures::TryStreamExt;
 use orderflow_domain::intake::FieldError;
 use orderflow_domain::{Money, OrderStatus};
 use orderflow_platform::http::Problem;
+use orderflow_platform::mongo::documents::OrderDocument;
 use serde::Serialize;
+use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{Date, OffsetDateTime};
@@ -193,21 +195,128 @@ pub(crate) async fn list(
     Ok(Json(Page { items, next_cursor }).into_response())
 }
 
+/// What `?waitFor=` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitFor {
+    Status(OrderStatus),
+    /// The pipeline has decided (past placed / reserved).
+    Settled,
+}
+
+impl WaitFor {
+    fn reached(self, s: OrderStatus) -> bool {
+        match self {
+            WaitFor::Status(t) => s == t,
+            WaitFor::Settled => s.is_settled(),
+        }
+    }
+
+    /// Waiting longer cannot help.
+    fn unreachable(self, s: OrderStatus) -> bool {
+        match self {
+            WaitFor::Status(t) => !s.can_reach(t),
+            WaitFor::Settled => false,
+        }
+    }
+}
+
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// `waitFor` and `timeout` (seconds, or a duration such as `1500ms`).
+pub fn parse_wait(
+    params: &HashMap<String, String>,
+) -> Result<Option<(WaitFor, Duration)>, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let wait = match params.get("waitFor").map(String::as_str) {
+        None => None,
+        Some("final") => Some(WaitFor::Settled),
+        Some(s) => match OrderStatus::parse(s) {
+            Some(st) => Some(WaitFor::Status(st)),
+            None => {
+                errors.push(FieldError {
+                    field: "waitFor".into(),
+                    message: format!("'{s}' is neither a status nor 'final'"),
+                });
+                None
+            }
+        },
+    };
+    let timeout = match params.get("timeout") {
+        None => DEFAULT_WAIT,
+        Some(t) => {
+            let parsed = t
+                .parse::<u64>()
+                .map(Duration::from_secs)
+                .or_else(|_| humantime::parse_duration(t));
+            match parsed {
+                Ok(d) if d <= MAX_WAIT => d,
+                _ => {
+                    errors.push(FieldError {
+                        field: "timeout".into(),
+                        message: "must be a duration of at most 30 s (e.g. 10 or 1500ms)".into(),
+                    });
+                    DEFAULT_WAIT
+                }
+            }
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(wait.map(|w| (w, timeout)))
+}
+
 pub(crate) async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, Problem> {
-    let doc = state
-        .orders
-        .find_one(doc! {"orderId": &id})
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| Problem::not_found(format!("no order with id '{id}'")))?;
-    Ok((
+    let wait = parse_wait(&params).map_err(Problem::validation)?;
+    let find = || async {
+        state
+            .orders
+            .find_one(doc! {"orderId": &id})
+            .await
+            .map_err(internal)
+    };
+    let not_found = || Problem::not_found(format!("no order with id '{id}'"));
+    let Some((target, timeout)) = wait else {
+        let doc = find().await?.ok_or_else(not_found)?;
+        return Ok(respond(doc, false));
+    };
+    // Long-poll: the order may not even be stored yet right after the POST.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let doc = find().await?;
+        if let Some(d) = &doc {
+            if target.reached(d.status) || target.unreachable(d.status) {
+                let reached = target.reached(d.status);
+                return Ok(respond(doc.expect("checked"), reached));
+            }
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            return doc.map(|d| respond(d, false)).ok_or_else(not_found);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+fn respond(doc: OrderDocument, wait_applied: bool) -> Response {
+    let mut response = (
         [(header::ETAG, etag(doc.version))],
         Json(OrderView::from(doc)),
     )
-        .into_response())
+        .into_response();
+    if wait_applied {
+        response.headers_mut().insert(
+            header::HeaderName::from_static("preference-applied"),
+            header::HeaderValue::from_static("wait"),
+        );
+    }
+    response
 }
 
 pub(crate) async fn delete_one(
@@ -348,6 +457,27 @@ mod tests {
         assert_eq!(fields, ["status", "from", "limit", "cursor"]);
         assert!(parse_list_query(&params(&[("limit", "0")])).is_err());
         assert!(parse_list_query(&params(&[("limit", "ten")])).is_err());
+    }
+
+    #[test]
+    fn wait_parameters() {
+        assert_eq!(parse_wait(&params(&[])), Ok(None));
+        assert_eq!(
+            parse_wait(&params(&[("waitFor", "confirmed")])),
+            Ok(Some((
+                WaitFor::Status(OrderStatus::Confirmed),
+                DEFAULT_WAIT
+            )))
+        );
+        assert_eq!(
+            parse_wait(&params(&[("waitFor", "final"), ("timeout", "1500ms")])),
+            Ok(Some((WaitFor::Settled, Duration::from_millis(1500))))
+        );
+        let errors = parse_wait(&params(&[("waitFor", "paid"), ("timeout", "31")])).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["waitFor", "timeout"]);
+        assert!(WaitFor::Status(OrderStatus::Confirmed).unreachable(OrderStatus::Rejected));
+        assert!(!WaitFor::Status(OrderStatus::Confirmed).unreachable(OrderStatus::Reserved));
     }
 
     #[test]

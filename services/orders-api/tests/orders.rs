@@ -429,3 +429,399 @@ async fn tokens_come_from_a_mounted_secret_file_and_none_means_closed() {
         .unwrap();
     problem(resp, StatusCode::FORBIDDEN).await;
 }
+
+impl Api {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_owned());
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn patch(&self, id: &str, body: &str, if_match: Option<&str>) -> reqwest::Response {
+        let headers: Vec<(&str, &str)> = if_match.map(|m| ("if-match", m)).into_iter().collect();
+        self.send(
+            reqwest::Method::PATCH,
+            &format!("/orders/{id}"),
+            Some("token-one"),
+            &headers,
+            Some(body),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn patch_follows_the_life_cycle_with_etags() {
+    let api = Api::start().await;
+    api.insert(vec![
+        order("paid", "c", OrderStatus::Confirmed, 900, now_ms()),
+        order("gone", "c", OrderStatus::Rejected, 900, now_ms()),
+    ])
+    .await;
+
+    // Without or with a wrong token: 401 / 403, and nothing changes.
+    let r = api
+        .send(
+            reqwest::Method::PATCH,
+            "/orders/paid",
+            None,
+            &[],
+            Some(r#"{"status":"shipped"}"#),
+        )
+        .await;
+    problem(r, StatusCode::UNAUTHORIZED).await;
+    let r = api
+        .send(
+            reqwest::Method::PATCH,
+            "/orders/paid",
+            Some("nope"),
+            &[],
+            Some(r#"{"status":"shipped"}"#),
+        )
+        .await;
+    problem(r, StatusCode::FORBIDDEN).await;
+
+    // 400, 415, 422, 404, 409.
+    problem(api.patch("paid", "{", None).await, StatusCode::BAD_REQUEST).await;
+    let r = api
+        .send(
+            reqwest::Method::PATCH,
+            "/orders/paid",
+            Some("token-one"),
+            &[("content-type", "text/plain")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let p = problem(
+        api.patch("paid", r#"{"status":"lost"}"#, None).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(p["errors"][0]["field"], "status");
+    problem(
+        api.patch("nobody", r#"{"status":"shipped"}"#, None).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    let p = problem(
+        api.patch("paid", r#"{"status":"delivered"}"#, None).await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("shipped"), "{p}");
+    problem(
+        api.patch("gone", r#"{"status":"cancelled"}"#, None).await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+
+    // The ETag of a GET guards the PATCH; a stale one gets 412.
+    let r = api.get("/orders/paid").await;
+    let tag = r.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(tag, "\"1\"");
+    let r = api
+        .patch("paid", r#"{"status":"shipped"}"#, Some(&tag))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["etag"], "\"2\"");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "shipped");
+    assert_eq!(body["history"].as_array().unwrap().len(), 2);
+    let p = problem(
+        api.patch("paid", r#"{"status":"delivered"}"#, Some(&tag))
+            .await,
+        StatusCode::PRECONDITION_FAILED,
+    )
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains('2'));
+    let r = api
+        .patch("paid", r#"{"status":"delivered"}"#, Some("\"2\""))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // Asking again for the status it has changes nothing.
+    let r = api.patch("paid", r#"{"status":"delivered"}"#, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["etag"], "\"3\"");
+    let stored: OrderDocument = api
+        .db
+        .collection("orders")
+        .find_one(bson::doc! {"orderId": "paid"})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, OrderStatus::Delivered);
+    assert_eq!(stored.version, 3);
+}
+
+#[tokio::test]
+async fn inventory_endpoints_validate_and_seed_is_idempotent() {
+    let api = Api::start().await;
+    let put = |id: &'static str, body: &'static str, token: Option<&'static str>| {
+        let api = &api;
+        async move {
+            api.send(
+                reqwest::Method::PUT,
+                &format!("/inventory/{id}"),
+                token,
+                &[],
+                Some(body),
+            )
+            .await
+        }
+    };
+    let good = r#"{"name":"Mug","stock":8,"capacity":10,"unitPrice":12.10}"#;
+    problem(put("mug", good, None).await, StatusCode::UNAUTHORIZED).await;
+    problem(put("mug", good, Some("bad")).await, StatusCode::FORBIDDEN).await;
+    problem(
+        put("mug", "{", Some("token-two")).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    let p = problem(
+        put(
+            "mug",
+            r#"{"name":"","stock":-1,"capacity":10,"unitPrice":0.001}"#,
+            Some("token-two"),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    let fields: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["name", "stock", "unitPrice"]);
+
+    let r = put("mug", good, Some("token-two")).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = put(
+        "mug",
+        r#"{"name":"Mug","stock":4,"capacity":10,"unitPrice":12.10,"lowStockThreshold":5}"#,
+        Some("token-two"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = api.get("/inventory/mug").await.text().await.unwrap();
+    assert!(text.contains(r#""unitPrice":12.10"#), "exact money: {text}");
+    let mug: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(mug["stock"], 4);
+    assert_eq!(mug["lowStockThreshold"], 5);
+    assert_eq!(mug["lowStock"], true);
+    problem(api.get("/inventory/nothing").await, StatusCode::NOT_FOUND).await;
+
+    let seed = || {
+        api.send(
+            reqwest::Method::POST,
+            "/inventory/seed",
+            Some("token-one"),
+            &[],
+            None,
+        )
+    };
+    problem(
+        api.send(reqwest::Method::POST, "/inventory/seed", None, &[], None)
+            .await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    let first: Value = seed().await.json().await.unwrap();
+    assert_eq!(first["created"], 6);
+    let again: Value = seed().await.json().await.unwrap();
+    assert_eq!(again["created"], 0, "seeding twice adds nothing");
+    let all: Value = api.get("/inventory").await.json().await.unwrap();
+    let ids: Vec<&str> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["productId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["beans", "coffee", "cookies", "mug", "notebook", "tea"]
+    );
+}
+
+#[tokio::test]
+async fn wait_for_returns_when_the_status_is_reached_or_on_timeout() {
+    let api = Api::start().await;
+    problem(
+        api.get("/orders/x?waitFor=paid&timeout=99").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+
+    // The order does not exist yet when the long-poll starts.
+    let writer = {
+        let db = api.db.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            let coll = db.collection::<OrderDocument>("orders");
+            coll.insert_one(order("slow", "c", OrderStatus::Placed, 100, now_ms()))
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            coll.update_one(
+                bson::doc! {"orderId": "slow"},
+                bson::doc! {"$set": {"status": "confirmed"}, "$inc": {"version": 1}},
+            )
+            .await
+            .unwrap();
+        })
+    };
+    let started = std::time::Instant::now();
+    let r = api.get("/orders/slow?waitFor=confirmed&timeout=10").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["preference-applied"], "wait");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "confirmed");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    writer.await.unwrap();
+
+    // Timeout: the current state, no Preference-Applied.
+    api.insert(vec![order(
+        "stuck",
+        "c",
+        OrderStatus::Reserved,
+        100,
+        now_ms(),
+    )])
+    .await;
+    let started = std::time::Instant::now();
+    let r = api.get("/orders/stuck?waitFor=final&timeout=1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().get("preference-applied").is_none());
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "reserved");
+
+    // Unreachable: answers at once.
+    api.insert(vec![order("no", "c", OrderStatus::Rejected, 100, now_ms())])
+        .await;
+    let started = std::time::Instant::now();
+    let r = api.get("/orders/no?waitFor=confirmed&timeout=20").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().get("preference-applied").is_none());
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    // Never appears: 404 after the timeout.
+    problem(
+        api.get("/orders/never?waitFor=final&timeout=1").await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn cancelling_a_reserved_order_gives_its_stock_back_once() {
+    use orderflow_platform::mongo::documents::{
+        InventoryDocument, ReservationDocument, ReservationState, ReservedItemDocument,
+    };
+    let api = Api::start().await;
+    let now = DateTime::now();
+    api.db
+        .collection::<InventoryDocument>("inventory")
+        .insert_one(InventoryDocument {
+            product_id: "a".into(),
+            name: "A".into(),
+            unit_price_cents: 100,
+            stock: 7,
+            capacity: 10,
+            low_stock_threshold: None,
+            updated_at: now,
+        })
+        .await
+        .unwrap();
+    // As the inventory stage leaves a reserved order: 3 taken.
+    api.db
+        .collection::<ReservationDocument>("reservations")
+        .insert_one(ReservationDocument {
+            order_id: "r-1".into(),
+            customer_id: "c".into(),
+            currency: "USD".into(),
+            total_cents: 300,
+            state: ReservationState::Reserved,
+            items: vec![ReservedItemDocument {
+                product_id: "a".into(),
+                quantity: 3,
+            }],
+            reason: None,
+            detail: None,
+            low_stock: vec![],
+            created_at: now,
+            updated_at: now,
+        })
+        .await
+        .unwrap();
+    api.insert(vec![
+        order("r-1", "c", OrderStatus::Reserved, 300, now_ms()),
+        order("p-1", "c", OrderStatus::Placed, 300, now_ms()),
+    ])
+    .await;
+
+    let stock = || async {
+        api.db
+            .collection::<InventoryDocument>("inventory")
+            .find_one(bson::doc! {"productId": "a"})
+            .await
+            .unwrap()
+            .unwrap()
+            .stock
+    };
+    let r = api
+        .patch("r-1", r#"{"status":"cancelled"}"#, Some("\"1\""))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "cancelled");
+    assert_eq!(body["statusReason"], "cancelled_by_client");
+    assert_eq!(stock().await, 10);
+    let reservation = api
+        .db
+        .collection::<ReservationDocument>("reservations")
+        .find_one(bson::doc! {"_id": "r-1"})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reservation.state, ReservationState::Released);
+    // Again: nothing more is given back.
+    assert_eq!(
+        api.patch("r-1", r#"{"status":"cancelled"}"#, None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(stock().await, 10);
+    // A placed order has no reservation yet: cancelled, stock untouched.
+    assert_eq!(
+        api.patch("p-1", r#"{"status":"cancelled"}"#, None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(stock().await, 10);
+    // A cancelled order cannot be confirmed by hand.
+    problem(
+        api.patch("r-1", r#"{"status":"confirmed"}"#, None).await,
+        StatusCode::CONFLICT,
+    )
+    .await;
+}
