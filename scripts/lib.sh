@@ -69,7 +69,7 @@ ensure_mongo() {
 }
 
 ensure_tools() {
-  apt_install redis-server mold
+  apt_install redis-server mold chromium chromium-driver
   ensure_mongo
   ensure_tansu
 }

@@ -84,6 +84,16 @@ impl Money {
         self.0.checked_mul(i64::from(quantity)).map(Money)
     }
 
+    /// `total / count`, rounded half up to the cent; `None` for no items.
+    pub fn average(total: Money, count: i64) -> Option<Money> {
+        (count > 0).then(|| {
+            let (t, n) = (i128::from(total.0), i128::from(count));
+            let doubled = 2 * t.abs() + n;
+            let rounded = (doubled / (2 * n)) as i64;
+            Money(if t < 0 { -rounded } else { rounded })
+        })
+    }
+
     pub fn is_negative(self) -> bool {
         self.0 < 0
     }
@@ -135,6 +145,19 @@ impl<'de> serde::Deserialize<'de> for Money {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn averages_round_half_up_to_the_cent() {
+        assert_eq!(
+            Money::average(Money::from_minor(1000), 3),
+            Some(Money::from_minor(333))
+        );
+        assert_eq!(
+            Money::average(Money::from_minor(1001), 2),
+            Some(Money::from_minor(501))
+        );
+        assert_eq!(Money::average(Money::from_minor(5), 0), None);
+    }
 
     #[test]
     fn parses_exact_decimal_text() {

@@ -93,6 +93,14 @@ impl OrderStatus {
         self == target || self.successors().iter().any(|s| s.can_reach(target))
     }
 
+    /// The customer has paid: the order's total counts as revenue.
+    pub fn is_paid(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Confirmed | OrderStatus::Shipped | OrderStatus::Delivered
+        )
+    }
+
     /// The pipeline has decided: the order is past `placed` / `reserved`.
     pub fn is_settled(self) -> bool {
         !matches!(self, OrderStatus::Placed | OrderStatus::Reserved)

@@ -74,6 +74,7 @@ impl TopicArgs {
 pub struct MongoArgs {
     /// Connection string; its path names the database (default `orders`).
     #[arg(
+        id = "mongo_url",
         long = "mongo-url",
         env = "MONGO_URL",
         default_value = "mongodb://localhost:27017/orders"
@@ -84,6 +85,7 @@ pub struct MongoArgs {
 #[derive(Args, Debug, Clone)]
 pub struct RedisArgs {
     #[arg(
+        id = "redis_url",
         long = "redis-url",
         env = "REDIS_URL",
         default_value = "redis://localhost:6379"

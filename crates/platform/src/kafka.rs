@@ -99,6 +99,23 @@ pub fn consumer(args: &KafkaArgs, client_id: &str, group: &str) -> anyhow::Resul
     )
 }
 
+/// A group consumer that only watches the live stream (analytics): starts
+/// at the end of the topics, commits as it goes, never replays history.
+pub fn observer(args: &KafkaArgs, client_id: &str, group: &str) -> anyhow::Result<StreamConsumer> {
+    build(
+        args,
+        client_id,
+        &[
+            ("group.id", group.into()),
+            ("enable.auto.commit", "true".into()),
+            ("auto.offset.reset", "latest".into()),
+            ("session.timeout.ms", "10000".into()),
+            ("heartbeat.interval.ms", "2000".into()),
+            ("enable.partition.eof", "false".into()),
+        ],
+    )
+}
+
 pub fn admin(
     args: &KafkaArgs,
     client_id: &str,

@@ -191,3 +191,14 @@ macro_rules! in_transaction {
         }
     }};
 }
+
+/// An integer field of an aggregation result (`$sum` yields Int32, Int64
+/// or Double depending on the server and the values); 0 when absent.
+pub fn number(value: Option<&bson::Bson>) -> i64 {
+    match value {
+        Some(bson::Bson::Int32(v)) => i64::from(*v),
+        Some(bson::Bson::Int64(v)) => *v,
+        Some(bson::Bson::Double(v)) => *v as i64,
+        _ => 0,
+    }
+}

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use bson::{doc, Bson, DateTime, Document};
+use bson::{doc, DateTime, Document};
 use futures::TryStreamExt;
 use orderflow_domain::intake::FieldError;
 use orderflow_domain::{Money, OrderStatus};
@@ -25,12 +25,6 @@ use crate::AppState;
 
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 500;
-/// Statuses whose totals count as revenue: the customer has paid.
-pub const REVENUE_STATUSES: [OrderStatus; 3] = [
-    OrderStatus::Confirmed,
-    OrderStatus::Shipped,
-    OrderStatus::Delivered,
-];
 
 pub(crate) fn etag(version: i64) -> String {
     format!("\"{version}\"")
@@ -374,12 +368,7 @@ async fn by_status(
         .try_collect()
         .await
         .map_err(internal)?;
-    let number = |b: Option<&Bson>| match b {
-        Some(Bson::Int32(v)) => i64::from(*v),
-        Some(Bson::Int64(v)) => *v,
-        Some(Bson::Double(v)) => *v as i64,
-        _ => 0,
-    };
+    let number = orderflow_platform::mongo::number;
     Ok(rows
         .iter()
         .filter_map(|r| {
@@ -389,11 +378,10 @@ async fn by_status(
         .collect())
 }
 
-fn revenue(rows: &HashMap<String, (i64, i64)>, statuses: &[OrderStatus]) -> (i64, i64) {
-    statuses
-        .iter()
-        .filter_map(|s| rows.get(s.as_str()))
-        .fold((0, 0), |(n, c), (rn, rc)| (n + rn, c + rc))
+fn revenue(rows: &HashMap<String, (i64, i64)>, counts: impl Fn(OrderStatus) -> bool) -> (i64, i64) {
+    rows.iter()
+        .filter(|(s, _)| OrderStatus::parse(s).is_some_and(&counts))
+        .fold((0, 0), |(n, c), (_, (rn, rc))| (n + rn, c + rc))
 }
 
 pub(crate) async fn stats(State(state): State<AppState>) -> Result<Response, Problem> {
@@ -401,12 +389,9 @@ pub(crate) async fn stats(State(state): State<AppState>) -> Result<Response, Pro
     let today_start = OffsetDateTime::now_utc().date().midnight().assume_utc();
     let today = by_status(&state, doc! {"receivedAt": {"$gte": bson_at(today_start)}}).await?;
 
-    let (paid_orders, paid_cents) = revenue(&all, &REVENUE_STATUSES);
-    let (_, pending_cents) = revenue(&all, &[OrderStatus::Placed, OrderStatus::Reserved]);
-    let average = (paid_orders > 0).then(|| {
-        // Rounded half up to the cent.
-        Money::from_minor((2 * paid_cents + paid_orders) / (2 * paid_orders))
-    });
+    let (paid_orders, paid_cents) = revenue(&all, OrderStatus::is_paid);
+    let (_, pending_cents) = revenue(&all, |s| !s.is_settled());
+    let average = Money::average(Money::from_minor(paid_cents), paid_orders);
     let stats = Stats {
         total_orders: all.values().map(|(n, _)| n).sum(),
         count_by_status: all.iter().map(|(k, (n, _))| (k.clone(), *n)).collect(),
@@ -416,7 +401,7 @@ pub(crate) async fn stats(State(state): State<AppState>) -> Result<Response, Pro
         today: Today {
             date: today_start.date().to_string(),
             orders: today.values().map(|(n, _)| n).sum(),
-            revenue: Money::from_minor(revenue(&today, &REVENUE_STATUSES).1),
+            revenue: Money::from_minor(revenue(&today, OrderStatus::is_paid).1),
         },
     };
     Ok(Json(stats).into_response())

@@ -1,0 +1,192 @@
+//! analytics: daily figures (MongoDB aggregation), the recent orders (the
+//! producer's Redis list), live orders/s and revenue/min (its own consumer
+//! group on the event stream), as JSON, as Server-Sent Events, and as a
+//! self-contained dashboard page.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use clap::Parser;
+use futures::{Stream, StreamExt};
+use orderflow_platform::config::{HttpArgs, KafkaArgs, MongoArgs, RedisArgs, TopicArgs};
+pub use orderflow_platform::http::Running;
+use orderflow_platform::http::{self, Ops, Problem};
+use orderflow_platform::redis::LazyRedis;
+use orderflow_platform::shutdown::CancellationToken;
+use prometheus_client::registry::Registry;
+use rdkafka::consumer::Consumer;
+
+pub mod daily;
+pub mod live;
+
+pub const SERVICE: &str = "analytics";
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "analytics", about = "orderflow analytics and dashboard")]
+pub struct Args {
+    #[arg(long, env = "ANALYTICS_PORT", default_value_t = 3001)]
+    pub port: u16,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub mongo: MongoArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+    /// The producer's Redis list of recent orders.
+    #[arg(
+        long = "recent-orders-key",
+        env = "RECENT_ORDERS_KEY",
+        default_value = "orders:recent"
+    )]
+    pub recent_key: String,
+    /// Consumer group of the live figures.
+    #[arg(long, env = "ANALYTICS_GROUP", default_value = "orderflow-analytics")]
+    pub group: String,
+    /// Window of the orders/second figure.
+    #[arg(long, env = "LIVE_ORDERS_WINDOW", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub orders_window: Duration,
+    /// How often `/analytics/stream` sends the live figures.
+    #[arg(long, env = "STREAM_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub stream_interval: Duration,
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    orders: mongodb::Collection<bson::Document>,
+    redis: std::sync::Arc<LazyRedis>,
+    recent_key: String,
+    live: live::LiveMetrics,
+    stream_interval: Duration,
+    shutdown: CancellationToken,
+}
+
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> Problem {
+    tracing::error!(error = %e, "analytics query failed");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage-unavailable",
+        "the figures cannot be read right now",
+    )
+    .with_retry_after(Duration::from_secs(1))
+}
+
+async fn recent_orders(State(state): State<AppState>) -> Result<Response, Problem> {
+    let entries: Vec<String> = state
+        .redis
+        .run(redis::pipe().lrange(&state.recent_key, 0, -1))
+        .await
+        .map(|(v,): (Vec<String>,)| v)
+        .map_err(unavailable)?;
+    // Entries are JSON written by the producer; pass them through as they
+    // are (exact money literals included), skipping anything that is not.
+    let items: Vec<Box<serde_json::value::RawValue>> = entries
+        .into_iter()
+        .filter_map(|e| serde_json::value::RawValue::from_string(e).ok())
+        .collect();
+    Ok(Json(serde_json::json!({ "items": items })).into_response())
+}
+
+async fn live_now(State(state): State<AppState>) -> Json<live::Live> {
+    Json(state.live.snapshot())
+}
+
+async fn stream(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let ticks = tokio::time::interval(state.stream_interval);
+    let live = state.live.clone();
+    let events = futures::stream::unfold((ticks, live), |(mut ticks, live)| async move {
+        ticks.tick().await;
+        let event = Event::default()
+            .event("live")
+            .json_data(live.snapshot())
+            .unwrap_or_else(|_| Event::default().comment("encoding failed"));
+        Some((Ok(event), (ticks, live)))
+    })
+    .take_until(state.shutdown.clone().cancelled_owned());
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+async fn dashboard() -> Response {
+    (
+        [(header::CACHE_CONTROL, "no-cache")],
+        Html(include_str!("dashboard.html")),
+    )
+        .into_response()
+}
+
+pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let db = orderflow_platform::mongo::connect(&args.mongo, SERVICE).await?;
+    if let Err(e) = orderflow_platform::mongo::ensure_order_indexes(&db).await {
+        tracing::warn!(error = %e, "indexes not ensured at start-up");
+    }
+    let redis = std::sync::Arc::new(LazyRedis::new(&args.redis, Duration::from_millis(500))?);
+    let live = live::LiveMetrics::new(args.orders_window);
+    let client_id = format!("orderflow-analytics-{}", std::process::id());
+    let consumer = orderflow_platform::kafka::observer(&args.kafka, &client_id, &args.group)?;
+    consumer.subscribe(&[args.topics.orders.as_str(), args.topics.payment.as_str()])?;
+    tokio::spawn(
+        live.clone()
+            .run(consumer, args.topics.orders.clone(), shutdown.clone()),
+    );
+    let producer =
+        orderflow_platform::kafka::producer(&args.kafka, &client_id, Duration::from_secs(5))?;
+
+    let state = AppState {
+        orders: db.collection(orderflow_platform::mongo::ORDERS),
+        redis: redis.clone(),
+        recent_key: args.recent_key.clone(),
+        live,
+        stream_interval: args.stream_interval.max(Duration::from_millis(100)),
+        shutdown: shutdown.clone(),
+    };
+    let redis_check: http::ReadinessCheck = (
+        "redis",
+        std::sync::Arc::new(move || {
+            let redis = redis.clone();
+            Box::pin(async move { redis.ping().await })
+        }),
+    );
+    let checks = vec![
+        orderflow_platform::mongo::readiness(&db),
+        orderflow_platform::kafka::readiness(&producer),
+        redis_check,
+    ];
+    let app = Router::new()
+        .route("/", get(dashboard))
+        .route("/analytics/daily", get(daily::daily))
+        .route("/analytics/recent-orders", get(recent_orders))
+        .route("/analytics/live", get(live_now))
+        .route("/analytics/stream", get(stream))
+        .with_state(state);
+    let app = http::with_ops(
+        app,
+        Ops {
+            service: SERVICE,
+            openapi: include_str!("../openapi.json"),
+            checks,
+            registry: Registry::with_prefix("orderflow_analytics"),
+        },
+    );
+    let listener = http::bind(&args.http.bind, args.port).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "analytics listening");
+    let grace = args.http.shutdown_grace;
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { http::serve(listener, app, token, grace).await });
+    Ok(Running {
+        addr,
+        shutdown,
+        task,
+    })
+}

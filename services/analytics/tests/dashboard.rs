@@ -1,0 +1,288 @@
+//! The dashboard in a real browser: headless Chromium driven over the
+//! WebDriver protocol (chromedriver, started by this test). The page must
+//! load with no console error, and its live chart must change after orders
+//! are posted. Screenshots are saved to `target/artifacts/`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use clap::Parser;
+use orderflow_platform::shutdown::CancellationToken;
+use orderflow_testkit as kit;
+use serde_json::{json, Value};
+
+struct Driver {
+    child: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+    _profile: kit::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let port = kit::free_port();
+        let child = Command::new(
+            std::env::var("ORDERFLOW_TEST_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into()),
+        )
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting chromedriver (Debian chromium-driver)");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "chromedriver did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile = kit::TempDir::new("chromium-profile");
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:loggingPrefs": {"browser": "ALL"},
+            "goog:chromeOptions": {
+                "binary": std::env::var("ORDERFLOW_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    "--window-size=1280,900",
+                    format!("--user-data-dir={}", profile.0.display()),
+                ]
+            }
+        }}});
+        let created: Value = http
+            .post(format!("{base}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = created["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {created}"))
+            .to_owned();
+        Driver {
+            child,
+            base,
+            session,
+            http,
+            _profile: profile,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut req = self.http.request(method, url);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        assert!(v["value"]["error"].is_null(), "{path}: {v}");
+        v["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})))
+            .await;
+    }
+
+    async fn eval(&self, script: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    async fn screenshot(&self, name: &str) -> std::path::PathBuf {
+        let b64 = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().unwrap())
+            .unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/artifacts");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+
+    /// Browser console entries so far (chromedriver's log endpoint).
+    async fn console(&self) -> Vec<Value> {
+        self.call(
+            reqwest::Method::POST,
+            "/se/log",
+            Some(json!({"type": "browser"})),
+        )
+        .await
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_loads_cleanly_and_its_live_chart_moves_with_orders() {
+    kit::telemetry();
+    let brokers = kit::kafka();
+    let topics = kit::topics("dashboard");
+    kit::create_topics(&brokers, &topics).await;
+    let shutdown = CancellationToken::new();
+    let mongo = kit::mongo_url(&kit::unique("dashboard"));
+    let recent_key = format!("{}:recent", topics.orders);
+    let producer = orderflow_producer::Args::try_parse_from([
+        "producer",
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--kafka-brokers",
+        &brokers,
+        "--topic-orders",
+        &topics.orders,
+        "--redis-url",
+        &kit::redis_url(),
+        "--recent-orders-key",
+        &recent_key,
+    ])
+    .unwrap();
+    let producer = orderflow_producer::start(producer, shutdown.clone())
+        .await
+        .unwrap();
+    let analytics = orderflow_analytics::Args::try_parse_from([
+        "analytics",
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--kafka-brokers",
+        &brokers,
+        "--topic-orders",
+        &topics.orders,
+        "--topic-payment",
+        &topics.payment,
+        "--mongo-url",
+        &mongo,
+        "--redis-url",
+        &kit::redis_url(),
+        "--recent-orders-key",
+        &recent_key,
+        "--group",
+        &kit::unique("analytics"),
+        "--stream-interval",
+        "250ms",
+    ])
+    .unwrap();
+    let analytics = orderflow_analytics::start(analytics, shutdown.clone())
+        .await
+        .unwrap();
+    let page = format!("http://{}/", analytics.addr);
+
+    let driver = Driver::start().await;
+    driver.goto(&page).await;
+    // The page gets live samples over SSE.
+    let started = Instant::now();
+    while driver
+        .eval("return Number(document.body.dataset.samples || 0)")
+        .await
+        .as_i64()
+        .unwrap()
+        < 3
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no live samples reached the page"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let chart = "return document.getElementById('orders-chart').toDataURL()";
+    let before = driver.eval(chart).await;
+    assert_eq!(
+        driver
+            .eval("return document.getElementById('orders-rate').textContent")
+            .await,
+        "0.0"
+    );
+    driver.screenshot("dashboard-idle.png").await;
+
+    // Post orders until the page shows a rate above zero (the first ones
+    // may land before analytics' consumer has its partitions).
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut posted = 0;
+    loop {
+        for _ in 0..5 {
+            posted += 1;
+            let r = client
+                .post(format!("http://{}/orders", producer.addr))
+                .json(&json!({"orderId": format!("d-{posted}"), "customerId": "c-1",
+                              "items": [{"productId": "coffee", "quantity": 1, "unitPrice": 4.50}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rate = driver
+            .eval("return Number(document.body.dataset.ordersPerSecond || 0)")
+            .await;
+        if rate.as_f64().unwrap() > 0.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the live rate never moved"
+        );
+    }
+    let after = driver.eval(chart).await;
+    assert_ne!(before, after, "the orders/s chart changed");
+    let shown: f64 = driver
+        .eval("return document.getElementById('orders-rate').textContent")
+        .await
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(shown > 0.0);
+    // The recent-orders table lists what was posted (refreshed every 2 s).
+    let started = Instant::now();
+    loop {
+        let text = driver
+            .eval("return document.getElementById('recent').textContent")
+            .await;
+        if text.as_str().unwrap().contains(&format!("d-{posted}")) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "recent orders not shown: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let shot = driver.screenshot("dashboard-live.png").await;
+    eprintln!("dashboard screenshot: {}", shot.display());
+
+    let errors: Vec<Value> = driver
+        .console()
+        .await
+        .into_iter()
+        .filter(|e| e["level"] == "SEVERE")
+        .collect();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    shutdown.cancel();
+}
