@@ -184,6 +184,28 @@ pub struct Running {
 }
 
 /// Binds `addr`; returns the listener so callers (and tests) learn the port.
+/// Binds `args.bind:port` and serves `app` until `shutdown`: the whole
+/// life of a service that has nothing else to run.
+pub async fn launch(
+    service: &'static str,
+    args: &crate::config::HttpArgs,
+    port: u16,
+    app: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let listener = bind(&args.bind, port).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "{service} listening");
+    let grace = args.shutdown_grace;
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { serve(listener, app, token, grace).await });
+    Ok(Running {
+        addr,
+        shutdown,
+        task,
+    })
+}
+
 pub async fn bind(bind: &str, port: u16) -> anyhow::Result<tokio::net::TcpListener> {
     let addr: SocketAddr = format!("{bind}:{port}").parse()?;
     Ok(tokio::net::TcpListener::bind(addr).await?)

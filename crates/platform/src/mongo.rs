@@ -82,8 +82,16 @@ pub async fn ensure_order_indexes(db: &Database) -> anyhow::Result<()> {
                 .keys(doc! {"orderId": 1})
                 .options(unique.clone())
                 .build(),
+            // The list's order (newest first), the daily aggregation's
+            // range, and the list filtered by status or customer.
             IndexModel::builder()
                 .keys(doc! {"receivedAt": -1, "orderId": -1})
+                .build(),
+            IndexModel::builder()
+                .keys(doc! {"status": 1, "receivedAt": -1, "orderId": -1})
+                .build(),
+            IndexModel::builder()
+                .keys(doc! {"customerId": 1, "receivedAt": -1, "orderId": -1})
                 .build(),
         ])
         .await

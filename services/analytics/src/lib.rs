@@ -178,15 +178,5 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
             registry: Registry::with_prefix("orderflow_analytics"),
         },
     );
-    let listener = http::bind(&args.http.bind, args.port).await?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "analytics listening");
-    let grace = args.http.shutdown_grace;
-    let token = shutdown.clone();
-    let task = tokio::spawn(async move { http::serve(listener, app, token, grace).await });
-    Ok(Running {
-        addr,
-        shutdown,
-        task,
-    })
+    http::launch(SERVICE, &args.http, args.port, app, shutdown).await
 }

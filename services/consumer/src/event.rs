@@ -2,6 +2,9 @@
 //! expects, open the processing span under the message's trace, and build
 //! the events it emits.
 
+use bson::Document;
+use futures::TryStreamExt;
+use mongodb::Collection;
 use orderflow_platform::kafka::headers::{self, Envelope};
 use orderflow_platform::telemetry;
 use rdkafka::message::{Message, OwnedMessage};
@@ -88,6 +91,42 @@ impl<T: Serialize> NewEvent<'_, T> {
             headers,
         })
     }
+}
+
+/// Every document matching `filter`; any failure is worth a retry.
+pub async fn find_all<T>(
+    coll: &Collection<T>,
+    filter: Document,
+    what: &str,
+) -> Result<Vec<T>, Transient>
+where
+    T: serde::de::DeserializeOwned + Send + Sync,
+{
+    let fail = |e: mongodb::error::Error| Transient(format!("reading {what}: {e}"));
+    coll.find(filter)
+        .await
+        .map_err(fail)?
+        .try_collect()
+        .await
+        .map_err(fail)
+}
+
+/// The documents whose `_id` is one of `ids` (a stage's earlier decisions
+/// for a batch), keyed by `_id`.
+pub async fn find_by_ids<T>(
+    coll: &mongodb::Collection<T>,
+    ids: Vec<String>,
+    id: impl Fn(&T) -> String,
+    what: &str,
+) -> Result<std::collections::HashMap<String, T>, Transient>
+where
+    T: serde::de::DeserializeOwned + Send + Sync,
+{
+    if ids.is_empty() {
+        return Ok(std::collections::HashMap::new());
+    }
+    let found = find_all(coll, bson::doc! {"_id": {"$in": ids}}, what).await?;
+    Ok(found.into_iter().map(|d| (id(&d), d)).collect())
 }
 
 /// A MongoDB failure inside a stage: worth a retry of the batch.

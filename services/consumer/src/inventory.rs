@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 
 use bson::{doc, DateTime};
-use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
 use mongodb::{ClientSession, Collection, Database};
 use orderflow_domain::events::ReservedItem;
@@ -27,7 +26,7 @@ use orderflow_platform::mongo::{Tx, INVENTORY, ORDERS, RESERVATIONS};
 use rdkafka::message::OwnedMessage;
 use time::OffsetDateTime;
 
-use crate::event::{decode, process_span, transient, NewEvent, Undecodable};
+use crate::event::{decode, find_by_ids, process_span, transient, NewEvent, Undecodable};
 use crate::runner::{Outcome, Outgoing, Stage, Transient};
 
 pub const SOURCE: &str = "/orderflow/consumer/inventory";
@@ -62,20 +61,15 @@ impl Inventory {
     /// Reservations already decided for these orders.
     async fn decided(
         &self,
-        ids: Vec<&str>,
+        ids: Vec<String>,
     ) -> Result<HashMap<String, ReservationDocument>, Transient> {
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let found: Vec<ReservationDocument> = self
-            .reservations()
-            .find(doc! {"_id": {"$in": ids}})
-            .await
-            .map_err(transient("reading reservations"))?
-            .try_collect()
-            .await
-            .map_err(transient("reading reservations"))?;
-        Ok(found.into_iter().map(|r| (r.order_id.clone(), r)).collect())
+        find_by_ids(
+            &self.reservations(),
+            ids,
+            |r| r.order_id.clone(),
+            "reservations",
+        )
+        .await
     }
 
     /// Decides one order for the first time and records the decision.
@@ -108,15 +102,9 @@ impl Inventory {
     ) -> mongodb::error::Result<Tx<Reserve>> {
         let mut record = reservation_document(order, items, now);
         let moved = self
-            .db
-            .collection::<OrderDocument>(ORDERS)
-            .update_one(
-                doc! {"orderId": &order.order_id, "status": OrderStatus::Placed.as_str()},
-                status_change(OrderStatus::Reserved, None, now),
-            )
-            .session(&mut *session)
+            .move_placed(session, &order.order_id, OrderStatus::Reserved, None, now)
             .await?;
-        if moved.matched_count == 0 {
+        if !moved {
             // Cancelled (or otherwise moved on) before we got here.
             record.state = ReservationState::Skipped;
             self.reservations()
@@ -159,6 +147,27 @@ impl Inventory {
         Ok(Tx::Commit(Reserve::Done(record)))
     }
 
+    /// Moves a `placed` order on; false when it is no longer placed.
+    async fn move_placed(
+        &self,
+        session: &mut ClientSession,
+        order_id: &str,
+        to: OrderStatus,
+        reason: Option<&str>,
+        now: DateTime,
+    ) -> mongodb::error::Result<bool> {
+        let moved = self
+            .db
+            .collection::<OrderDocument>(ORDERS)
+            .update_one(
+                doc! {"orderId": order_id, "status": OrderStatus::Placed.as_str()},
+                status_change(to, reason, now),
+            )
+            .session(session)
+            .await?;
+        Ok(moved.matched_count == 1)
+    }
+
     async fn record_rejection(
         &self,
         session: &mut ClientSession,
@@ -169,15 +178,15 @@ impl Inventory {
     ) -> mongodb::error::Result<Tx<ReservationDocument>> {
         let mut record = reservation_document(order, items, now);
         let moved = self
-            .db
-            .collection::<OrderDocument>(ORDERS)
-            .update_one(
-                doc! {"orderId": &order.order_id, "status": OrderStatus::Placed.as_str()},
-                status_change(OrderStatus::Rejected, Some(OUT_OF_STOCK), now),
+            .move_placed(
+                session,
+                &order.order_id,
+                OrderStatus::Rejected,
+                Some(OUT_OF_STOCK),
+                now,
             )
-            .session(&mut *session)
             .await?;
-        if moved.matched_count == 0 {
+        if !moved {
             record.state = ReservationState::Skipped;
         } else {
             record.state = ReservationState::Rejected;
@@ -319,7 +328,7 @@ impl Stage for Inventory {
             .decided(
                 decoded
                     .iter()
-                    .filter_map(|d| d.as_ref().ok().map(|o| o.order_id.as_str()))
+                    .filter_map(|d| d.as_ref().ok().map(|o| o.order_id.clone()))
                     .collect(),
             )
             .await?;

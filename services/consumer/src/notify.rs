@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tracing::Instrument;
 
-use crate::event::{decode_payload, event_type, process_span, transient, Undecodable};
+use crate::event::{decode_payload, event_type, find_by_ids, process_span, transient, Undecodable};
 use crate::runner::{Backoff, Outcome, Stage, Transient};
 
 pub const SIGNATURE_HEADER: &str = "x-orderflow-signature";
@@ -144,18 +144,8 @@ impl Notify {
     }
 
     async fn delivered(&self, ids: Vec<String>) -> Result<HashSet<String>, Transient> {
-        if ids.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let found: Vec<DeliveryDocument> = self
-            .deliveries()
-            .find(doc! {"_id": {"$in": ids}})
-            .await
-            .map_err(transient("reading deliveries"))?
-            .try_collect()
-            .await
-            .map_err(transient("reading deliveries"))?;
-        Ok(found.into_iter().map(|d| d.id).collect())
+        let found = find_by_ids(&self.deliveries(), ids, |d| d.id.clone(), "deliveries").await?;
+        Ok(found.into_keys().collect())
     }
 
     fn customer_address(&self, customer_id: &str) -> String {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bson::{doc, DateTime};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use mongodb::{ClientSession, Collection, Database};
 use orderflow_domain::events::{
     types, OrderConfirmed, OrderRejected, PaymentProcessed, StockReserved,
@@ -24,7 +24,7 @@ use orderflow_platform::mongo::{stock, Tx, ORDERS, PAYMENTS};
 use rdkafka::message::OwnedMessage;
 use time::OffsetDateTime;
 
-use crate::event::{decode, process_span, transient, NewEvent, Undecodable};
+use crate::event::{decode, find_by_ids, process_span, transient, NewEvent, Undecodable};
 use crate::runner::{Outcome, Outgoing, Stage, Transient};
 
 pub const SOURCE: &str = "/orderflow/consumer/payment";
@@ -67,19 +67,11 @@ impl Payment {
         self.db.collection(PAYMENTS)
     }
 
-    async fn decided(&self, ids: Vec<&str>) -> Result<HashMap<String, PaymentDocument>, Transient> {
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let found: Vec<PaymentDocument> = self
-            .payments()
-            .find(doc! {"_id": {"$in": ids}})
-            .await
-            .map_err(transient("reading payments"))?
-            .try_collect()
-            .await
-            .map_err(transient("reading payments"))?;
-        Ok(found.into_iter().map(|p| (p.order_id.clone(), p)).collect())
+    async fn decided(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<HashMap<String, PaymentDocument>, Transient> {
+        find_by_ids(&self.payments(), ids, |p| p.order_id.clone(), "payments").await
     }
 
     /// The gateway's answer for an order: `Some(detail)` when declined.
@@ -257,7 +249,7 @@ impl Stage for Payment {
             .decided(
                 decoded
                     .iter()
-                    .filter_map(|d| d.as_ref().ok().map(|o| o.order_id.as_str()))
+                    .filter_map(|d| d.as_ref().ok().map(|o| o.order_id.clone()))
                     .collect(),
             )
             .await?;

@@ -10,7 +10,6 @@
 use std::collections::{HashMap, HashSet};
 
 use bson::{doc, Bson, Document};
-use futures::TryStreamExt;
 use mongodb::{Collection, Database};
 use orderflow_domain::events::{types, OrderPlaced, OrderRejected};
 use orderflow_domain::pricing::{price_order, Catalogue, CatalogueEntry};
@@ -23,7 +22,7 @@ use orderflow_platform::telemetry;
 use rdkafka::message::{Message, OwnedMessage};
 use time::OffsetDateTime;
 
-use crate::event::{decode, process_span, NewEvent, Undecodable};
+use crate::event::{decode, find_all, process_span, NewEvent, Undecodable};
 use crate::runner::{Outcome, Outgoing, Stage, Transient};
 
 pub const SOURCE: &str = "/orderflow/consumer/persist";
@@ -152,24 +151,6 @@ impl Persist {
         }
         .build(span)
     }
-}
-
-/// Every document matching `filter`; any failure is worth a retry.
-async fn find_all<T>(
-    coll: &Collection<T>,
-    filter: Document,
-    what: &str,
-) -> Result<Vec<T>, Transient>
-where
-    T: serde::de::DeserializeOwned + Send + Sync,
-{
-    let fail = |e: mongodb::error::Error| Transient(format!("reading {what}: {e}"));
-    coll.find(filter)
-        .await
-        .map_err(fail)?
-        .try_collect()
-        .await
-        .map_err(fail)
 }
 
 fn catalogue_entry(d: &Document) -> Option<CatalogueEntry> {

@@ -264,22 +264,28 @@ impl Saga {
     }
 
     async fn send(&self, orders: &[OrderPlaced]) {
+        self.sending(orders).await.unwrap();
+    }
+
+    /// Produces the orders in the background, in waves of 100 a second,
+    /// like clients would, rather than one burst that leaves the local
+    /// broker answering minutes late.
+    fn sending(&self, orders: &[OrderPlaced]) -> tokio::task::JoinHandle<()> {
         let producer = kit::producer(&self.brokers);
+        let topic = self.topics.orders.clone();
         let payloads: Vec<(String, Vec<u8>)> = orders
             .iter()
             .map(|o| (o.order_id.clone(), serde_json::to_vec(o).unwrap()))
             .collect();
-        // In waves of 100 a second, like clients would, rather than one
-        // burst that leaves the local broker answering minutes late.
-        for wave in payloads.chunks(100) {
-            let started = Instant::now();
-            stream::iter(wave)
-                .for_each_concurrent(32, |(k, v)| {
-                    kit::produce(&producer, &self.topics.orders, k, v)
-                })
-                .await;
-            tokio::time::sleep(Duration::from_secs(1).saturating_sub(started.elapsed())).await;
-        }
+        tokio::spawn(async move {
+            for wave in payloads.chunks(100) {
+                let started = Instant::now();
+                stream::iter(wave)
+                    .for_each_concurrent(32, |(k, v)| kit::produce(&producer, &topic, k, v))
+                    .await;
+                tokio::time::sleep(Duration::from_secs(1).saturating_sub(started.elapsed())).await;
+            }
+        })
     }
 
     async fn orders(&self) -> Vec<OrderDocument> {
@@ -727,7 +733,8 @@ async fn each_stage_sigkilled_mid_stream_ends_like_an_undisturbed_run() {
     let mut hurt = Saga::with_session(&brokers, "hurt", &KILL_ARGS).await;
     hurt.seed(&KILL_PRODUCTS).await;
     hurt.start_all();
-    hurt.send(&orders).await;
+    // The kills start while the orders are still arriving.
+    let sending = hurt.sending(&orders);
     let quarter = (N / 4) as u64;
     let mut restarts: Vec<(&'static str, Instant)> = Vec::new();
     let mut killed: BTreeSet<&'static str> = BTreeSet::new();
@@ -757,6 +764,7 @@ async fn each_stage_sigkilled_mid_stream_ends_like_an_undisturbed_run() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    sending.await.unwrap();
     hurt.settle(N, Duration::from_secs(300)).await;
     let got = hurt.snapshot().await;
     hurt.stop_all();

@@ -1,7 +1,10 @@
 //! loadgen: posts realistic orders to the producer at a target rate (or as
 //! fast as it can) over N connections, prints progress, reports the achieved
 //! rate, latency percentiles and errors, and can verify afterwards that every
-//! accepted order reached MongoDB (end-to-end throughput).
+//! accepted order reached MongoDB, or its final status through every stage
+//! (end-to-end throughput). With `--get PATH` it measures a read endpoint
+//! instead; with `--seed-orders N` it stores N synthetic orders directly in
+//! MongoDB (the data set of the read benchmarks).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +40,20 @@ struct Args {
     /// Prefix of generated order ids (default: a fresh one per run).
     #[arg(long)]
     prefix: Option<String>,
+    /// With --verify-mongo: also wait until every order left placed /
+    /// reserved (went through inventory and payment).
+    #[arg(long)]
+    verify_final: bool,
+    /// Instead of posting orders: GET this path (e.g. `/orders?limit=50`)
+    /// `count` times and report its latency.
+    #[arg(long)]
+    get: Option<String>,
+    /// Instead of posting orders: store this many synthetic orders, spread
+    /// over the last 30 days, straight into --seed-mongo, then exit.
+    #[arg(long)]
+    seed_orders: Option<u64>,
+    #[arg(long, default_value = "mongodb://127.0.0.1:27017/orders")]
+    seed_mongo: String,
 }
 
 const PRODUCTS: [(&str, &str, &str); 8] = [
@@ -90,9 +107,89 @@ struct Stats {
     failed: AtomicU64,
 }
 
+/// Stores `n` synthetic orders (statuses and amounts varied, received over
+/// the last 30 days) in batches of 1 000.
+async fn seed(mongo: &str, n: u64) -> anyhow::Result<()> {
+    use orderflow_domain::OrderStatus;
+    use orderflow_platform::mongo::documents::{
+        ItemDocument, OrderDocument, SourceRef, StatusChange, Validation,
+    };
+    let client = mongodb::Client::with_uri_str(mongo).await?;
+    let db = client
+        .default_database()
+        .unwrap_or_else(|| client.database("orders"));
+    orderflow_platform::mongo::ensure_order_indexes(&db).await?;
+    let orders = db.collection::<OrderDocument>("orders");
+    let now = bson::DateTime::now().timestamp_millis();
+    let month = 30 * 24 * 3600 * 1000;
+    let mut rng = Rng(0x5EED);
+    let started = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<OrderDocument> = (i..(i + 1000).min(n))
+            .map(|k| {
+                let at = bson::DateTime::from_millis(now - (rng.below(month)) as i64);
+                let status = OrderStatus::ALL[rng.below(OrderStatus::ALL.len() as u64) as usize];
+                let (pid, name, price) = PRODUCTS[rng.below(PRODUCTS.len() as u64) as usize];
+                let cents = orderflow_domain::Money::parse(price)
+                    .map(|m| m.minor())
+                    .unwrap_or(0);
+                let qty = 1 + rng.below(3) as i64;
+                OrderDocument {
+                    order_id: format!("seed-{k:07}"),
+                    customer_id: format!("cust-{}", rng.below(5000)),
+                    currency: "USD".into(),
+                    status,
+                    status_reason: None,
+                    items: vec![ItemDocument {
+                        product_id: pid.into(),
+                        name: name.into(),
+                        quantity: qty,
+                        unit_price_cents: Some(cents),
+                        line_total_cents: Some(cents * qty),
+                        client_unit_price_cents: None,
+                        tracked: true,
+                    }],
+                    total_cents: cents * qty,
+                    client_total_cents: None,
+                    received_at: at,
+                    processed_at: at,
+                    updated_at: at,
+                    version: 1,
+                    history: vec![StatusChange {
+                        status,
+                        at,
+                        reason: None,
+                    }],
+                    validation: Validation {
+                        accepted: true,
+                        reason: None,
+                        detail: None,
+                    },
+                    source: SourceRef {
+                        topic: "orders".into(),
+                        partition: 0,
+                        offset: k as i64,
+                    },
+                }
+            })
+            .collect();
+        i += batch.len() as u64;
+        orders.insert_many(batch).ordered(false).await?;
+    }
+    println!(
+        "seeded {n} orders in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(n) = args.seed_orders {
+        return seed(&args.seed_mongo, n).await;
+    }
     let prefix = args
         .prefix
         .clone()
@@ -101,7 +198,11 @@ async fn main() -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.connections)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let url = format!("{}/orders", args.url.trim_end_matches('/'));
+    let url = match &args.get {
+        Some(path) => format!("{}{path}", args.url.trim_end_matches('/')),
+        None => format!("{}/orders", args.url.trim_end_matches('/')),
+    };
+    let reading = args.get.is_some();
     let stats = Arc::new(Stats::default());
     let latencies = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
@@ -126,8 +227,9 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!(
-        "loadgen: {} orders to {url}, {} connections, rate {}",
+        "loadgen: {} {} {url}, {} connections, rate {}",
         args.count,
+        if reading { "GETs of" } else { "orders to" },
         args.connections,
         if args.rate == 0 {
             "max".to_string()
@@ -179,19 +281,33 @@ async fn main() -> anyhow::Result<()> {
                     if let Some(p) = &pace {
                         p.acquire().await.expect("pacer alive").forget();
                     }
-                    let body = order_body(&format!("{prefix}-{i}"), &mut rng);
                     stats.sent.fetch_add(1, Ordering::Relaxed);
                     let t = Instant::now();
-                    let result = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(body)
-                        .send()
-                        .await;
+                    let (result, expected) = if reading {
+                        let r = match client.get(&url).send().await {
+                            // The whole body, as a client would read it.
+                            Ok(r) => {
+                                let status = r.status();
+                                r.bytes().await.map(|_| status)
+                            }
+                            Err(e) => Err(e),
+                        };
+                        (r, reqwest::StatusCode::OK)
+                    } else {
+                        let body = order_body(&format!("{prefix}-{i}"), &mut rng);
+                        let r = client
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(body)
+                            .send()
+                            .await
+                            .map(|r| r.status());
+                        (r, reqwest::StatusCode::ACCEPTED)
+                    };
                     let micros = t.elapsed().as_micros() as u64;
                     let outcome = match result {
-                        Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => Ok(()),
-                        Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+                        Ok(status) if status == expected => Ok(()),
+                        Ok(status) => Err(format!("HTTP {}", status.as_u16())),
                         Err(e) => Err(if e.is_timeout() {
                             "timeout".into()
                         } else {
@@ -230,8 +346,13 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("  duration   {:.2} s", elapsed.as_secs_f64());
     println!(
-        "  rate       {:.0} accepted orders/s",
-        accepted as f64 / elapsed.as_secs_f64()
+        "  rate       {:.0} {}/s",
+        accepted as f64 / elapsed.as_secs_f64(),
+        if reading {
+            "answers"
+        } else {
+            "accepted orders"
+        }
     );
     if accepted > 0 {
         println!(
@@ -270,6 +391,30 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!(
                 "{} accepted orders are missing from MongoDB",
                 accepted - stored
+            );
+        }
+        if args.verify_final {
+            let open = doc! {"orderId": {"$regex": format!("^{prefix}-")},
+            "status": {"$in": ["placed", "reserved"]}};
+            let settled_at = loop {
+                let n = orders.count_documents(open.clone()).await?;
+                if n == 0 {
+                    break started.elapsed();
+                }
+                if Instant::now() > deadline {
+                    anyhow::bail!("{n} orders still placed or reserved");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            let mut by_status = BTreeMap::new();
+            for s in ["confirmed", "rejected"] {
+                let f = doc! {"orderId": {"$regex": format!("^{prefix}-")}, "status": s};
+                by_status.insert(s, orders.count_documents(f).await?);
+            }
+            println!(
+                "  through all stages {:.0} orders/s ({:.2} s from first request; {by_status:?})",
+                accepted as f64 / settled_at.as_secs_f64(),
+                settled_at.as_secs_f64()
             );
         }
     }

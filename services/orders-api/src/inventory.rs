@@ -53,17 +53,22 @@ impl From<InventoryDocument> for ProductView {
     }
 }
 
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Response, Problem> {
-    let products: Vec<InventoryDocument> = state
+/// The products matching `filter`, by productId.
+async fn products(state: &AppState, filter: bson::Document) -> Result<Vec<ProductView>, Problem> {
+    let found: Vec<InventoryDocument> = state
         .inventory
-        .find(doc! {})
+        .find(filter)
         .sort(doc! {"productId": 1})
         .await
         .map_err(internal)?
         .try_collect()
         .await
         .map_err(internal)?;
-    let items: Vec<ProductView> = products.into_iter().map(ProductView::from).collect();
+    Ok(found.into_iter().map(ProductView::from).collect())
+}
+
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Response, Problem> {
+    let items = products(&state, doc! {}).await?;
     Ok(Json(serde_json::json!({ "items": items })).into_response())
 }
 
@@ -93,16 +98,7 @@ struct ProductInput {
 
 /// A valid product, or every reason it is not.
 pub fn validate(product_id: &str, body: &[u8]) -> Result<InventoryDocument, Problem> {
-    let input: ProductInput = serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            Problem::validation(vec![FieldError {
-                field: "body".into(),
-                message: e.to_string(),
-            }])
-        } else {
-            Problem::new(StatusCode::BAD_REQUEST, "malformed-json", e.to_string())
-        }
-    })?;
+    let input: ProductInput = crate::parse_body(body)?;
     let mut errors = Vec::new();
     let mut fail = |field: &str, message: &str| {
         errors.push(FieldError {
@@ -241,16 +237,11 @@ pub(crate) async fn seed(State(state): State<AppState>) -> Result<Response, Prob
         }
     }
     tracing::info!(created, "demo catalogue seeded");
-    let products: Vec<InventoryDocument> = state
-        .inventory
-        .find(doc! {"productId": {"$in": DEMO.map(|d| d.0).to_vec()}})
-        .sort(doc! {"productId": 1})
-        .await
-        .map_err(internal)?
-        .try_collect()
-        .await
-        .map_err(internal)?;
-    let items: Vec<ProductView> = products.into_iter().map(ProductView::from).collect();
+    let items = products(
+        &state,
+        doc! {"productId": {"$in": DEMO.map(|d| d.0).to_vec()}},
+    )
+    .await?;
     Ok(Json(serde_json::json!({ "created": created, "items": items })).into_response())
 }
 

@@ -18,6 +18,28 @@ mod view;
 
 pub const SERVICE: &str = "orders-api";
 
+/// Decodes a JSON request body: 400 when it is not JSON, 422 when it is
+/// JSON of the wrong shape.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, orderflow_platform::http::Problem> {
+    use orderflow_platform::http::Problem;
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            Problem::validation(vec![orderflow_domain::intake::FieldError {
+                field: "body".into(),
+                message: e.to_string(),
+            }])
+        } else {
+            Problem::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "malformed-json",
+                e.to_string(),
+            )
+        }
+    })
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(name = "orders-api", about = "orderflow orders API over MongoDB")]
 pub struct Args {
@@ -90,15 +112,5 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
             registry: Registry::with_prefix("orderflow_orders_api"),
         },
     );
-    let listener = http::bind(&args.http.bind, args.port).await?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "orders-api listening");
-    let grace = args.http.shutdown_grace;
-    let token = shutdown.clone();
-    let task = tokio::spawn(async move { http::serve(listener, app, token, grace).await });
-    Ok(Running {
-        addr,
-        shutdown,
-        task,
-    })
+    http::launch(SERVICE, &args.http, args.port, app, shutdown).await
 }

@@ -70,16 +70,7 @@ fn precondition_failed(current: i64) -> Problem {
 }
 
 fn parse_patch(body: &[u8]) -> Result<OrderStatus, Problem> {
-    let patch: Patch = serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            Problem::validation(vec![FieldError {
-                field: "body".into(),
-                message: e.to_string(),
-            }])
-        } else {
-            Problem::new(StatusCode::BAD_REQUEST, "malformed-json", e.to_string())
-        }
-    })?;
+    let patch: Patch = crate::parse_body(body)?;
     let field = |message: String| {
         Problem::validation(vec![FieldError {
             field: "status".into(),

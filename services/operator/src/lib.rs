@@ -1,0 +1,7 @@
+//! The OrderPipeline operator (SPEC §5). Its decisions are pure functions
+//! with table tests — how many replicas a stage needs ([`scaling`]) and what
+//! to do to the topics ([`topics`]); the reconcile loop gathers the facts and
+//! applies them.
+
+pub mod scaling;
+pub mod topics;
