@@ -388,10 +388,8 @@ impl Saga {
         self.settle(n, Duration::from_secs(60)).await;
         eprintln!("replay finished in {:?}", started.elapsed());
         let after = self.snapshot().await;
-        assert_eq!(
-            &after, before,
-            "a replay changes nothing and sends nothing twice"
-        );
+        // A replay changes nothing and sends nothing twice.
+        assert_same(&after, before, "after the replay");
     }
 
     async fn snapshot(&self) -> Snapshot {
@@ -458,13 +456,13 @@ fn is_settled(s: OrderStatus) -> bool {
 /// which order that is depends on how partitions interleave, so runs are
 /// compared on the product alone.
 fn crossing_free(id: &str) -> String {
-    match id.strip_prefix("low_stock:") {
-        Some(rest) => {
-            let product = rest.split(':').next().unwrap_or_default();
-            let channel = rest.rsplit('/').next().unwrap_or_default();
-            format!("low_stock:{product}/{channel}")
-        }
-        None => id.to_owned(),
+    let Some(rest) = id.strip_prefix("low_stock:") else {
+        return id.to_owned();
+    };
+    let product = rest.split(':').next().unwrap_or_default();
+    match rest.rsplit_once('/') {
+        Some((_, channel)) => format!("low_stock:{product}/{channel}"),
+        None => format!("low_stock:{product}"),
     }
 }
 
@@ -479,6 +477,30 @@ where
         .try_collect()
         .await
         .unwrap()
+}
+
+/// Compares two snapshots field by field, so a failure names the field.
+fn assert_same(got: &Snapshot, want: &Snapshot, what: &str) {
+    assert_eq!(got.orders, want.orders, "{what}: orders");
+    assert_eq!(got.stock, want.stock, "{what}: stock");
+    assert_eq!(got.reservations, want.reservations, "{what}: reservations");
+    assert_eq!(got.payments, want.payments, "{what}: payments");
+    assert_eq!(got.deliveries, want.deliveries, "{what}: deliveries");
+    assert_eq!(got.mails, want.mails, "{what}: e-mails");
+    assert_eq!(
+        got.distinct_mails, want.distinct_mails,
+        "{what}: distinct e-mails"
+    );
+    assert_eq!(
+        got.mail_subjects, want.mail_subjects,
+        "{what}: e-mail subjects"
+    );
+    assert_eq!(got.hooks, want.hooks, "{what}: webhooks");
+    assert_eq!(got.hook_ids, want.hook_ids, "{what}: webhook ids");
+    assert_eq!(
+        got.bad_signatures, want.bad_signatures,
+        "{what}: bad signatures"
+    );
 }
 
 /// What a run leaves behind, comparable across runs.
@@ -785,12 +807,11 @@ async fn each_stage_sigkilled_mid_stream_ends_like_an_undisturbed_run() {
             .mail_subjects
             .keys()
             .map(|k| {
-                (
-                    k.split_once(' ')
-                        .map(|(_, subject)| subject.to_owned())
-                        .unwrap_or_default(),
-                    1,
-                )
+                // The stock figure of a low-stock alert depends on which
+                // order crossed the threshold; the product does not.
+                let subject = k.split_once(' ').map(|(_, s)| s).unwrap_or_default();
+                let subject = subject.split(" (").next().unwrap_or_default();
+                (subject.to_owned(), 1)
             })
             .collect(),
         orders: s.orders.clone(),
@@ -802,7 +823,7 @@ async fn each_stage_sigkilled_mid_stream_ends_like_an_undisturbed_run() {
         hook_ids: s.hook_ids.clone(),
         bad_signatures: s.bad_signatures,
     };
-    assert_eq!(normalise(&got), normalise(&expected));
+    assert_same(&normalise(&got), &normalise(&expected), "after the kills");
 }
 
 #[tokio::test]
