@@ -68,8 +68,18 @@ ensure_mongo() {
     || die "pip install secantusdb failed"
 }
 
+# Offline validators of the Kubernetes manifests (scripts/check-manifests).
+ensure_validators() {
+  [ -x "$VENV/bin/kubernetes-validate" ] && "$VENV/bin/python" -c 'import jsonschema' 2>/dev/null && return 0
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV" || die "python3 -m venv failed"
+  log "installing kubernetes-validate into $VENV"
+  "$VENV/bin/pip" install -q "kubernetes-validate==1.37.0" "jsonschema>=4,<5" \
+    || die "pip install kubernetes-validate failed"
+}
+
 ensure_tools() {
   apt_install redis-server mold chromium chromium-driver
+  ensure_validators
   ensure_mongo
   ensure_tansu
 }

@@ -3,5 +3,6 @@
 //! to do to the topics ([`topics`]); the reconcile loop gathers the facts and
 //! applies them.
 
+pub mod crd;
 pub mod scaling;
 pub mod topics;

@@ -1,0 +1,391 @@
+//! The `OrderPipeline` custom resource (SPEC §5), `orderflow.dev/v1alpha1`.
+//! The CRD YAML is generated from these types (`crdgen`); the copies in
+//! `k8s/` must equal its output (a test checks).
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "orderflow.dev",
+    version = "v1alpha1",
+    kind = "OrderPipeline",
+    plural = "orderpipelines",
+    shortname = "opl",
+    category = "orderflow",
+    namespaced,
+    status = "OrderPipelineStatus",
+    doc = "An order-processing pipeline: its Kafka topics, services, stages and their autoscaling.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.totalLag"),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.consumerReplicas"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPipelineSpec {
+    pub image: ImageSpec,
+    pub kafka: KafkaSpec,
+    pub mongodb: MongoSpec,
+    pub redis: RedisSpec,
+    #[serde(default)]
+    pub topics: TopicsSpec,
+    #[serde(default)]
+    pub services: ServicesSpec,
+    #[serde(default)]
+    pub stages: StagesSpec,
+    #[serde(default)]
+    pub autoscaling: AutoscalingSpec,
+    #[serde(default)]
+    pub ingress: IngressSpec,
+    #[serde(default)]
+    pub telemetry: TelemetrySpec,
+    #[serde(default)]
+    pub topic_deletion_policy: TopicDeletionPolicy,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSpec {
+    #[x_kube(validation = Rule::new("self != ''").message("repository must not be empty"))]
+    pub repository: String,
+    pub tag: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<String>,
+}
+
+/// A key of a Secret in the pipeline's namespace.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSpec {
+    #[x_kube(validation = Rule::new("self != ''").message("bootstrapServers must not be empty"))]
+    pub bootstrap_servers: String,
+    /// Extra librdkafka settings (`security.protocol`, `sasl.mechanism`, …)
+    /// from a Secret key holding `key=value,…`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_secret_ref: Option<SecretKeyRef>,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MongoSpec {
+    pub uri_secret_ref: SecretKeyRef,
+    #[serde(default = "default_database")]
+    pub database: String,
+}
+
+fn default_database() -> String {
+    "orderflow".into()
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    pub url_secret_ref: SecretKeyRef,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicSpec {
+    /// The topic's name; the default name of its role when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[schemars(range(min = 1, max = 1000))]
+    pub partitions: i32,
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 10))]
+    pub replication_factor: i32,
+    /// Topic configuration (`retention.ms`, `cleanup.policy`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+impl TopicSpec {
+    fn with(partitions: i32) -> Self {
+        TopicSpec {
+            name: None,
+            partitions,
+            replication_factor: 1,
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicsSpec {
+    #[serde(default = "orders_topic")]
+    pub orders: TopicSpec,
+    #[serde(default = "six")]
+    pub validated: TopicSpec,
+    #[serde(default = "six")]
+    pub inventory: TopicSpec,
+    #[serde(default = "six")]
+    pub payment: TopicSpec,
+    #[serde(default = "three")]
+    pub notifications: TopicSpec,
+    #[serde(default = "single")]
+    pub dlq: TopicSpec,
+}
+
+fn orders_topic() -> TopicSpec {
+    TopicSpec::with(6)
+}
+fn six() -> TopicSpec {
+    TopicSpec::with(6)
+}
+fn three() -> TopicSpec {
+    TopicSpec::with(3)
+}
+fn single() -> TopicSpec {
+    TopicSpec::with(1)
+}
+
+impl Default for TopicsSpec {
+    fn default() -> Self {
+        TopicsSpec {
+            orders: orders_topic(),
+            validated: six(),
+            inventory: six(),
+            payment: six(),
+            notifications: three(),
+            dlq: single(),
+        }
+    }
+}
+
+impl TopicsSpec {
+    /// (role, default name, spec) of every topic.
+    pub fn all(&self) -> [(&'static str, &'static str, &TopicSpec); 6] {
+        [
+            ("orders", "orders", &self.orders),
+            ("validated", "orders.validated", &self.validated),
+            ("inventory", "inventory.events", &self.inventory),
+            ("payment", "payment.events", &self.payment),
+            ("notifications", "notifications", &self.notifications),
+            ("dlq", "orders.dlq", &self.dlq),
+        ]
+    }
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicesSpec {
+    #[serde(default = "two_replicas")]
+    pub producer: ServiceSpec,
+    #[serde(default = "two_replicas")]
+    pub orders_api: ServiceSpec,
+    #[serde(default = "one_replica")]
+    pub analytics: ServiceSpec,
+}
+
+fn two_replicas() -> ServiceSpec {
+    ServiceSpec { replicas: 2 }
+}
+fn one_replica() -> ServiceSpec {
+    ServiceSpec { replicas: 1 }
+}
+
+impl Default for ServicesSpec {
+    fn default() -> Self {
+        ServicesSpec {
+            producer: two_replicas(),
+            orders_api: two_replicas(),
+            analytics: one_replica(),
+        }
+    }
+}
+
+/// Autoscaling bounds of one stage.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+pub struct StageSpec {
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_replicas: i32,
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Lag one replica is expected to keep up with.
+    #[schemars(range(min = 1))]
+    pub lag_per_replica: i64,
+}
+
+fn stage_default() -> StageSpec {
+    StageSpec {
+        min_replicas: 1,
+        max_replicas: 12,
+        lag_per_replica: 1000,
+    }
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StagesSpec {
+    #[serde(default = "stage_default")]
+    pub persist: StageSpec,
+    #[serde(default = "stage_default")]
+    pub inventory: StageSpec,
+    #[serde(default = "stage_default")]
+    pub payment: StageSpec,
+    #[serde(default = "stage_default")]
+    pub notify: StageSpec,
+}
+
+impl Default for StagesSpec {
+    fn default() -> Self {
+        StagesSpec {
+            persist: stage_default(),
+            inventory: stage_default(),
+            payment: stage_default(),
+            notify: stage_default(),
+        }
+    }
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// How often lag is measured (a duration such as `15s`).
+    #[serde(default = "poll_interval")]
+    pub poll_interval: String,
+    /// How long lag must stay low before a stage scales down.
+    #[serde(default = "stabilization")]
+    pub scale_down_stabilization: String,
+}
+
+fn poll_interval() -> String {
+    "15s".into()
+}
+fn stabilization() -> String {
+    "300s".into()
+}
+
+impl Default for AutoscalingSpec {
+    fn default() -> Self {
+        AutoscalingSpec {
+            poll_interval: poll_interval(),
+            scale_down_stabilization: stabilization(),
+        }
+    }
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.enabled || self.host != ''").message("an enabled ingress needs a host"))]
+pub struct IngressSpec {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// TLS from this Secret when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetrySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sampling_ratio: Option<f64>,
+}
+
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum TopicDeletionPolicy {
+    /// Deleting the pipeline keeps its topics (and their data).
+    #[default]
+    Retain,
+    /// Deleting the pipeline deletes its topics (through a finalizer).
+    Delete,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPipelineStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub topics: Vec<TopicStatus>,
+    #[serde(default)]
+    pub stages: Vec<StageStatus>,
+    #[serde(default)]
+    pub total_lag: i64,
+    #[serde(default)]
+    pub consumer_replicas: i32,
+}
+
+/// A condition as Kubernetes APIs report them.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    pub last_transition_time: String,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicStatus {
+    pub name: String,
+    pub partitions: i32,
+    pub ready: bool,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StageStatus {
+    pub name: String,
+    pub replicas: i32,
+    pub desired_replicas: i32,
+    pub lag: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stuck_partitions: Vec<i32>,
+}
