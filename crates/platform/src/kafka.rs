@@ -116,6 +116,24 @@ pub fn observer(args: &KafkaArgs, client_id: &str, group: &str) -> anyhow::Resul
     )
 }
 
+/// A consumer that never joins or commits: reads a group's committed
+/// offsets and the watermarks (the operator's lag measurement).
+pub fn group_reader(
+    args: &KafkaArgs,
+    client_id: &str,
+    group: &str,
+) -> anyhow::Result<rdkafka::consumer::BaseConsumer> {
+    build(
+        args,
+        client_id,
+        &[
+            ("group.id", group.into()),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+        ],
+    )
+}
+
 pub fn admin(
     args: &KafkaArgs,
     client_id: &str,

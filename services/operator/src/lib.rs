@@ -3,6 +3,7 @@
 //! to do to the topics ([`topics`]); the reconcile loop gathers the facts and
 //! applies them.
 
+pub mod broker;
 pub mod crd;
 pub mod scaling;
 pub mod topics;

@@ -16,9 +16,9 @@ pub struct WantedTopic {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObservedTopic {
     pub partitions: i32,
-    /// Only the keys the spec sets are compared; empty when the broker
-    /// does not describe configs.
-    pub config: BTreeMap<String, String>,
+    /// The topic's configuration; `None` when the broker does not describe
+    /// configs (then no config change is attempted).
+    pub config: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,10 +66,13 @@ pub fn plan(
                 want: w.partitions,
             });
         }
+        let Some(have_config) = &have.config else {
+            continue;
+        };
         let set: BTreeMap<String, String> = w
             .config
             .iter()
-            .filter(|(k, v)| have.config.get(*k) != Some(*v))
+            .filter(|(k, v)| have_config.get(*k) != Some(*v))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if !set.is_empty() {
@@ -101,10 +104,12 @@ mod tests {
     fn observed(partitions: i32, config: &[(&str, &str)]) -> ObservedTopic {
         ObservedTopic {
             partitions,
-            config: config
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            config: Some(
+                config
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
         }
     }
 
@@ -148,6 +153,20 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn an_undescribed_config_is_left_alone() {
+        let spec = vec![wanted("orders", 6, &[("retention.ms", "1")])];
+        let have = [(
+            "orders".to_string(),
+            ObservedTopic {
+                partitions: 6,
+                config: None,
+            },
+        )]
+        .into();
+        assert!(plan(&spec, &have).is_empty());
     }
 
     #[test]
