@@ -18,22 +18,10 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "OrderPipelineStatus",
     doc = "An order-processing pipeline: its Kafka topics, services, stages and their autoscaling.",
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.totalLag"),
-    printcolumn(
-        name = "Replicas",
-        type_ = "integer",
-        json_path = ".status.consumerReplicas"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "Lag", "type": "integer", "jsonPath": ".status.totalLag"}"#,
+    printcolumn = r#"{"name": "Replicas", "type": "integer", "jsonPath": ".status.consumerReplicas"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct OrderPipelineSpec {
@@ -388,4 +376,27 @@ pub struct StageStatus {
     pub reason: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stuck_partitions: Vec<i32>,
+}
+
+/// The CRD as YAML, keys sorted, so the output is the same whichever
+/// features of `serde_json` the build unified (`preserve_order` or not).
+pub fn crd_yaml() -> String {
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(map) => {
+                let mut entries: Vec<(String, serde_json::Value)> = map.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                serde_json::Value::Object(
+                    entries.into_iter().map(|(k, v)| (k, sorted(v))).collect(),
+                )
+            }
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.into_iter().map(sorted).collect())
+            }
+            other => other,
+        }
+    }
+    let crd = serde_json::to_value(<OrderPipeline as kube::CustomResourceExt>::crd())
+        .expect("the CRD serializes");
+    serde_yaml::to_string(&sorted(crd)).expect("the CRD serializes")
 }

@@ -1,10 +1,5 @@
-//! Prints the OrderPipeline CRD as YAML: `cargo run --bin crdgen > k8s/crd.yaml`.
-use kube::CustomResourceExt;
+//! Prints the OrderPipeline CRD as YAML: `cargo run -p orderflow-operator --bin crdgen > k8s/crd.yaml`.
 
 fn main() {
-    print!(
-        "{}",
-        serde_yaml::to_string(&orderflow_operator::crd::OrderPipeline::crd())
-            .expect("the CRD serializes")
-    );
+    print!("{}", orderflow_operator::crd::crd_yaml());
 }
