@@ -57,6 +57,11 @@ pub struct History {
     /// Per partition: the last committed offset seen and for how many
     /// consecutive polls it has not moved while lagging.
     pub progress: BTreeMap<i32, (Option<i64>, u32)>,
+    /// (time, Σ high watermarks, Σ consumed positions) of the last poll.
+    pub last_totals: Option<(i64, i64, i64)>,
+    /// The most messages per second one replica was seen to consume while
+    /// it had lag to work on (i.e. at full speed).
+    pub capacity_per_replica: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +90,43 @@ pub fn desired_replicas(
         .min(lagging_partitions.max(1))
         .max(bounds.min_replicas);
     wanted.clamp(bounds.min_replicas, upper)
+}
+
+/// Replicas the production rate needs, from the rates between this poll and
+/// the last one; updates the learned per-replica capacity.
+fn throughput_floor(
+    partitions: &[PartitionOffsets],
+    current: u32,
+    lag: u64,
+    now: i64,
+    history: &mut History,
+) -> u32 {
+    let high: i64 = partitions.iter().map(|p| p.high).sum();
+    let consumed: i64 = partitions
+        .iter()
+        .map(|p| p.committed.unwrap_or(p.low).max(p.low))
+        .sum();
+    let previous = history.last_totals.replace((now, high, consumed));
+    let Some((then, high_then, consumed_then)) = previous else {
+        return 0;
+    };
+    let dt = now - then;
+    if dt <= 0 {
+        return 0;
+    }
+    let produced_rate = (high - high_then).max(0) as u64 / dt as u64;
+    let consumed_rate = (consumed - consumed_then).max(0) as u64 / dt as u64;
+    if lag > 0 && current > 0 && consumed_rate > 0 {
+        let per_replica = consumed_rate / u64::from(current);
+        let known = history.capacity_per_replica.unwrap_or(0);
+        history.capacity_per_replica = Some(known.max(per_replica));
+    }
+    match history.capacity_per_replica {
+        Some(capacity) if capacity > 0 => {
+            produced_rate.div_ceil(capacity).min(u64::from(u32::MAX)) as u32
+        }
+        _ => 0,
+    }
 }
 
 /// One poll: updates `history` and decides.
@@ -124,6 +166,15 @@ pub fn decide(
     let moving_lag: u64 = moving.iter().map(|p| p.lag()).sum();
     let lagging = moving.iter().filter(|p| p.lag() > 0).count() as u32;
     let mut desired = desired_replicas(moving_lag, lagging, partitions.len() as u32, bounds);
+    // Throughput floor: lag alone reads 0 while the replicas keep up, and
+    // would scale a busy stage down (docs/autoscaling.md). Never go below
+    // what the production rate needs at the capacity a replica has shown.
+    let floor = throughput_floor(partitions, current, lag, now, history);
+    let upper = bounds
+        .max_replicas
+        .min(partitions.len() as u32)
+        .max(bounds.min_replicas);
+    desired = desired.max(floor.min(upper));
     if !stuck.is_empty() {
         // A stuck partition still needs its consumer: do not take replicas
         // away because its lag is ignored, and do not add any for it.
@@ -294,6 +345,41 @@ mod tests {
             assert_eq!(d.replicas, 3);
             current = d.replicas;
         }
+    }
+
+    #[test]
+    fn sustained_load_that_the_replicas_keep_up_with_keeps_them() {
+        // 4 replicas at full speed (1 000 msg/s each) with lag, then the
+        // input settles at 3 500 msg/s, which they keep up with: lag reads
+        // 0 at every poll, yet the stage keeps ⌈3 500 / 1 000⌉ = 4.
+        let mut h = History::default();
+        let mut current = 4;
+        let (mut high, mut done) = (0i64, 0i64);
+        for t in 0..40 {
+            let now = t * 15;
+            let rate = if t < 4 { 6_000 } else { 3_500 };
+            high += rate * 15;
+            done = (done + 4_000 * 15).min(high);
+            let p = vec![PartitionOffsets {
+                partition: 0,
+                low: 0,
+                high,
+                committed: Some(done),
+            }];
+            let many = vec![p[0]; 1]
+                .into_iter()
+                .chain((1..6).map(|i| PartitionOffsets {
+                    partition: i,
+                    low: 0,
+                    high: 0,
+                    committed: Some(0),
+                }))
+                .collect::<Vec<_>>();
+            let d = decide(&many, current, &BOUNDS, 300, now, &mut h);
+            current = d.replicas;
+        }
+        assert_eq!(h.capacity_per_replica, Some(1_000));
+        assert_eq!(current, 4, "no dip while the load lasts");
     }
 
     #[test]
