@@ -360,21 +360,15 @@ mod tests {
             let rate = if t < 4 { 6_000 } else { 3_500 };
             high += rate * 15;
             done = (done + 4_000 * 15).min(high);
-            let p = vec![PartitionOffsets {
-                partition: 0,
-                low: 0,
-                high,
-                committed: Some(done),
-            }];
-            let many = vec![p[0]; 1]
-                .into_iter()
-                .chain((1..6).map(|i| PartitionOffsets {
+            // All the traffic on partition 0 of 6.
+            let many: Vec<PartitionOffsets> = (0..6)
+                .map(|i| PartitionOffsets {
                     partition: i,
                     low: 0,
-                    high: 0,
-                    committed: Some(0),
-                }))
-                .collect::<Vec<_>>();
+                    high: if i == 0 { high } else { 0 },
+                    committed: Some(if i == 0 { done } else { 0 }),
+                })
+                .collect();
             let d = decide(&many, current, &BOUNDS, 300, now, &mut h);
             current = d.replicas;
         }
