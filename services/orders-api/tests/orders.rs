@@ -645,8 +645,12 @@ async fn inventory_endpoints_validate_and_seed_is_idempotent() {
         StatusCode::UNAUTHORIZED,
     )
     .await;
+    // "mug" exists already (PUT above): the other five demo products are
+    // added, and mug keeps the stock it was given.
     let first: Value = seed().await.json().await.unwrap();
-    assert_eq!(first["created"], 6);
+    assert_eq!(first["created"], 5);
+    let mug: Value = api.get("/inventory/mug").await.json().await.unwrap();
+    assert_eq!(mug["stock"], 4);
     let again: Value = seed().await.json().await.unwrap();
     assert_eq!(again["created"], 0, "seeding twice adds nothing");
     let all: Value = api.get("/inventory").await.json().await.unwrap();
