@@ -93,7 +93,13 @@ async fn recent_orders(State(state): State<AppState>) -> Result<Response, Proble
         .into_iter()
         .filter_map(|e| serde_json::value::RawValue::from_string(e).ok())
         .collect();
-    Ok(Json(serde_json::json!({ "items": items })).into_response())
+    // Typed, not `json!`: a `Value` would re-parse the entries and turn
+    // their exact amounts into floats (ADR 0001).
+    #[derive(serde::Serialize)]
+    struct Recent {
+        items: Vec<Box<serde_json::value::RawValue>>,
+    }
+    Ok(Json(Recent { items }).into_response())
 }
 
 async fn live_now(State(state): State<AppState>) -> Json<live::Live> {

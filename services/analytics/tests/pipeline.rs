@@ -449,7 +449,7 @@ async fn pipeline_fed_orders_show_up_everywhere_with_the_right_figures() {
 }
 
 #[tokio::test]
-async fn bad_ranges_are_422_and_a_missing_redis_is_503() {
+async fn bad_ranges_are_422_recent_orders_keep_exact_money_and_a_missing_redis_is_503() {
     let stack = Stack::start().await;
     for (query, field) in [
         ("from=2026-02-30", "from"),
@@ -464,6 +464,26 @@ async fn bad_ranges_are_422_and_a_missing_redis_is_503() {
         let p: Value = r.json().await.unwrap();
         assert_eq!(p["errors"][0]["field"], field, "{query}");
     }
+    // Recent orders keep the producer's exact amounts.
+    stack
+        .post(json!({"orderId": "exact-1", "customerId": "c-9",
+                     "items": [{"productId": "x", "quantity": 3, "unitPrice": 0.10}]}))
+        .await;
+    let recent = kit::eventually(
+        Duration::from_secs(10),
+        "the order in the recent list",
+        || {
+            let stack = &stack;
+            async move {
+                let text = stack
+                    .text(format!("{}/analytics/recent-orders", stack.analytics))
+                    .await;
+                text.contains("exact-1").then_some(text)
+            }
+        },
+    )
+    .await;
+    assert!(recent.contains(r#""totalAmount":0.30"#), "{recent}");
     let days = stack
         .json(format!(
             "{}/analytics/daily?from=2026-01-30&to=2026-02-02",

@@ -53,6 +53,15 @@ impl From<InventoryDocument> for ProductView {
     }
 }
 
+/// A list of products. Typed, not `json!`: a `Value` would turn the exact
+/// prices into floats (ADR 0001).
+#[derive(Serialize)]
+struct Products {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<u32>,
+    items: Vec<ProductView>,
+}
+
 /// The products matching `filter`, by productId.
 async fn products(state: &AppState, filter: bson::Document) -> Result<Vec<ProductView>, Problem> {
     let found: Vec<InventoryDocument> = state
@@ -69,7 +78,11 @@ async fn products(state: &AppState, filter: bson::Document) -> Result<Vec<Produc
 
 pub(crate) async fn list(State(state): State<AppState>) -> Result<Response, Problem> {
     let items = products(&state, doc! {}).await?;
-    Ok(Json(serde_json::json!({ "items": items })).into_response())
+    Ok(Json(Products {
+        created: None,
+        items,
+    })
+    .into_response())
 }
 
 pub(crate) async fn get_one(
@@ -242,7 +255,11 @@ pub(crate) async fn seed(State(state): State<AppState>) -> Result<Response, Prob
         doc! {"productId": {"$in": DEMO.map(|d| d.0).to_vec()}},
     )
     .await?;
-    Ok(Json(serde_json::json!({ "created": created, "items": items })).into_response())
+    Ok(Json(Products {
+        created: Some(created),
+        items,
+    })
+    .into_response())
 }
 
 #[cfg(test)]

@@ -647,13 +647,23 @@ async fn inventory_endpoints_validate_and_seed_is_idempotent() {
     .await;
     // "mug" exists already (PUT above): the other five demo products are
     // added, and mug keeps the stock it was given.
-    let first: Value = seed().await.json().await.unwrap();
+    let seeded = seed().await.text().await.unwrap();
+    assert!(
+        seeded.contains(r#""unitPrice":4.50"#),
+        "exact money: {seeded}"
+    );
+    let first: Value = serde_json::from_str(&seeded).unwrap();
     assert_eq!(first["created"], 5);
     let mug: Value = api.get("/inventory/mug").await.json().await.unwrap();
     assert_eq!(mug["stock"], 4);
     let again: Value = seed().await.json().await.unwrap();
     assert_eq!(again["created"], 0, "seeding twice adds nothing");
-    let all: Value = api.get("/inventory").await.json().await.unwrap();
+    let listed = api.get("/inventory").await.text().await.unwrap();
+    assert!(
+        listed.contains(r#""unitPrice":12.10"#),
+        "exact money: {listed}"
+    );
+    let all: Value = serde_json::from_str(&listed).unwrap();
     let ids: Vec<&str> = all["items"]
         .as_array()
         .unwrap()
