@@ -290,10 +290,12 @@ pub(crate) async fn get_one(
                 return Ok(respond(doc.expect("checked"), reached));
             }
         }
-        if tokio::time::Instant::now() + pause > deadline {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
             return doc.map(|d| respond(d, false)).ok_or_else(not_found);
         }
-        tokio::time::sleep(pause).await;
+        // The last pause ends at the deadline, with one more look then.
+        tokio::time::sleep(pause.min(deadline - now)).await;
         pause = (pause * 2).min(Duration::from_millis(250));
     }
 }
