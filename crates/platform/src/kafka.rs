@@ -167,26 +167,45 @@ pub async fn ensure_topics(
     Ok(())
 }
 
+/// A Kafka client the readiness check can ask for metadata: a service
+/// uses the client it already has instead of opening another.
+pub trait MetadataClient: Send + Sync + 'static {
+    fn fetch_any_metadata(&self, timeout: Duration) -> rdkafka::error::KafkaResult<()>;
+}
+
+impl MetadataClient for FutureProducer {
+    fn fetch_any_metadata(&self, timeout: Duration) -> rdkafka::error::KafkaResult<()> {
+        use rdkafka::producer::Producer as _;
+        self.client().fetch_metadata(None, timeout).map(|_| ())
+    }
+}
+
+impl MetadataClient for StreamConsumer {
+    fn fetch_any_metadata(&self, timeout: Duration) -> rdkafka::error::KafkaResult<()> {
+        use rdkafka::consumer::Consumer as _;
+        self.fetch_metadata(None, timeout).map(|_| ())
+    }
+}
+
 /// The `/readyz` check for a service that needs the brokers.
-pub fn readiness(producer: &FutureProducer) -> crate::http::ReadinessCheck {
-    let producer = producer.clone();
+pub fn readiness<T: MetadataClient>(client: std::sync::Arc<T>) -> crate::http::ReadinessCheck {
     (
         "kafka",
         std::sync::Arc::new(move || {
-            Box::pin(check_reachable(producer.clone(), Duration::from_secs(2)))
+            Box::pin(check_reachable(client.clone(), Duration::from_secs(2)))
         }),
     )
 }
 
 /// Asks the cluster for metadata: proves the brokers answer. Blocking
 /// librdkafka call, so it runs off the async threads.
-pub async fn check_reachable(client: FutureProducer, timeout: Duration) -> Result<(), String> {
-    use rdkafka::producer::Producer as _;
+pub async fn check_reachable<T: MetadataClient>(
+    client: std::sync::Arc<T>,
+    timeout: Duration,
+) -> Result<(), String> {
     tokio::task::spawn_blocking(move || {
         client
-            .client()
-            .fetch_metadata(None, timeout)
-            .map(|_| ())
+            .fetch_any_metadata(timeout)
             .map_err(|e| format!("kafka: {e}"))
     })
     .await

@@ -26,6 +26,15 @@ pub const NOTIFICATIONS: &str = "notifications";
 /// Server error code of a unique-index violation: the document is already there.
 pub const DUPLICATE_KEY: i32 = 11000;
 
+/// A single write refused because the document is already there.
+pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    matches!(
+        e.kind.as_ref(),
+        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(we))
+            if we.code == DUPLICATE_KEY
+    )
+}
+
 /// Connects lazily (the driver retries in the background); the database is
 /// the one named in the URL path, `orders` if none.
 pub async fn connect(args: &MongoArgs, app_name: &str) -> anyhow::Result<Database> {

@@ -141,12 +141,13 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     let client_id = format!("orderflow-analytics-{}", std::process::id());
     let consumer = orderflow_platform::kafka::observer(&args.kafka, &client_id, &args.group)?;
     consumer.subscribe(&[args.topics.orders.as_str(), args.topics.payment.as_str()])?;
-    tokio::spawn(
-        live.clone()
-            .run(consumer, args.topics.orders.clone(), shutdown.clone()),
-    );
-    let producer =
-        orderflow_platform::kafka::producer(&args.kafka, &client_id, Duration::from_secs(5))?;
+    // One client for the live stream and the readiness check.
+    let consumer = std::sync::Arc::new(consumer);
+    tokio::spawn(live.clone().run(
+        consumer.clone(),
+        args.topics.orders.clone(),
+        shutdown.clone(),
+    ));
 
     let state = AppState {
         orders: db.collection(orderflow_platform::mongo::ORDERS),
@@ -165,7 +166,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     );
     let checks = vec![
         orderflow_platform::mongo::readiness(&db),
-        orderflow_platform::kafka::readiness(&producer),
+        orderflow_platform::kafka::readiness(consumer),
         redis_check,
     ];
     let app = Router::new()

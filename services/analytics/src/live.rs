@@ -167,7 +167,7 @@ impl LiveMetrics {
     /// the dead-letter queue.
     pub async fn run(
         self,
-        consumer: StreamConsumer,
+        consumer: std::sync::Arc<StreamConsumer>,
         orders_topic: String,
         shutdown: CancellationToken,
     ) {

@@ -237,7 +237,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
 
     let checks = vec![
         orderflow_platform::mongo::readiness(&db),
-        orderflow_platform::kafka::readiness(&producer),
+        orderflow_platform::kafka::readiness(std::sync::Arc::new(producer.clone())),
     ];
     let app = http::with_ops(
         Router::new(),

@@ -154,7 +154,7 @@ impl Payment {
     async fn record_skip(&self, record: &PaymentDocument) -> Result<(), Transient> {
         match self.payments().insert_one(record).await {
             Ok(_) => Ok(()),
-            Err(e) if is_duplicate(&e) => Ok(()),
+            Err(e) if orderflow_platform::mongo::is_duplicate_key(&e) => Ok(()),
             Err(e) => Err(transient("recording a skipped payment")(e)),
         }
     }
@@ -220,14 +220,6 @@ impl Payment {
         out.push(notice);
         Ok(out)
     }
-}
-
-fn is_duplicate(e: &mongodb::error::Error) -> bool {
-    matches!(
-        e.kind.as_ref(),
-        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(we))
-            if we.code == orderflow_platform::mongo::DUPLICATE_KEY
-    )
 }
 
 fn decode_reserved(msg: &OwnedMessage) -> Result<StockReserved, Undecodable> {

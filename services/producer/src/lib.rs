@@ -87,7 +87,9 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         recent,
         metrics: orders::Metrics::register(&mut registry),
     };
-    let checks = vec![orderflow_platform::kafka::readiness(&producer)];
+    let checks = vec![orderflow_platform::kafka::readiness(std::sync::Arc::new(
+        producer.clone(),
+    ))];
     let app = Router::new()
         .route("/orders", post(orders::create_order))
         .layer(DefaultBodyLimit::max(args.body_limit))
