@@ -80,6 +80,10 @@ pub struct MongoArgs {
         default_value = "mongodb://localhost:27017/orders"
     )]
     pub url: String,
+    /// The database, overriding the one in the URL path (the operator sets
+    /// it from the pipeline's spec; the URL itself comes from a Secret).
+    #[arg(id = "mongo_database", long = "mongo-database", env = "MONGO_DATABASE")]
+    pub database: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -36,7 +36,8 @@ pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
 }
 
 /// Connects lazily (the driver retries in the background); the database is
-/// the one named in the URL path, `orders` if none.
+/// `MONGO_DATABASE` if set, else the one named in the URL path, `orders` if
+/// none.
 pub async fn connect(args: &MongoArgs, app_name: &str) -> anyhow::Result<Database> {
     let mut opts = ClientOptions::parse(&args.url)
         .await
@@ -55,9 +56,11 @@ pub async fn connect(args: &MongoArgs, app_name: &str) -> anyhow::Result<Databas
     }
     opts.server_selection_timeout = Some(Duration::from_secs(5));
     opts.connect_timeout = Some(Duration::from_secs(3));
-    let name = opts
-        .default_database
+    let name = args
+        .database
         .clone()
+        .filter(|d| !d.is_empty())
+        .or_else(|| opts.default_database.clone())
         .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
     let client = Client::with_options(opts).context("creating MongoDB client")?;
     Ok(client.database(&name))

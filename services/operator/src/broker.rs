@@ -131,3 +131,167 @@ pub async fn apply(
     }
     Ok(())
 }
+
+/// Deletes these topics; a topic that is already gone is not an error.
+pub async fn delete_topics(
+    admin: &AdminClient<DefaultClientContext>,
+    names: &[String],
+) -> anyhow::Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    for r in admin.delete_topics(&refs, &opts).await? {
+        match r {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((name, e)) => anyhow::bail!("deleting {name}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// Where a pipeline's brokers are: bootstrap servers and extra librdkafka
+/// settings (`key=value,…`, from the pipeline's config Secret).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Connection {
+    pub bootstrap_servers: String,
+    pub extra: String,
+}
+
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What the reconciler needs from Kafka. [`KafkaBrokers`] is the real one;
+/// the reconcile scenarios (which test the Kubernetes side against a mock
+/// API server) use an in-memory stand-in.
+pub trait Brokers: Send + Sync + 'static {
+    fn topics<'a>(
+        &'a self,
+        conn: &'a Connection,
+    ) -> BoxFuture<'a, anyhow::Result<BTreeMap<String, ObservedTopic>>>;
+    fn apply<'a>(
+        &'a self,
+        conn: &'a Connection,
+        action: &'a TopicAction,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
+    fn delete<'a>(
+        &'a self,
+        conn: &'a Connection,
+        names: &'a [String],
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
+    /// Watermarks and `group`'s committed offsets of `topic`'s partitions.
+    fn offsets<'a>(
+        &'a self,
+        conn: &'a Connection,
+        group: &'a str,
+        topic: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<PartitionOffsets>>>;
+}
+
+/// The real brokers, one set of clients per connection, kept between
+/// reconciles (librdkafka clients are expensive to create).
+#[derive(Default)]
+pub struct KafkaBrokers {
+    admins: std::sync::Mutex<
+        std::collections::HashMap<Connection, std::sync::Arc<AdminClient<DefaultClientContext>>>,
+    >,
+    readers: std::sync::Mutex<
+        std::collections::HashMap<(Connection, String), std::sync::Arc<BaseConsumer>>,
+    >,
+}
+
+const CLIENT_ID: &str = "orderflow-operator";
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+impl KafkaBrokers {
+    fn args(conn: &Connection) -> orderflow_platform::config::KafkaArgs {
+        orderflow_platform::config::KafkaArgs {
+            brokers: conn.bootstrap_servers.clone(),
+            extra: conn.extra.clone(),
+        }
+    }
+
+    fn admin(
+        &self,
+        conn: &Connection,
+    ) -> anyhow::Result<std::sync::Arc<AdminClient<DefaultClientContext>>> {
+        let mut admins = self.admins.lock().expect("admin cache");
+        if let Some(a) = admins.get(conn) {
+            return Ok(a.clone());
+        }
+        let admin = std::sync::Arc::new(orderflow_platform::kafka::admin(
+            &Self::args(conn),
+            CLIENT_ID,
+        )?);
+        admins.insert(conn.clone(), admin.clone());
+        Ok(admin)
+    }
+
+    /// A reader of `group`'s offsets; it never joins the group (no
+    /// subscription), so it does not disturb the stage's consumers.
+    fn reader(
+        &self,
+        conn: &Connection,
+        group: &str,
+    ) -> anyhow::Result<std::sync::Arc<BaseConsumer>> {
+        let key = (conn.clone(), group.to_owned());
+        let mut readers = self.readers.lock().expect("reader cache");
+        if let Some(r) = readers.get(&key) {
+            return Ok(r.clone());
+        }
+        let reader = std::sync::Arc::new(orderflow_platform::kafka::group_reader(
+            &Self::args(conn),
+            CLIENT_ID,
+            group,
+        )?);
+        readers.insert(key, reader.clone());
+        Ok(reader)
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+impl Brokers for KafkaBrokers {
+    fn topics<'a>(
+        &'a self,
+        conn: &'a Connection,
+    ) -> BoxFuture<'a, anyhow::Result<BTreeMap<String, ObservedTopic>>> {
+        Box::pin(async move {
+            let reader = self.reader(conn, CLIENT_ID)?;
+            blocking(move || existing_topics(&reader, TIMEOUT)).await
+        })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        conn: &'a Connection,
+        action: &'a TopicAction,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move { apply(&*self.admin(conn)?, action).await })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        conn: &'a Connection,
+        names: &'a [String],
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move { delete_topics(&*self.admin(conn)?, names).await })
+    }
+
+    fn offsets<'a>(
+        &'a self,
+        conn: &'a Connection,
+        group: &'a str,
+        topic: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<PartitionOffsets>>> {
+        Box::pin(async move {
+            let reader = self.reader(conn, group)?;
+            let topic = topic.to_owned();
+            blocking(move || partition_offsets(&reader, &topic, TIMEOUT)).await
+        })
+    }
+}

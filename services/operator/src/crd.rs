@@ -43,6 +43,43 @@ pub struct OrderPipelineSpec {
     pub telemetry: TelemetrySpec,
     #[serde(default)]
     pub topic_deletion_policy: TopicDeletionPolicy,
+    /// A Secret whose keys become environment variables of every service
+    /// (`API_TOKENS`, `SMTP_URL`, `WEBHOOK_URL`, `WEBHOOK_SECRET`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_secret_name: Option<String>,
+}
+
+impl TopicSpec {
+    /// The topic's name: its own, else `default`.
+    pub fn name_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.name.as_deref().unwrap_or(default)
+    }
+}
+
+impl OrderPipelineSpec {
+    /// (stage, its bounds, the topic it consumes) of every stage, in
+    /// pipeline order.
+    pub fn stages(&self) -> [(&'static str, &StageSpec, &str); 4] {
+        let t = &self.topics;
+        [
+            ("persist", &self.stages.persist, t.orders.name_or("orders")),
+            (
+                "inventory",
+                &self.stages.inventory,
+                t.validated.name_or("orders.validated"),
+            ),
+            (
+                "payment",
+                &self.stages.payment,
+                t.inventory.name_or("inventory.events"),
+            ),
+            (
+                "notify",
+                &self.stages.notify,
+                t.notifications.name_or("notifications"),
+            ),
+        ]
+    }
 }
 
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]

@@ -4,6 +4,10 @@
 //! applies them.
 
 pub mod broker;
+pub mod controller;
 pub mod crd;
+pub mod leader;
+pub mod metrics;
+pub mod resources;
 pub mod scaling;
 pub mod topics;

@@ -1,0 +1,872 @@
+//! The reconcile loop of `OrderPipeline`s: it gathers the facts (what the
+//! broker has, what the cluster runs), asks the pure decisions
+//! ([`crate::topics::plan`], [`crate::resources`], [`crate::scaling::decide`])
+//! and applies them: topics through the Kafka admin API, owned objects and
+//! status with server-side apply, replicas through the scale subresource,
+//! every change as a Kubernetes Event.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use crate::broker::{Brokers, Connection};
+use crate::crd::{
+    Condition, OrderPipeline, OrderPipelineSpec, OrderPipelineStatus, StageStatus,
+    TopicDeletionPolicy, TopicStatus,
+};
+use crate::metrics::{Metrics, StageLabels};
+use crate::resources::{self, MANAGER};
+use crate::scaling::{self, Bounds, History};
+use crate::topics::{self, TopicAction, WantedTopic};
+
+/// Held on a pipeline whose topics must be deleted with it.
+pub const FINALIZER: &str = "orderflow.dev/topics";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("Kafka: {0:#}")]
+    Kafka(anyhow::Error),
+    #[error("invalid spec: {0}")]
+    Spec(String),
+}
+
+impl Error {
+    /// The `reason` label of the failure metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(_)) => "api",
+            Error::Kube(_) => "api_unreachable",
+            Error::Kafka(_) => "kafka",
+            Error::Spec(_) => "spec",
+        }
+    }
+}
+
+/// What the operator remembers of one pipeline between reconciles.
+#[derive(Default)]
+struct Memory {
+    failures: u32,
+    last_poll: Option<Instant>,
+    /// Per stage: the autoscaler's history (in memory, as the HPA keeps it;
+    /// a restarted operator starts fresh and `decide` never scales down on
+    /// a fresh start).
+    histories: BTreeMap<String, History>,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub brokers: Arc<dyn Brokers>,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    memory: Mutex<HashMap<String, Memory>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        brokers: Arc<dyn Brokers>,
+        metrics: Metrics,
+        instance: Option<String>,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance,
+            },
+        );
+        Context {
+            client,
+            brokers,
+            recorder,
+            metrics,
+            memory: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn remember<T>(&self, key: &str, f: impl FnOnce(&mut Memory) -> T) -> T {
+        let mut memory = self.memory.lock().expect("operator memory");
+        f(memory.entry(key.to_owned()).or_default())
+    }
+
+    fn forget(&self, key: &str) {
+        self.memory.lock().expect("operator memory").remove(key);
+    }
+
+    async fn publish(
+        &self,
+        pipeline: &OrderPipeline,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .recorder
+            .publish(&event, &pipeline.object_ref(&()))
+            .await
+        {
+            // An event is a record, not a step: failing to write it must not
+            // fail the reconcile.
+            self.metrics.failed("event");
+            tracing::warn!(error = %e, reason, "publishing an event");
+        }
+    }
+}
+
+fn key(pipeline: &OrderPipeline) -> String {
+    format!(
+        "{}/{}",
+        pipeline.namespace().unwrap_or_default(),
+        pipeline.name_any()
+    )
+}
+
+/// The reconcile entry point.
+pub async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_pipeline(&pipeline, &ctx).await;
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.remember(&key(&pipeline), |m| m.failures = 0);
+    }
+    result
+}
+
+/// On failure: count it, and retry with exponential backoff (5 s doubling
+/// to 5 min) — never a crash, never a hot loop.
+pub fn error_policy(pipeline: Arc<OrderPipeline>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed(error.reason());
+    let failures = ctx.remember(&key(&pipeline), |m| {
+        m.failures = m.failures.saturating_add(1);
+        m.failures
+    });
+    let delay = backoff(failures);
+    tracing::warn!(pipeline = %key(&pipeline), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// 5 s, 10 s, 20 s, … capped at 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(6);
+    Duration::from_secs((5u64 << exponent).min(300))
+}
+
+fn parse_duration(field: &str, value: &str) -> Result<Duration, Error> {
+    humantime::parse_duration(value).map_err(|e| Error::Spec(format!("{field} {value:?}: {e}")))
+}
+
+/// The topics the spec asks for.
+pub fn wanted_topics(spec: &OrderPipelineSpec) -> Vec<WantedTopic> {
+    spec.topics
+        .all()
+        .iter()
+        .map(|(_, default, t)| WantedTopic {
+            name: t.name_or(default).to_owned(),
+            partitions: t.partitions,
+            replication_factor: t.replication_factor,
+            config: t.config.clone(),
+        })
+        .collect()
+}
+
+async fn connection(pipeline: &OrderPipeline, ctx: &Context) -> Result<Connection, Error> {
+    let kafka = &pipeline.spec.kafka;
+    let extra = match &kafka.config_secret_ref {
+        None => String::new(),
+        Some(r) => {
+            let ns = pipeline.namespace().unwrap_or_default();
+            let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+                .get(&r.name)
+                .await?;
+            let bytes = secret
+                .data
+                .and_then(|d| d.get(&r.key).cloned())
+                .ok_or_else(|| Error::Spec(format!("Secret {} has no key {}", r.name, r.key)))?;
+            String::from_utf8(bytes.0)
+                .map_err(|_| Error::Spec(format!("Secret {} key {} is not UTF-8", r.name, r.key)))?
+        }
+    };
+    Ok(Connection {
+        bootstrap_servers: kafka.bootstrap_servers.clone(),
+        extra,
+    })
+}
+
+/// Sets the finalizers to `wanted`, conditional on the resourceVersion read
+/// (a concurrent change makes this a 409 and the reconcile retries).
+async fn set_finalizers(
+    api: &Api<OrderPipeline>,
+    pipeline: &OrderPipeline,
+    wanted: Vec<String>,
+) -> Result<(), Error> {
+    let patch = json!({
+        "metadata": {
+            "finalizers": wanted,
+            "resourceVersion": pipeline.resource_version(),
+        }
+    });
+    api.patch(
+        &pipeline.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A condition, keeping the previous transition time when the status did
+/// not change.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    now: &str,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_owned();
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_owned());
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message,
+        last_transition_time,
+    }
+}
+
+/// Applies one owned object with server-side apply and returns what the API
+/// server holds afterwards.
+async fn apply<K>(client: &Client, ns: &str, object: &Value) -> Result<K, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await?)
+}
+
+struct TopicsOutcome {
+    ready: bool,
+    reason: &'static str,
+    message: String,
+    statuses: Vec<TopicStatus>,
+}
+
+async fn reconcile_topics(
+    pipeline: &OrderPipeline,
+    ctx: &Context,
+    conn: &Connection,
+) -> Result<TopicsOutcome, Error> {
+    let wanted = wanted_topics(&pipeline.spec);
+    let observed = ctx.brokers.topics(conn).await.map_err(Error::Kafka)?;
+    let actions = topics::plan(&wanted, &observed);
+    let mut partitions: BTreeMap<&str, i32> = observed
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.partitions))
+        .collect();
+    let mut refused = Vec::new();
+    let mut failed = Vec::new();
+    for action in &actions {
+        let (reason, verb, note, name) = match action {
+            TopicAction::Create(t) => (
+                "TopicCreated",
+                "CreateTopic",
+                format!("created topic {} with {} partitions", t.name, t.partitions),
+                &t.name,
+            ),
+            TopicAction::AddPartitions { name, total } => (
+                "PartitionsAdded",
+                "AddPartitions",
+                format!("raised topic {name} to {total} partitions"),
+                name,
+            ),
+            TopicAction::AlterConfig { name, set } => (
+                "TopicConfigured",
+                "AlterTopicConfig",
+                format!("set {set:?} on topic {name}"),
+                name,
+            ),
+            TopicAction::RefuseDecrease { name, have, want } => {
+                let note = format!(
+                    "topic {name} has {have} partitions and the spec asks for {want}: Kafka cannot remove partitions, the topic is left alone"
+                );
+                ctx.publish(
+                    pipeline,
+                    EventType::Warning,
+                    "PartitionDecreaseRefused",
+                    "ReconcileTopic",
+                    note.clone(),
+                )
+                .await;
+                refused.push(note);
+                continue;
+            }
+        };
+        match ctx.brokers.apply(conn, action).await {
+            Ok(()) => {
+                if let TopicAction::Create(t) = action {
+                    partitions.insert(&t.name, t.partitions);
+                }
+                if let TopicAction::AddPartitions { total, .. } = action {
+                    partitions.insert(name, *total);
+                }
+                ctx.publish(pipeline, EventType::Normal, reason, verb, note)
+                    .await;
+            }
+            Err(e) => {
+                ctx.metrics.failed("kafka");
+                let note = format!("{verb} {name} failed: {e:#}");
+                ctx.publish(
+                    pipeline,
+                    EventType::Warning,
+                    "TopicChangeFailed",
+                    verb,
+                    note.clone(),
+                )
+                .await;
+                failed.push((name.clone(), note));
+            }
+        }
+    }
+    let statuses = wanted
+        .iter()
+        .map(|w| TopicStatus {
+            name: w.name.clone(),
+            partitions: partitions.get(w.name.as_str()).copied().unwrap_or(0),
+            ready: partitions.contains_key(w.name.as_str())
+                && !failed.iter().any(|(n, _)| *n == w.name),
+        })
+        .collect();
+    let outcome = if !failed.is_empty() {
+        TopicsOutcome {
+            ready: false,
+            reason: "TopicChangeFailed",
+            message: failed
+                .into_iter()
+                .map(|(_, m)| m)
+                .collect::<Vec<_>>()
+                .join("; "),
+            statuses,
+        }
+    } else if !refused.is_empty() {
+        TopicsOutcome {
+            ready: false,
+            reason: "NotSupported",
+            message: refused.join("; "),
+            statuses,
+        }
+    } else {
+        TopicsOutcome {
+            ready: true,
+            reason: "TopicsReady",
+            message: format!("{} topics as specified", wanted.len()),
+            statuses,
+        }
+    };
+    Ok(outcome)
+}
+
+fn deployment_ready(d: &Deployment) -> bool {
+    let wanted = d.spec.replicas.unwrap_or(1);
+    let Some(status) = &d.status else {
+        return false;
+    };
+    status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+        && status.updated_replicas.unwrap_or(0) >= wanted
+        && status.available_replicas.unwrap_or(0) >= wanted
+}
+
+async fn reconcile_pipeline(pipeline: &OrderPipeline, ctx: &Context) -> Result<Action, Error> {
+    let ns = pipeline
+        .namespace()
+        .ok_or_else(|| Error::Spec("an OrderPipeline is namespaced".into()))?;
+    let name = pipeline.name_any();
+    let key = key(pipeline);
+    let pipelines: Api<OrderPipeline> = Api::namespaced(ctx.client.clone(), &ns);
+    let spec = &pipeline.spec;
+    let delete_topics = spec.topic_deletion_policy == TopicDeletionPolicy::Delete;
+    let finalizers = pipeline.finalizers().to_vec();
+    let has_finalizer = finalizers.iter().any(|f| f == FINALIZER);
+
+    if pipeline.meta().deletion_timestamp.is_some() {
+        if has_finalizer {
+            if delete_topics {
+                let conn = connection(pipeline, ctx).await?;
+                let names: Vec<String> = wanted_topics(spec).into_iter().map(|t| t.name).collect();
+                ctx.brokers
+                    .delete(&conn, &names)
+                    .await
+                    .map_err(Error::Kafka)?;
+                ctx.publish(
+                    pipeline,
+                    EventType::Normal,
+                    "TopicsDeleted",
+                    "DeleteTopics",
+                    format!(
+                        "deleted topics {} (topicDeletionPolicy: Delete)",
+                        names.join(", ")
+                    ),
+                )
+                .await;
+            }
+            let rest = finalizers.into_iter().filter(|f| f != FINALIZER).collect();
+            set_finalizers(&pipelines, pipeline, rest).await?;
+        }
+        ctx.forget(&key);
+        return Ok(Action::await_change());
+    }
+    if delete_topics && !has_finalizer {
+        let mut with = finalizers.clone();
+        with.push(FINALIZER.into());
+        set_finalizers(&pipelines, pipeline, with).await?;
+    } else if !delete_topics && has_finalizer {
+        let rest = finalizers.into_iter().filter(|f| f != FINALIZER).collect();
+        set_finalizers(&pipelines, pipeline, rest).await?;
+    }
+
+    let poll = parse_duration("autoscaling.pollInterval", &spec.autoscaling.poll_interval)?;
+    let stabilization = parse_duration(
+        "autoscaling.scaleDownStabilization",
+        &spec.autoscaling.scale_down_stabilization,
+    )?;
+    let previous = pipeline.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+    let now_text = now.to_string();
+
+    // Topics. The broker being unreachable is reported, not fatal: the
+    // workloads are applied all the same and the next poll tries again.
+    let conn = connection(pipeline, ctx).await?;
+    let topics = match reconcile_topics(pipeline, ctx, &conn).await {
+        Ok(outcome) => Some(outcome),
+        Err(e) => {
+            ctx.metrics.failed(e.reason());
+            tracing::warn!(pipeline = %key, error = %e, "reading topics");
+            None
+        }
+    };
+    let (topics_condition, topic_statuses) = match &topics {
+        Some(t) => (
+            condition(
+                &previous.conditions,
+                "TopicsReady",
+                t.ready,
+                t.reason,
+                t.message.clone(),
+                &now_text,
+            ),
+            t.statuses.clone(),
+        ),
+        None => (
+            condition(
+                &previous.conditions,
+                "TopicsReady",
+                false,
+                "KafkaUnavailable",
+                format!("cannot reach Kafka at {}", conn.bootstrap_servers),
+                &now_text,
+            ),
+            previous.topics.clone(),
+        ),
+    };
+
+    // Owned objects.
+    let mut deployments: BTreeMap<String, Deployment> = BTreeMap::new();
+    for object in resources::owned(pipeline) {
+        match object["kind"].as_str() {
+            Some("ConfigMap") => {
+                apply::<ConfigMap>(&ctx.client, &ns, &object).await?;
+            }
+            Some("Deployment") => {
+                let d: Deployment = apply(&ctx.client, &ns, &object).await?;
+                deployments.insert(d.name_any(), d);
+            }
+            Some("Service") => {
+                apply::<Service>(&ctx.client, &ns, &object).await?;
+            }
+            Some("Ingress") => {
+                apply::<Ingress>(&ctx.client, &ns, &object).await?;
+            }
+            other => unreachable!("resources::owned builds no {other:?}"),
+        }
+    }
+    if resources::ingress(pipeline).is_none() {
+        let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), &ns);
+        match ingresses
+            .delete(
+                &resources::object_name(pipeline, "ingress"),
+                &DeleteParams::default(),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let not_ready: Vec<String> = deployments
+        .values()
+        .filter(|d| !deployment_ready(d))
+        .map(|d| d.name_any())
+        .collect();
+    let deployments_condition = if not_ready.is_empty() {
+        condition(
+            &previous.conditions,
+            "DeploymentsReady",
+            true,
+            "DeploymentsAvailable",
+            format!("{} deployments available", deployments.len()),
+            &now_text,
+        )
+    } else {
+        condition(
+            &previous.conditions,
+            "DeploymentsReady",
+            false,
+            "DeploymentsProgressing",
+            format!("not yet available: {}", not_ready.join(", ")),
+            &now_text,
+        )
+    };
+
+    // Autoscaling, once per poll interval (reconciles triggered by the
+    // owned Deployments in between only hold the bounds).
+    let due = ctx.remember(&key, |m| {
+        let due = m
+            .last_poll
+            .is_none_or(|at| at.elapsed() + Duration::from_millis(500) >= poll);
+        if due && topics.is_some() {
+            m.last_poll = Some(Instant::now());
+        }
+        due && topics.is_some()
+    });
+    let deployments_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut stages = Vec::new();
+    let mut scaled = Vec::new();
+    let mut stuck_total = Vec::new();
+    for (stage, stage_spec, topic) in spec.stages() {
+        let deployment_name = resources::object_name(pipeline, stage);
+        let current = deployments
+            .get(&deployment_name)
+            .and_then(|d| d.spec.replicas)
+            .unwrap_or(1)
+            .max(0) as u32;
+        let bounds = Bounds {
+            min_replicas: stage_spec.min_replicas.max(0) as u32,
+            max_replicas: stage_spec.max_replicas.max(1) as u32,
+            lag_per_replica: stage_spec.lag_per_replica.max(1) as u64,
+        };
+        let before = previous.stages.iter().find(|s| s.name == stage);
+        let measured = if due {
+            match ctx
+                .brokers
+                .offsets(&conn, &resources::group(stage), topic)
+                .await
+            {
+                Ok(partitions) => Some(ctx.remember(&key, |m| {
+                    let history = m.histories.entry(stage.to_owned()).or_default();
+                    scaling::decide(
+                        &partitions,
+                        current,
+                        &bounds,
+                        stabilization.as_secs() as i64,
+                        now.as_second(),
+                        history,
+                    )
+                })),
+                Err(e) => {
+                    ctx.metrics.failed("kafka");
+                    tracing::warn!(pipeline = %key, stage, error = %format!("{e:#}"), "reading lag");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (replicas, desired, lag, reason, stuck) = match measured {
+            Some(d) => (
+                d.replicas,
+                d.desired,
+                d.lag as i64,
+                d.reason,
+                d.stuck_partitions,
+            ),
+            None => {
+                // No fresh measurement: keep what runs within the bounds.
+                let held = current.clamp(
+                    bounds.min_replicas,
+                    bounds.max_replicas.max(bounds.min_replicas),
+                );
+                let (desired, lag, reason, stuck) = match before {
+                    Some(b) if held == current => (
+                        b.desired_replicas.max(0) as u32,
+                        b.lag,
+                        b.reason.clone(),
+                        b.stuck_partitions.clone(),
+                    ),
+                    _ => (
+                        held,
+                        0,
+                        format!(
+                            "holding {held} replicas within [{}, {}]",
+                            bounds.min_replicas, bounds.max_replicas
+                        ),
+                        Vec::new(),
+                    ),
+                };
+                (held, desired, lag, reason, stuck)
+            }
+        };
+        let mut last_scale_time = before.and_then(|b| b.last_scale_time.clone());
+        if replicas != current {
+            deployments_api
+                .patch_scale(
+                    &deployment_name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+                )
+                .await?;
+            let (event_reason, verb) = if replicas > current {
+                ("ScaledUp", "ScaleUp")
+            } else {
+                ("ScaledDown", "ScaleDown")
+            };
+            ctx.publish(
+                pipeline,
+                EventType::Normal,
+                event_reason,
+                verb,
+                format!("stage {stage}: {current} → {replicas} replicas ({reason})"),
+            )
+            .await;
+            last_scale_time = Some(now_text.clone());
+            scaled.push(format!("{stage} {current}→{replicas}"));
+        }
+        let was_stuck = before
+            .map(|b| b.stuck_partitions.clone())
+            .unwrap_or_default();
+        if !stuck.is_empty() && stuck != was_stuck {
+            ctx.publish(
+                pipeline,
+                EventType::Warning,
+                "PartitionsStuck",
+                "Autoscale",
+                format!("stage {stage}: partitions {stuck:?} of {topic} have not moved for {} polls while lagging; not scaling for them", scaling::STUCK_POLLS),
+            )
+            .await;
+        }
+        if !stuck.is_empty() {
+            stuck_total.push(format!("{stage} {stuck:?}"));
+        }
+        let labels = StageLabels {
+            namespace: ns.clone(),
+            pipeline: name.clone(),
+            stage: stage.to_owned(),
+        };
+        ctx.metrics.lag.get_or_create(&labels).set(lag);
+        ctx.metrics
+            .replicas
+            .get_or_create(&labels)
+            .set(i64::from(replicas));
+        ctx.metrics
+            .desired_replicas
+            .get_or_create(&labels)
+            .set(i64::from(desired));
+        stages.push(StageStatus {
+            name: stage.to_owned(),
+            replicas: replicas as i32,
+            desired_replicas: desired as i32,
+            lag,
+            last_scale_time,
+            reason,
+            stuck_partitions: stuck,
+        });
+    }
+
+    let scaling_condition = if !stuck_total.is_empty() {
+        condition(
+            &previous.conditions,
+            "Scaling",
+            false,
+            "StuckPartitions",
+            format!("stuck partitions: {}", stuck_total.join(", ")),
+            &now_text,
+        )
+    } else if !scaled.is_empty() {
+        condition(
+            &previous.conditions,
+            "Scaling",
+            true,
+            "Scaled",
+            scaled.join(", "),
+            &now_text,
+        )
+    } else {
+        condition(
+            &previous.conditions,
+            "Scaling",
+            false,
+            "Stable",
+            "every stage at its desired replicas".into(),
+            &now_text,
+        )
+    };
+    let ready = topics_condition.status == "True" && deployments_condition.status == "True";
+    let ready_condition = if ready {
+        condition(
+            &previous.conditions,
+            "Ready",
+            true,
+            "Ready",
+            "topics and deployments are ready".into(),
+            &now_text,
+        )
+    } else {
+        let failing = if topics_condition.status != "True" {
+            &topics_condition
+        } else {
+            &deployments_condition
+        };
+        condition(
+            &previous.conditions,
+            "Ready",
+            false,
+            &failing.reason,
+            failing.message.clone(),
+            &now_text,
+        )
+    };
+    let status = OrderPipelineStatus {
+        observed_generation: pipeline.metadata.generation,
+        conditions: vec![
+            ready_condition,
+            topics_condition,
+            deployments_condition,
+            scaling_condition,
+        ],
+        topics: topic_statuses,
+        total_lag: stages.iter().map(|s| s.lag).sum(),
+        consumer_replicas: stages.iter().map(|s| s.replicas).sum(),
+        stages,
+    };
+    let patch = json!({
+        "apiVersion": "orderflow.dev/v1alpha1",
+        "kind": "OrderPipeline",
+        "status": status,
+    });
+    pipelines
+        .patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    if topics.is_none() {
+        // Kafka was unreachable: look again sooner than a full poll.
+        return Ok(Action::requeue(poll.min(Duration::from_secs(10))));
+    }
+    Ok(Action::requeue(poll))
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let pipelines = Api::<OrderPipeline>::all(client.clone());
+    if let Err(e) = pipelines
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        tracing::error!(error = %e, "cannot list OrderPipelines: is the CRD installed (kubectl apply -f k8s/crd.yaml)?");
+    }
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    Controller::new(pipelines, watcher::Config::default().any_semantic())
+        .owns(Api::<Deployment>::all(client), owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(pipeline = %object, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_five_seconds_to_five_minutes() {
+        let delays: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_while_its_status_holds() {
+        let first = condition(
+            &[],
+            "Ready",
+            false,
+            "DeploymentsProgressing",
+            "x".into(),
+            "t1",
+        );
+        assert_eq!(first.last_transition_time, "t1");
+        let same = condition(
+            std::slice::from_ref(&first),
+            "Ready",
+            false,
+            "NotSupported",
+            "y".into(),
+            "t2",
+        );
+        assert_eq!(same.last_transition_time, "t1");
+        let flipped = condition(&[same], "Ready", true, "Ready", "z".into(), "t3");
+        assert_eq!(flipped.last_transition_time, "t3");
+    }
+}
