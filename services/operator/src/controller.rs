@@ -72,7 +72,7 @@ struct Memory {
 pub struct Context {
     pub client: Client,
     pub brokers: Arc<dyn Brokers>,
-    pub recorder: Recorder,
+    pub reporter: Reporter,
     pub metrics: Metrics,
     memory: Mutex<HashMap<String, Memory>>,
 }
@@ -84,17 +84,13 @@ impl Context {
         metrics: Metrics,
         instance: Option<String>,
     ) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance,
-            },
-        );
         Context {
             client,
             brokers,
-            recorder,
+            reporter: Reporter {
+                controller: MANAGER.into(),
+                instance,
+            },
             metrics,
             memory: Mutex::new(HashMap::new()),
         }
@@ -124,11 +120,12 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self
-            .recorder
-            .publish(&event, &pipeline.object_ref(&()))
-            .await
-        {
+        // A fresh recorder per event: kube's recorder folds events with the
+        // same reason into one series keeping the first note, which would
+        // show "1 → 3 replicas" for a later 3 → 6. Events here are only
+        // published on changes, so there is no flood to fold.
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(e) = recorder.publish(&event, &pipeline.object_ref(&())).await {
             // An event is a record, not a step: failing to write it must not
             // fail the reconcile.
             self.metrics.failed("event");

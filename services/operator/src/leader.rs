@@ -186,3 +186,152 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response, StatusCode};
+    use kube::client::Body;
+    use serde_json::{json, Value};
+    use tower_test::mock::Handle;
+
+    type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+    const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/orderflow-operator";
+
+    fn lock() -> (LeaseLock, ApiHandle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "ops");
+        let lock = LeaseLock::new(
+            Api::namespaced(client, "ops"),
+            "orderflow-operator",
+            "me",
+            Duration::from_secs(15),
+        );
+        (lock, handle)
+    }
+
+    async fn next(
+        handle: &mut ApiHandle,
+        method: &str,
+        path: &str,
+    ) -> (Value, tower_test::mock::SendResponse<Response<Body>>) {
+        let (request, send) = handle.next_request().await.expect("a request");
+        assert_eq!(
+            (request.method().as_str(), request.uri().path()),
+            (method, path)
+        );
+        let (g, r, v) = crate::rbac::request_attributes(
+            method,
+            path,
+            request.uri().query().unwrap_or_default(),
+        );
+        assert!(
+            crate::rbac::allows(crate::rbac::NAMESPACE_RULES, &g, &r, &v),
+            "RBAC lacks {v} {g}/{r}"
+        );
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (body, send)
+    }
+
+    fn respond(send: tower_test::mock::SendResponse<Response<Body>>, status: u16, body: &Value) {
+        send.send_response(
+            Response::builder()
+                .status(StatusCode::from_u16(status).unwrap())
+                .body(Body::from(serde_json::to_vec(body).unwrap()))
+                .unwrap(),
+        );
+    }
+
+    fn lease(holder: &str, renewed_secs_ago: i64) -> Value {
+        let renewed = Timestamp::now() - SignedDuration::from_secs(renewed_secs_ago);
+        json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "orderflow-operator", "namespace": "ops", "resourceVersion": "7"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                     "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(), "leaseTransitions": 2},
+        })
+    }
+
+    fn not_found() -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+    }
+
+    #[tokio::test]
+    async fn an_absent_lease_is_created_and_won() {
+        let (lock, mut api) = lock();
+        let run = tokio::spawn(async move { lock.try_acquire().await });
+        let (_, send) = next(&mut api, "GET", PATH).await;
+        respond(send, 404, &not_found());
+        let (body, send) = next(
+            &mut api,
+            "POST",
+            "/apis/coordination.k8s.io/v1/namespaces/ops/leases",
+        )
+        .await;
+        assert_eq!(body["spec"]["holderIdentity"], "me");
+        assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
+        respond(send, 201, &body);
+        assert!(run.await.unwrap().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_fresh_lease_of_another_replica_is_left_alone() {
+        let (lock, mut api) = lock();
+        let run = tokio::spawn(async move { lock.try_acquire().await });
+        let (_, send) = next(&mut api, "GET", PATH).await;
+        respond(send, 200, &lease("other", 3));
+        assert!(!run.await.unwrap().unwrap());
+        // No write: the client was dropped with no further request.
+        assert!(api.next_request().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_conditionally() {
+        let (lock, mut api) = lock();
+        let run = tokio::spawn(async move { lock.try_acquire().await });
+        let (_, send) = next(&mut api, "GET", PATH).await;
+        respond(send, 200, &lease("other", 20));
+        let (body, send) = next(&mut api, "PUT", PATH).await;
+        assert_eq!(body["spec"]["holderIdentity"], "me");
+        assert_eq!(body["spec"]["leaseTransitions"], 3);
+        assert_eq!(
+            body["metadata"]["resourceVersion"], "7",
+            "the write is conditional"
+        );
+        respond(send, 200, &body);
+        assert!(run.await.unwrap().unwrap());
+    }
+
+    #[tokio::test]
+    async fn losing_the_race_for_an_expired_lease_is_not_winning() {
+        let (lock, mut api) = lock();
+        let run = tokio::spawn(async move { lock.try_acquire().await });
+        let (_, send) = next(&mut api, "GET", PATH).await;
+        respond(send, 200, &lease("other", 20));
+        let (_, send) = next(&mut api, "PUT", PATH).await;
+        respond(
+            send,
+            409,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "conflict"}),
+        );
+        assert!(!run.await.unwrap().unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_holder_renews_without_a_transition() {
+        let (lock, mut api) = lock();
+        let run = tokio::spawn(async move { lock.try_acquire().await });
+        let (_, send) = next(&mut api, "GET", PATH).await;
+        respond(send, 200, &lease("me", 5));
+        let (body, send) = next(&mut api, "PUT", PATH).await;
+        assert_eq!(body["spec"]["leaseTransitions"], 2);
+        respond(send, 200, &body);
+        assert!(run.await.unwrap().unwrap());
+    }
+}

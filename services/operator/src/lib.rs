@@ -8,6 +8,12 @@ pub mod controller;
 pub mod crd;
 pub mod leader;
 pub mod metrics;
+pub mod rbac;
 pub mod resources;
 pub mod scaling;
 pub mod topics;
+
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod scenarios;

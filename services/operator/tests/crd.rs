@@ -11,12 +11,23 @@ fn repo_file(path: &str) -> String {
 }
 
 #[test]
-fn committed_crd_equals_the_generated_one() {
+fn committed_crds_equal_the_generated_one() {
     let generated = orderflow_operator::crd::crd_yaml();
+    for copy in ["k8s/crd.yaml", "charts/orderflow/crds/orderpipelines.yaml"] {
+        assert_eq!(
+            repo_file(copy),
+            generated,
+            "{copy} is stale: run `cargo run -p orderflow-operator --bin crdgen > {copy}`"
+        );
+    }
+}
+
+#[test]
+fn committed_rbac_equals_the_generated_one() {
     assert_eq!(
-        repo_file("k8s/crd.yaml"),
-        generated,
-        "k8s/crd.yaml is stale: run `cargo run -p orderflow-operator --bin crdgen > k8s/crd.yaml`"
+        repo_file("k8s/rbac.yaml"),
+        orderflow_operator::rbac::manifests_yaml("orderflow-system"),
+        "k8s/rbac.yaml is stale: run `cargo run -p orderflow-operator --bin crdgen rbac > k8s/rbac.yaml`"
     );
 }
 
