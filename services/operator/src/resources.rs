@@ -195,6 +195,12 @@ pub fn deployment(pipeline: &OrderPipeline, c: &Component) -> Value {
     if let Some(stage) = c.stage {
         env.push(json!({"name": "STAGE", "value": stage}));
     }
+    if c.name == "orders-api" {
+        // The Ingress sends every /orders request here; intake goes on to
+        // the producer (ADR 0006).
+        let producer = object_name(pipeline, "producer");
+        env.push(json!({"name": "PRODUCER_URL", "value": format!("http://{producer}")}));
+    }
     if c.mongo {
         env.push(secret_env("MONGO_URL", &spec.mongodb.uri_secret_ref));
     }
@@ -402,6 +408,11 @@ spec:
             .contains(&json!({"name": "STAGE", "value": "persist"})));
         let producer = find(&objects, "Deployment", "main-producer");
         assert_eq!(producer["spec"]["replicas"], 2);
+        let api = find(&objects, "Deployment", "main-orders-api");
+        assert!(api["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "PRODUCER_URL", "value": "http://main-producer"})));
     }
 
     #[test]

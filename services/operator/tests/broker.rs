@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use orderflow_operator::broker::{apply, existing_topics, partition_offsets};
+use orderflow_operator::broker::{
+    apply, existing_topics, partition_offsets, Brokers, Connection, KafkaBrokers,
+};
 use orderflow_operator::scaling::total_lag;
 use orderflow_operator::topics::{plan, TopicAction, WantedTopic};
 use orderflow_testkit as kit;
@@ -74,6 +76,57 @@ async fn lag_of_a_group_that_consumed_part_of_a_topic_is_exact() {
     // (30 − 12) + (20 − 20) + (10 − 0): the uncommitted partition counts
     // from its low watermark.
     assert_eq!(total_lag(&offsets), 28);
+
+    // The same through the clients the reconciler uses.
+    let conn = Connection {
+        bootstrap_servers: brokers.clone(),
+        extra: String::new(),
+    };
+    let reconciler = KafkaBrokers::default();
+    let seen = reconciler.offsets(&conn, &group, &topic).await.unwrap();
+    assert_eq!(seen, offsets);
+    assert_eq!(total_lag(&seen), 28);
+}
+
+#[tokio::test]
+async fn the_reconcilers_broker_creates_and_deletes_topics() {
+    // A private broker: deleting a topic on tansu makes concurrent
+    // producers on other topics fail ("Unknown broker error"), which would
+    // break the tests running beside this one.
+    let server = kit::spawn_broker();
+    let conn = Connection {
+        bootstrap_servers: format!("127.0.0.1:{}", server.port),
+        extra: String::new(),
+    };
+    let reconciler = KafkaBrokers::default();
+    let name = kit::unique("deleted");
+    let create = TopicAction::Create(WantedTopic {
+        name: name.clone(),
+        partitions: 2,
+        replication_factor: 1,
+        config: BTreeMap::from([("retention.ms".to_string(), "3600000".to_string())]),
+    });
+    reconciler.apply(&conn, &create).await.unwrap();
+    let topics = reconciler.topics(&conn).await.unwrap();
+    assert_eq!(topics[&name].partitions, 2);
+    reconciler
+        .delete(&conn, std::slice::from_ref(&name))
+        .await
+        .unwrap();
+    // Deleting what is already gone is not an error (a retried finalizer).
+    reconciler
+        .delete(&conn, std::slice::from_ref(&name))
+        .await
+        .unwrap();
+    let mut gone = false;
+    for _ in 0..50 {
+        if !reconciler.topics(&conn).await.unwrap().contains_key(&name) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "topic {name} still listed after deletion");
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::registry::Registry;
 
 mod auth;
+mod intake;
 mod inventory;
 mod orders;
 mod update;
@@ -60,6 +61,10 @@ pub struct Args {
     /// A file with one accepted token per line (a mounted Secret).
     #[arg(long = "api-tokens-file", env = "API_TOKENS_FILE")]
     pub api_tokens_file: Option<std::path::PathBuf>,
+    /// The producer's base URL: `POST /orders` is handed to it (for an
+    /// Ingress that cannot route by method). Unset: POST /orders is 405.
+    #[arg(long = "producer-url", env = "PRODUCER_URL")]
+    pub producer_url: Option<String>,
 }
 
 #[derive(Clone)]
@@ -102,7 +107,20 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         .route("/orders/{id}", get(orders::get_one))
         .route("/inventory", get(inventory::list))
         .route("/inventory/{id}", get(inventory::get_one));
-    let app = reads.merge(mutations).with_state(state);
+    let mut app = reads.merge(mutations).with_state(state);
+    if let Some(base) = args.producer_url.as_deref().filter(|u| !u.is_empty()) {
+        let intake = intake::Intake {
+            client: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(15))
+                .build()?,
+            url: format!("{}/orders", base.trim_end_matches('/')),
+        };
+        app = app.merge(
+            Router::new()
+                .route("/orders", post(intake::forward))
+                .with_state(intake),
+        );
+    }
     let app = http::with_ops(
         app,
         Ops {

@@ -839,3 +839,99 @@ async fn cancelling_a_reserved_order_gives_its_stock_back_once() {
     )
     .await;
 }
+
+/// With one Ingress host for everything, `POST /orders` arrives at
+/// orders-api, which hands it to the (real) producer unchanged.
+#[tokio::test]
+async fn post_orders_reaches_the_producer_through_orders_api() {
+    let brokers = kit::kafka();
+    let topics = kit::topics("intake");
+    kit::create_topics(&brokers, &topics).await;
+    let shutdown = CancellationToken::new();
+    let producer = orderflow_producer::Args::try_parse_from([
+        "producer",
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--kafka-brokers",
+        &brokers,
+        "--topic-orders",
+        &topics.orders,
+        "--redis-url",
+        &kit::redis_url(),
+    ])
+    .unwrap();
+    let producer = orderflow_producer::start(producer, shutdown.clone())
+        .await
+        .unwrap();
+    let producer_url = format!("http://{}", producer.addr);
+    let api = Api::start_with(&["--producer-url", &producer_url]).await;
+
+    let id = kit::unique("via-api");
+    let body = format!(
+        r#"{{"orderId":"{id}","customerId":"c-1","items":[{{"productId":"coffee","quantity":2,"unitPrice":4.50}}],"totalAmount":9.00}}"#
+    );
+    let r = api
+        .client
+        .post(format!("{}/orders", api.base))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(r.headers()["location"], format!("/orders/{id}").as_str());
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(r#""status":"queued""#) && text.contains(r#""totalAmount":9.00"#),
+        "{text}"
+    );
+    // The event is on the topic: the producer really took it.
+    kit::eventually(
+        std::time::Duration::from_secs(10),
+        "the order on the topic",
+        || async { (kit::message_count(&brokers, &topics.orders) >= 1).then_some(()) },
+    )
+    .await;
+
+    // The producer's own errors come back as they are.
+    let r = api
+        .client
+        .post(format!("{}/orders", api.base))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+
+    // The producer gone: 503 with Retry-After, never a hang.
+    shutdown.cancel();
+    producer.task.await.unwrap().unwrap();
+    let r = api
+        .client
+        .post(format!("{}/orders", api.base))
+        .header("content-type", "application/json")
+        .body(r#"{"customerId":"c-1","items":[{"productId":"coffee"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()["retry-after"], "1");
+}
+
+#[tokio::test]
+async fn post_orders_without_a_producer_url_is_method_not_allowed() {
+    let api = Api::start().await;
+    let r = api
+        .client
+        .post(format!("{}/orders", api.base))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
