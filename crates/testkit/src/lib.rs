@@ -29,6 +29,11 @@ fn required(var: &str) -> String {
     })
 }
 
+/// The helm binary scripts/test installed.
+pub fn helm() -> String {
+    required("ORDERFLOW_TEST_HELM")
+}
+
 /// Broker address of the shared test broker.
 pub fn kafka() -> String {
     required("ORDERFLOW_TEST_KAFKA")
