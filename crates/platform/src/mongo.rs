@@ -162,38 +162,58 @@ pub async fn commit(session: &mut mongodb::ClientSession) -> mongodb::error::Res
     }
 }
 
+/// A client span for a MongoDB call, child of the current span.
+pub fn span(operation: &'static str, collection: &str) -> tracing::Span {
+    tracing::info_span!(
+        "mongodb",
+        otel.name = if collection.is_empty() {
+            operation.to_owned()
+        } else {
+            format!("{operation} {collection}")
+        },
+        otel.kind = "client",
+        db.system.name = "mongodb",
+        db.operation.name = operation,
+        db.collection.name = collection,
+    )
+}
+
 /// Runs `$body` (an expression awaiting on `$session: &mut ClientSession`
 /// and yielding `mongodb::error::Result<Tx<T>>`) in a transaction, again
 /// from the start on a transient transaction error (write conflict), with a
-/// short randomised pause between attempts.
+/// short randomised pause between attempts. The transaction runs in a
+/// MongoDB client span, a child of the caller's.
 #[macro_export]
 macro_rules! in_transaction {
     ($client:expr, |$session:ident| $body:expr) => {{
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let result: ::mongodb::error::Result<_> = async {
-                let mut owned = $client.start_session().await?;
-                owned.start_transaction().await?;
-                let outcome = {
-                    let $session = &mut owned;
-                    $body
-                };
-                match outcome {
-                    Ok($crate::mongo::Tx::Commit(value)) => {
-                        $crate::mongo::commit(&mut owned).await?;
-                        Ok(value)
+            let result: ::mongodb::error::Result<_> = ::tracing::Instrument::instrument(
+                async {
+                    let mut owned = $client.start_session().await?;
+                    owned.start_transaction().await?;
+                    let outcome = {
+                        let $session = &mut owned;
+                        $body
+                    };
+                    match outcome {
+                        Ok($crate::mongo::Tx::Commit(value)) => {
+                            $crate::mongo::commit(&mut owned).await?;
+                            Ok(value)
+                        }
+                        Ok($crate::mongo::Tx::Abort(value)) => {
+                            owned.abort_transaction().await?;
+                            Ok(value)
+                        }
+                        Err(e) => {
+                            let _ = owned.abort_transaction().await;
+                            Err(e)
+                        }
                     }
-                    Ok($crate::mongo::Tx::Abort(value)) => {
-                        owned.abort_transaction().await?;
-                        Ok(value)
-                    }
-                    Err(e) => {
-                        let _ = owned.abort_transaction().await;
-                        Err(e)
-                    }
-                }
-            }
+                },
+                $crate::mongo::span("transaction", ""),
+            )
             .await;
             match result {
                 Err(e)

@@ -41,12 +41,26 @@ impl LazyRedis {
     }
 
     /// Runs one command with the timeout applied.
+    /// Runs one command with the timeout applied, in a client span (a child
+    /// of the caller's).
     pub async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Pipeline) -> Result<T, String> {
-        let mut conn = self.connection().await?;
-        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
-            Ok(r) => r.map_err(|e| format!("redis: {e}")),
-            Err(_) => Err("redis: command timed out".into()),
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "redis",
+            otel.name = "redis pipeline",
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = "pipeline",
+        );
+        async {
+            let mut conn = self.connection().await?;
+            match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+                Ok(r) => r.map_err(|e| format!("redis: {e}")),
+                Err(_) => Err("redis: command timed out".into()),
+            }
         }
+        .instrument(span)
+        .await
     }
 
     pub async fn ping(&self) -> Result<(), String> {

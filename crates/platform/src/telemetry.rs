@@ -1,10 +1,14 @@
 //! One telemetry init for every binary: JSON logs on stdout and an
 //! OpenTelemetry tracer whose context travels in Kafka headers (W3C
-//! `traceparent`). Span export over OTLP is added by the packaging work; until
-//! then spans get real, propagated trace ids that appear in the logs.
+//! `traceparent`). Spans are exported over OTLP/HTTP (protobuf) when the
+//! standard variables name an endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT` or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`); `OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)` and
+//! `OTEL_SDK_DISABLED` work as the specification says.
 
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::Context;
+use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
@@ -30,9 +34,29 @@ impl Telemetry {
 /// Installs the global subscriber and propagator. Log level from `RUST_LOG`
 /// (default `info`).
 pub fn init(service: &'static str) -> Telemetry {
-    let provider = SdkTracerProvider::builder()
-        .with_resource(Resource::builder().with_service_name(service).build())
-        .build();
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    // OTEL_SERVICE_NAME (read by the resource builder) wins over the
+    // binary's own name: the operator names each stage's pods.
+    let resource = if env("OTEL_SERVICE_NAME").is_some() {
+        Resource::builder().build()
+    } else {
+        Resource::builder().with_service_name(service).build()
+    };
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let endpoint =
+        env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    if endpoint.is_some() && !disabled {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .build()
+        {
+            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+            Err(e) => eprintln!("OTLP exporter not started: {e}"),
+        }
+    }
+    let provider = builder.build();
     let tracer = provider.tracer(service);
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());

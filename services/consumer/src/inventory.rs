@@ -9,6 +9,7 @@
 //! what it recorded, so stock is never taken twice.
 
 use std::collections::HashMap;
+use tracing::Instrument as _;
 
 use bson::{doc, DateTime};
 use mongodb::options::ReturnDocument;
@@ -345,7 +346,7 @@ impl Stage for Inventory {
             let record = match decided.get(&order.order_id) {
                 Some(r) => r.clone(),
                 None => {
-                    let r = self.decide(&order).await?;
+                    let r = self.decide(&order).instrument(span.clone()).await?;
                     tracing::info!(
                         parent: &span,
                         order_id = %r.order_id,

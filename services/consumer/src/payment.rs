@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use bson::{doc, DateTime};
 use futures::StreamExt;
@@ -275,9 +276,13 @@ impl Stage for Payment {
                 None => {
                     let declined = answers.get(order.order_id.as_str()).cloned().flatten();
                     let now = bson_date(OffsetDateTime::now_utc());
-                    let p = in_transaction!(self.db.client(), |session| {
-                        self.settle(session, order, declined.as_deref(), now).await
-                    })
+                    let p = async {
+                        in_transaction!(self.db.client(), |session| {
+                            self.settle(session, order, declined.as_deref(), now).await
+                        })
+                    }
+                    .instrument(span.clone())
+                    .await
                     .map_err(transient("settling a payment"))?;
                     if p.outcome == PaymentOutcome::Skipped {
                         self.record_skip(&p).await?;

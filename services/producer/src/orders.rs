@@ -136,20 +136,39 @@ pub(crate) async fn create_order(
     let event =
         OrderPlaced::from_submission(submission, order_id.clone(), OffsetDateTime::now_utc());
 
-    let span = tracing::info_span!(
-        "orders publish",
-        otel.kind = "producer",
-        messaging.system = "kafka",
-        messaging.destination.name = %state.topic,
+    // The request's span continues the caller's trace; publishing and the
+    // Redis write are its children.
+    let request_span = tracing::info_span!(
+        "POST /orders",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/orders",
         order_id = %order_id,
     );
     telemetry::set_parent(
-        &span,
+        &request_span,
         telemetry::extract(&HttpHeaderExtractor(&request_headers)),
+    );
+    let span = tracing::info_span!(
+        parent: &request_span,
+        "orders publish",
+        otel.name = format!("{} publish", state.topic),
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.operation.name = "publish",
+        messaging.operation.type = "send",
+        messaging.destination.name = %state.topic,
+        messaging.kafka.message.key = %order_id,
+        order_id = %order_id,
     );
     publish(&state, &event).instrument(span.clone()).await?;
 
-    if let Err(e) = state.recent.push(&event).await {
+    if let Err(e) = state
+        .recent
+        .push(&event)
+        .instrument(request_span.clone())
+        .await
+    {
         state.metrics.recent_failures.inc();
         tracing::warn!(order_id = %order_id, error = %e, "recent-orders list not updated");
     }

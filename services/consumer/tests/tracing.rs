@@ -1,0 +1,330 @@
+//! One order's trace, end to end and over the wire: the producer and the
+//! four stages run as separate processes (the real binaries) exporting over
+//! OTLP/HTTP to a receiver in this test. The order is posted with a known
+//! W3C `traceparent`; every service must report spans in that trace, each
+//! stage's span a child of the previous service's, and the MongoDB and
+//! Redis calls as child spans. The batch exporter is set to wait a minute,
+//! so the spans arrive only because each process flushes on SIGTERM.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use axum::Router;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use orderflow_testkit as kit;
+use prost::Message;
+
+#[derive(Debug, Clone)]
+struct ReceivedSpan {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    attributes: BTreeMap<String, String>,
+}
+
+type Spans = Arc<Mutex<Vec<ReceivedSpan>>>;
+
+async fn receive(State(spans): State<Spans>, body: Bytes) -> &'static str {
+    let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export");
+    let mut spans = spans.lock().unwrap();
+    for resource in request.resource_spans {
+        let service = resource
+            .resource
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .find(|a| a.key == "service.name")
+            .and_then(|a| a.value.as_ref()?.value.clone())
+            .map(|v| match v {
+                AnyValue::StringValue(s) => s,
+                other => format!("{other:?}"),
+            })
+            .unwrap_or_default();
+        for scope in resource.scope_spans {
+            for span in scope.spans {
+                spans.push(ReceivedSpan {
+                    service: service.clone(),
+                    name: span.name.clone(),
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: hex(&span.parent_span_id),
+                    attributes: span
+                        .attributes
+                        .iter()
+                        .map(|a| {
+                            let v = match a.value.as_ref().and_then(|v| v.value.clone()) {
+                                Some(AnyValue::StringValue(s)) => s,
+                                Some(AnyValue::IntValue(i)) => i.to_string(),
+                                Some(other) => format!("{other:?}"),
+                                None => String::new(),
+                            };
+                            (a.key.clone(), v)
+                        })
+                        .collect(),
+                });
+            }
+        }
+    }
+    ""
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Process(Child);
+
+impl Process {
+    /// SIGTERM, then wait for a clean exit (which includes the span flush).
+    async fn terminate(&mut self) {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..300 {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                assert!(status.success(), "process {pid} exited with {status}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("process {pid} did not stop within 15 s of SIGTERM");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn binary(name: &str) -> std::path::PathBuf {
+    // target/debug/deps/tracing-… → target/debug/<name>
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(path.exists(), "{} is not built", path.display());
+    path
+}
+
+// Multi-threaded: the receiver must answer while the test waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_order_is_one_trace_across_every_service() {
+    let spans = Spans::default();
+    let app = Router::new()
+        .route("/v1/traces", post(receive))
+        .with_state(spans.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let brokers = kit::kafka();
+    let topics = kit::topics("trace");
+    kit::create_topics(&brokers, &topics).await;
+    let db_name = kit::unique("trace");
+    let common: Vec<(&str, String)> = vec![
+        ("KAFKA_BROKERS", brokers.clone()),
+        ("KAFKA_TOPIC", topics.orders.clone()),
+        ("KAFKA_TOPIC_VALIDATED", topics.validated.clone()),
+        ("KAFKA_TOPIC_INVENTORY", topics.inventory.clone()),
+        ("KAFKA_TOPIC_PAYMENT", topics.payment.clone()),
+        ("KAFKA_TOPIC_NOTIFICATIONS", topics.notifications.clone()),
+        ("KAFKA_TOPIC_DLQ", topics.dlq.clone()),
+        ("MONGO_URL", kit::mongo_url(&db_name)),
+        ("REDIS_URL", kit::redis_url()),
+        ("RECENT_ORDERS_KEY", format!("{db_name}:recent")),
+        ("BIND_ADDR", "127.0.0.1".into()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.clone()),
+        // Nothing is exported before shutdown: the flush on SIGTERM is what
+        // delivers the spans.
+        ("OTEL_BSP_SCHEDULE_DELAY", "60000".into()),
+        ("PAYMENT_LATENCY", "1ms".into()),
+        ("NOTIFY_CHANNELS", "log".into()),
+        ("RUST_LOG", "info".into()),
+    ];
+    let logs = kit::TempDir::new("trace-logs");
+    let spawn = |binary_name: &str, service: &str, extra: Vec<(&str, String)>| {
+        let mut cmd = Command::new(binary(binary_name));
+        let log = std::fs::File::create(logs.0.join(format!("{service}.log"))).unwrap();
+        cmd.envs(common.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("OTEL_SERVICE_NAME", service)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        Process(cmd.spawn().unwrap())
+    };
+    let producer_port = kit::free_port();
+    let mut processes = vec![spawn(
+        "producer",
+        "producer",
+        vec![("API_PORT", producer_port.to_string())],
+    )];
+    for stage in ["persist", "inventory", "payment", "notify"] {
+        processes.push(spawn(
+            "consumer",
+            stage,
+            vec![
+                ("STAGE", stage.into()),
+                ("CONSUMER_PORT", kit::free_port().to_string()),
+                ("CONSUMER_GROUP", kit::unique(stage)),
+            ],
+        ));
+    }
+    let client = reqwest::Client::new();
+    let producer = format!("http://127.0.0.1:{producer_port}");
+    kit::eventually(
+        Duration::from_secs(30),
+        "the producer to be ready",
+        || async {
+            let r = client.get(format!("{producer}/readyz")).send().await.ok()?;
+            r.status().is_success().then_some(())
+        },
+    )
+    .await;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let order_id = kit::unique("traced");
+    let r = client
+        .post(format!("{producer}/orders"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&serde_json::json!({"orderId": order_id, "customerId": "c-1",
+                                  "items": [{"productId": "tea", "quantity": 1, "unitPrice": 3.20}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+
+    // Wait until notify recorded the delivery (the database is this test's
+    // own, so any delivery is this order's): the order went all the way.
+    let db = kit::mongo_db(&db_name).await;
+    let delivered = tokio::time::timeout(Duration::from_secs(90), async {
+        loop {
+            let n = db
+                .collection::<bson::Document>("notifications")
+                .count_documents(bson::doc! {})
+                .await
+                .unwrap_or(0);
+            if n > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    if delivered.is_err() {
+        for service in ["producer", "persist", "inventory", "payment", "notify"] {
+            let log =
+                std::fs::read_to_string(logs.0.join(format!("{service}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            eprintln!(
+                "--- {service} (last lines, newest first):\n{}",
+                tail.join("\n")
+            );
+        }
+        panic!("the order's confirmation was not delivered within 90 s");
+    }
+    assert!(
+        spans.lock().unwrap().is_empty(),
+        "spans arrived before shutdown: the schedule delay did not apply"
+    );
+    for p in &mut processes {
+        p.terminate().await;
+    }
+
+    let all = spans.lock().unwrap().len();
+    if all == 0 {
+        for service in ["producer", "persist", "inventory", "payment", "notify"] {
+            let log =
+                std::fs::read_to_string(logs.0.join(format!("{service}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(8).collect();
+            eprintln!(
+                "--- {service} (last lines, newest first):\n{}",
+                tail.join("\n")
+            );
+        }
+        panic!("no span arrived at all");
+    }
+    let spans: Vec<ReceivedSpan> = spans
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.trace_id == trace_id)
+        .cloned()
+        .collect();
+    let of = |service: &str| -> Vec<&ReceivedSpan> {
+        spans.iter().filter(|s| s.service == service).collect()
+    };
+    let describe = || {
+        spans
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} {}←{}",
+                    s.service, s.name, s.span_id, s.parent_span_id
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // The producer's span continues the caller's trace.
+    let producer_spans = of("producer");
+    assert!(
+        producer_spans
+            .iter()
+            .any(|s| s.parent_span_id == "00f067aa0ba902b7"),
+        "no producer span under the caller's span:\n{}",
+        describe()
+    );
+    // Each stage processes the order in a child of the previous service's
+    // span, with messaging attributes.
+    let mut previous = producer_spans;
+    for stage in ["persist", "inventory", "payment", "notify"] {
+        let mine = of(stage);
+        let process = mine
+            .iter()
+            .find(|s| {
+                s.attributes
+                    .get("messaging.operation.name")
+                    .map(String::as_str)
+                    == Some("process")
+            })
+            .unwrap_or_else(|| panic!("no {stage} process span:\n{}", describe()));
+        assert!(
+            previous.iter().any(|p| p.span_id == process.parent_span_id),
+            "{stage}'s process span is not a child of the previous service's spans:\n{}",
+            describe()
+        );
+        assert_eq!(process.attributes["messaging.system"], "kafka");
+        assert!(process
+            .attributes
+            .contains_key("messaging.destination.name"));
+        previous = mine;
+    }
+    // Database calls are child spans within the trace.
+    let child_of = |child: &ReceivedSpan, service: &str| {
+        spans
+            .iter()
+            .any(|p| p.service == service && p.span_id == child.parent_span_id)
+    };
+    let redis = spans
+        .iter()
+        .find(|s| s.attributes.get("db.system.name").map(String::as_str) == Some("redis"))
+        .unwrap_or_else(|| panic!("no Redis span:\n{}", describe()));
+    assert!(child_of(redis, "producer"), "{}", describe());
+    for stage in ["inventory", "payment"] {
+        assert!(
+            spans.iter().any(|s| s.service == stage
+                && s.attributes.get("db.system.name").map(String::as_str) == Some("mongodb")
+                && child_of(s, stage)),
+            "no MongoDB child span in {stage}:\n{}",
+            describe()
+        );
+    }
+}
