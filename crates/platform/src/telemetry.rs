@@ -6,6 +6,8 @@
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)` and
 //! `OTEL_SDK_DISABLED` work as the specification says.
 
+mod json;
+
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::Context;
 use opentelemetry_otlp::WithExportConfig as _;
@@ -71,12 +73,7 @@ pub fn init(service: &'static str) -> Telemetry {
                 .parse()
                 .expect("valid default filter")
         });
-    let fmt = tracing_subscriber::fmt::layer()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false)
-        .with_target(true);
+    let fmt = tracing_subscriber::fmt::layer().event_format(json::JsonWithTrace);
     // The log level filters log output only: spans that carry trace context
     // across Kafka must exist whatever RUST_LOG says.
     let traces = tracing_opentelemetry::layer()
@@ -88,11 +85,6 @@ pub fn init(service: &'static str) -> Telemetry {
         .with(traces)
         .try_init();
     Telemetry { provider }
-}
-
-/// The W3C trace id of a span, for log lines (`trace_id` field).
-pub fn trace_id(span: &tracing::Span) -> String {
-    span.context().span().span_context().trace_id().to_string()
 }
 
 /// Makes `parent` (extracted from a message or request) the parent of `span`.

@@ -18,7 +18,6 @@ use orderflow_platform::mongo::documents::{
     bson_date, ItemDocument, OrderDocument, SourceRef, StatusChange, Validation,
 };
 use orderflow_platform::mongo::{DUPLICATE_KEY, INVENTORY, ORDERS};
-use orderflow_platform::telemetry;
 use rdkafka::message::{Message, OwnedMessage};
 use time::OffsetDateTime;
 
@@ -328,7 +327,6 @@ impl Stage for Persist {
                     status = %doc.status,
                     total = %Money::from_minor(doc.total_cents),
                     currency = %doc.currency,
-                    trace_id = %telemetry::trace_id(&span),
                     "order saved"
                 );
             }

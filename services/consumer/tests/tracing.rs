@@ -307,6 +307,26 @@ async fn one_order_is_one_trace_across_every_service() {
             .contains_key("messaging.destination.name"));
         previous = mine;
     }
+    // The log lines about the order carry its trace id.
+    for (service, message) in [
+        ("persist", "order saved"),
+        ("inventory", "stock decided"),
+        ("payment", "payment settled"),
+        ("notify", "notification"),
+    ] {
+        let log = std::fs::read_to_string(logs.0.join(format!("{service}.log"))).unwrap();
+        let line: serde_json::Value = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line from {service}:\n{log}"));
+        assert_eq!(line["trace_id"], trace_id, "{service}: {line}");
+        assert_eq!(
+            line["span_id"].as_str().map(str::len),
+            Some(16),
+            "{service}: {line}"
+        );
+    }
     // Database calls are child spans within the trace.
     let child_of = |child: &ReceivedSpan, service: &str| {
         spans
