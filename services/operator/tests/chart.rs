@@ -148,7 +148,7 @@ fn every_option_renders_its_objects() {
     assert!(env
         .as_array()
         .unwrap()
-        .contains(&json!({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://otel-collector.observability:4317"})));
+        .contains(&json!({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://otel-collector.observability:4318"})));
     // The pipeline from values is a valid OrderPipeline with the chart's
     // image filled in.
     let pipeline: OrderPipeline =
