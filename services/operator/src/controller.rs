@@ -283,6 +283,18 @@ where
         .await?)
 }
 
+/// HTTPRoutes (Gateway API types are not in k8s-openapi).
+fn http_routes(client: &Client, ns: &str) -> Api<kube::api::DynamicObject> {
+    let resource = kube::api::ApiResource {
+        group: "gateway.networking.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: "HTTPRoute".into(),
+        plural: "httproutes".into(),
+    };
+    Api::namespaced_with(client.clone(), ns, &resource)
+}
+
 struct TopicsOutcome {
     ready: bool,
     reason: &'static str,
@@ -524,22 +536,43 @@ async fn reconcile_pipeline(pipeline: &OrderPipeline, ctx: &Context) -> Result<A
             Some("Ingress") => {
                 apply::<Ingress>(&ctx.client, &ns, &object).await?;
             }
+            Some("HTTPRoute") => {
+                let name = object["metadata"]["name"].as_str().unwrap_or_default();
+                http_routes(&ctx.client, &ns)
+                    .patch(
+                        name,
+                        &PatchParams::apply(MANAGER).force(),
+                        &Patch::Apply(&object),
+                    )
+                    .await?;
+            }
             other => unreachable!("resources::owned builds no {other:?}"),
         }
     }
+    // Exposure switched off: remove what an earlier spec made. A 404 is the
+    // usual answer (nothing there, or no Gateway API in the cluster).
+    let gone = |r: Result<(), kube::Error>| match r {
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        other => other,
+    };
     if resources::ingress(pipeline).is_none() {
         let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), &ns);
-        match ingresses
-            .delete(
-                &resources::object_name(pipeline, "ingress"),
-                &DeleteParams::default(),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        let name = resources::object_name(pipeline, "ingress");
+        gone(
+            ingresses
+                .delete(&name, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        )?;
+    }
+    if resources::http_route(pipeline).is_none() {
+        let name = resources::object_name(pipeline, "route");
+        gone(
+            http_routes(&ctx.client, &ns)
+                .delete(&name, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        )?;
     }
     let not_ready: Vec<String> = deployments
         .values()

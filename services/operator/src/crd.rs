@@ -40,6 +40,8 @@ pub struct OrderPipelineSpec {
     #[serde(default)]
     pub ingress: IngressSpec,
     #[serde(default)]
+    pub gateway: GatewaySpec,
+    #[serde(default)]
     pub telemetry: TelemetrySpec,
     #[serde(default)]
     pub topic_deletion_policy: TopicDeletionPolicy,
@@ -338,6 +340,33 @@ pub struct IngressSpec {
     /// TLS from this Secret when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret_name: Option<String>,
+}
+
+/// Exposure through the Gateway API (an HTTPRoute), where a Gateway is
+/// installed: it routes by method, so `POST /orders` goes straight to the
+/// producer.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.enabled || has(self.parentRef)").message("an enabled gateway route needs a parentRef"))]
+pub struct GatewaySpec {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The Gateway (and optionally its listener) the route attaches to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_ref: Option<GatewayParentRef>,
+    /// Host names the route answers; the Gateway's when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayParentRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
 }
 
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]

@@ -268,8 +268,9 @@ impl ApiServer {
 
     /// The owned objects applied in order: the ConfigMap, the Deployments
     /// (answered as rolled out, stages at `stage_replicas`), the Services,
-    /// then the Ingress applied (`ingress`) or deleted (absent: 404).
-    pub async fn expect_owned_objects(&mut self, stage_replicas: i32, ingress: bool) {
+    /// then the Ingress and HTTPRoute applied (`exposed`) or deleted
+    /// (absent: 404).
+    pub async fn expect_owned_objects(&mut self, stage_replicas: i32, exposed: bool) {
         let ns = "/namespaces/default";
         let r = self
             .expect("PATCH", &format!("/api/v1{ns}/configmaps/shop-config"))
@@ -308,13 +309,14 @@ impl ApiServer {
             r.assert_apply();
             r.echo();
         }
-        let path = format!("/apis/networking.k8s.io/v1{ns}/ingresses/shop-ingress");
-        if ingress {
-            let r = self.expect("PATCH", &path).await;
-            r.assert_apply();
-            r.echo();
-        } else {
-            self.expect("DELETE", &path).await.fail(404, "NotFound");
+        for path in [ingress_path_of(ns), route_path_of(ns)] {
+            if exposed {
+                let r = self.expect("PATCH", &path).await;
+                r.assert_apply();
+                r.echo();
+            } else {
+                self.expect("DELETE", &path).await.fail(404, "NotFound");
+            }
         }
     }
 
@@ -340,6 +342,14 @@ impl ApiServer {
             panic!("unexpected {} {}", request.method(), request.uri());
         }
     }
+}
+
+fn ingress_path_of(ns: &str) -> String {
+    format!("/apis/networking.k8s.io/v1{ns}/ingresses/shop-ingress")
+}
+
+fn route_path_of(ns: &str) -> String {
+    format!("/apis/gateway.networking.k8s.io/v1{ns}/httproutes/shop-route")
 }
 
 /// A context over the mock API server and the fake broker.

@@ -46,6 +46,11 @@ pub const CLUSTER_RULES: &[Rule] = &[
         resources: &["ingresses"],
         verbs: &["patch", "delete"],
     },
+    Rule {
+        group: "gateway.networking.k8s.io",
+        resources: &["httproutes"],
+        verbs: &["patch", "delete"],
+    },
     // The pipeline's Kafka settings Secret (SASL/TLS), when it names one.
     Rule {
         group: "",

@@ -332,6 +332,41 @@ pub fn ingress(pipeline: &OrderPipeline) -> Option<Value> {
     Some(ingress)
 }
 
+/// The Gateway API route, when enabled: the same paths as the Ingress, and
+/// `POST /orders` matched by method to the producer (an exact path with a
+/// method outranks the `/orders` prefix).
+pub fn http_route(pipeline: &OrderPipeline) -> Option<Value> {
+    let spec = &pipeline.spec.gateway;
+    let parent = spec.parent_ref.as_ref().filter(|_| spec.enabled)?;
+    let name = object_name(pipeline, "route");
+    let backend = |component: &str| json!([{"name": object_name(pipeline, component), "port": 80}]);
+    let prefix = |path: &str| json!({"path": {"type": "PathPrefix", "value": path}});
+    let mut parent_ref = json!({"name": parent.name});
+    if let Some(ns) = &parent.namespace {
+        parent_ref["namespace"] = json!(ns);
+    }
+    if let Some(section) = &parent.section_name {
+        parent_ref["sectionName"] = json!(section);
+    }
+    let mut route = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": metadata(pipeline, &name, "route"),
+        "spec": {
+            "parentRefs": [parent_ref],
+            "rules": [
+                {"matches": [{"path": {"type": "Exact", "value": "/orders"}, "method": "POST"}], "backendRefs": backend("producer")},
+                {"matches": [prefix("/orders"), prefix("/inventory")], "backendRefs": backend("orders-api")},
+                {"matches": [prefix("/analytics"), prefix("/")], "backendRefs": backend("analytics")},
+            ],
+        },
+    });
+    if !spec.hostnames.is_empty() {
+        route["spec"]["hostnames"] = json!(spec.hostnames);
+    }
+    Some(route)
+}
+
 /// Everything the pipeline owns, in the order it is applied.
 pub fn owned(pipeline: &OrderPipeline) -> Vec<Value> {
     let mut objects = vec![config_map(pipeline)];
@@ -343,6 +378,7 @@ pub fn owned(pipeline: &OrderPipeline) -> Vec<Value> {
             .map(|c| service(pipeline, c)),
     );
     objects.extend(ingress(pipeline));
+    objects.extend(http_route(pipeline));
     objects
 }
 
@@ -466,6 +502,37 @@ spec:
         };
         assert_ne!(hash(&before), hash(&after));
         assert_eq!(hash(&before), hash(&before.clone()));
+    }
+
+    #[test]
+    fn the_gateway_route_sends_post_orders_to_the_producer_by_method() {
+        let mut p = pipeline(MINIMAL);
+        assert!(http_route(&p).is_none(), "off by default");
+        p.spec.gateway.enabled = true;
+        p.spec.gateway.parent_ref = Some(crate::crd::GatewayParentRef {
+            name: "public".into(),
+            namespace: Some("gateways".into()),
+            section_name: None,
+        });
+        p.spec.gateway.hostnames = vec!["orders.example.com".into()];
+        let route = http_route(&p).unwrap();
+        assert_eq!(
+            route["spec"]["parentRefs"],
+            json!([{"name": "public", "namespace": "gateways"}])
+        );
+        assert_eq!(route["spec"]["hostnames"], json!(["orders.example.com"]));
+        let rules = route["spec"]["rules"].as_array().unwrap();
+        assert_eq!(
+            rules[0]["matches"],
+            json!([{"path": {"type": "Exact", "value": "/orders"}, "method": "POST"}])
+        );
+        assert_eq!(
+            rules[0]["backendRefs"],
+            json!([{"name": "main-producer", "port": 80}])
+        );
+        assert_eq!(rules[1]["backendRefs"][0]["name"], "main-orders-api");
+        assert_eq!(rules[2]["backendRefs"][0]["name"], "main-analytics");
+        assert_eq!(owned(&p).last().unwrap()["kind"], "HTTPRoute");
     }
 
     #[test]

@@ -20,6 +20,7 @@ async fn first_creation_creates_topics_and_workloads_scales_and_reports_ready() 
     let (ctx, mut api) = context(brokers.clone());
     let p = Arc::new(pipeline(json!({
         "ingress": {"enabled": true, "host": "orders.example.com", "tlsSecretName": "tls"},
+        "gateway": {"enabled": true, "parentRef": {"name": "public"}},
     })));
     let run = tokio::spawn(reconcile(p, ctx.clone()));
 
