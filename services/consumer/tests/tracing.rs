@@ -104,6 +104,18 @@ impl Drop for Process {
     }
 }
 
+/// What each service logged last, for a failure's diagnosis.
+fn print_log_tails(dir: &std::path::Path) {
+    for service in ["producer", "persist", "inventory", "payment", "notify"] {
+        let log = std::fs::read_to_string(dir.join(format!("{service}.log"))).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        eprintln!(
+            "--- {service} (last lines, newest first):\n{}",
+            tail.join("\n")
+        );
+    }
+}
+
 fn binary(name: &str) -> std::path::PathBuf {
     // target/debug/deps/tracing-… → target/debug/<name>
     let exe = std::env::current_exe().unwrap();
@@ -219,15 +231,7 @@ async fn one_order_is_one_trace_across_every_service() {
     })
     .await;
     if delivered.is_err() {
-        for service in ["producer", "persist", "inventory", "payment", "notify"] {
-            let log =
-                std::fs::read_to_string(logs.0.join(format!("{service}.log"))).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(15).collect();
-            eprintln!(
-                "--- {service} (last lines, newest first):\n{}",
-                tail.join("\n")
-            );
-        }
+        print_log_tails(&logs.0);
         panic!("the order's confirmation was not delivered within 90 s");
     }
     assert!(
@@ -238,17 +242,8 @@ async fn one_order_is_one_trace_across_every_service() {
         p.terminate().await;
     }
 
-    let all = spans.lock().unwrap().len();
-    if all == 0 {
-        for service in ["producer", "persist", "inventory", "payment", "notify"] {
-            let log =
-                std::fs::read_to_string(logs.0.join(format!("{service}.log"))).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(8).collect();
-            eprintln!(
-                "--- {service} (last lines, newest first):\n{}",
-                tail.join("\n")
-            );
-        }
+    if spans.lock().unwrap().is_empty() {
+        print_log_tails(&logs.0);
         panic!("no span arrived at all");
     }
     let spans: Vec<ReceivedSpan> = spans
