@@ -146,6 +146,48 @@ pub fn with_ops(app: Router, mut ops: Ops) -> Router {
         http_metrics,
         crate::metrics::track,
     ))
+    .layer(axum::middleware::from_fn(trace_request))
+}
+
+/// A server span per request (not for the operational endpoints), child of
+/// the caller's W3C trace context, with the HTTP semantic-convention
+/// attributes; handlers' spans, and the traces they send on through Kafka,
+/// hang below it.
+async fn trace_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument as _;
+    let path = request.uri().path();
+    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return next.run(request).await;
+    }
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let span = tracing::info_span!(
+        "http request",
+        otel.name = match &route {
+            Some(r) => format!("{method} {r}"),
+            None => method.clone(),
+        },
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = route.as_deref().unwrap_or_default(),
+        url.path = %path,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::set_parent(
+        &span,
+        crate::telemetry::extract(&HttpHeaderExtractor(request.headers())),
+    );
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
 }
 
 async fn readiness(service: &'static str, checks: Arc<Vec<ReadinessCheck>>) -> Response {

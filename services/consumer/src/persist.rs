@@ -8,6 +8,7 @@
 //! and the publish re-emits the same facts on redelivery.
 
 use std::collections::{HashMap, HashSet};
+use tracing::Instrument as _;
 
 use bson::{doc, Bson, Document};
 use mongodb::{Collection, Database};
@@ -286,14 +287,26 @@ impl Stage for Persist {
             .iter()
             .map(|(i, o)| document(o, &batch[*i], &catalogue, self.strict_catalogue, now))
             .collect();
-        let (new, refused) = self.insert(&docs).await?;
+        // One order's process span per message; the batch's MongoDB write
+        // serves them all, so it is linked to each (OpenTelemetry's way for
+        // batches) rather than a child of one.
+        let spans: HashMap<usize, tracing::Span> = orders
+            .iter()
+            .map(|(i, o)| (*i, process_span(&batch[*i], &self.group, &o.order_id)))
+            .collect();
+        let insert_span =
+            orderflow_platform::mongo::span("insertMany", orderflow_platform::mongo::ORDERS);
+        for span in spans.values() {
+            insert_span.follows_from(span);
+        }
+        let (new, refused) = self.insert(&docs).instrument(insert_span).await?;
         let stored = self
             .load_stored(orders.iter().map(|(_, o)| o.order_id.as_str()).collect())
             .await?;
 
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
         let mut doc_index = 0;
-        for (msg, decoded) in batch.iter().zip(&decoded) {
+        for (index, decoded) in decoded.iter().enumerate() {
             let order = match decoded {
                 Err((reason, error)) => {
                     outcomes.push(Outcome::DeadLetter {
@@ -319,10 +332,10 @@ impl Stage for Persist {
                     order.order_id
                 )));
             };
-            let span = process_span(msg, &self.group, &order.order_id);
+            let span = &spans[&index];
             if new.contains(&this_doc) {
                 tracing::info!(
-                    parent: &span,
+                    parent: span,
                     order_id = %doc.order_id,
                     status = %doc.status,
                     total = %Money::from_minor(doc.total_cents),
@@ -330,7 +343,7 @@ impl Stage for Persist {
                     "order saved"
                 );
             }
-            outcomes.push(Outcome::Done(vec![self.emit(doc, &span)?]));
+            outcomes.push(Outcome::Done(vec![self.emit(doc, span)?]));
         }
         Ok(outcomes)
     }

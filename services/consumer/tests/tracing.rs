@@ -27,6 +27,8 @@ struct ReceivedSpan {
     trace_id: String,
     span_id: String,
     parent_span_id: String,
+    /// (trace id, span id) of each linked span.
+    links: Vec<(String, String)>,
     attributes: BTreeMap<String, String>,
 }
 
@@ -55,6 +57,11 @@ async fn receive(State(spans): State<Spans>, body: Bytes) -> &'static str {
                     trace_id: hex(&span.trace_id),
                     span_id: hex(&span.span_id),
                     parent_span_id: hex(&span.parent_span_id),
+                    links: span
+                        .links
+                        .iter()
+                        .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
+                        .collect(),
                     attributes: span
                         .attributes
                         .iter()
@@ -246,6 +253,7 @@ async fn one_order_is_one_trace_across_every_service() {
         print_log_tails(&logs.0);
         panic!("no span arrived at all");
     }
+    let everything = spans.lock().unwrap().clone();
     let spans: Vec<ReceivedSpan> = spans
         .lock()
         .unwrap()
@@ -333,6 +341,24 @@ async fn one_order_is_one_trace_across_every_service() {
         .find(|s| s.attributes.get("db.system.name").map(String::as_str) == Some("redis"))
         .unwrap_or_else(|| panic!("no Redis span:\n{}", describe()));
     assert!(child_of(redis, "producer"), "{}", describe());
+    // persist writes a whole batch at once: its insert is linked to the
+    // order's process span instead of being its child.
+    let process = of("persist")
+        .into_iter()
+        .find(|s| {
+            s.attributes
+                .get("messaging.operation.name")
+                .map(String::as_str)
+                == Some("process")
+        })
+        .unwrap();
+    assert!(
+        everything.iter().any(|s| s.service == "persist"
+            && s.attributes.get("db.operation.name").map(String::as_str) == Some("insertMany")
+            && s.links
+                .contains(&(trace_id.to_string(), process.span_id.clone()))),
+        "no insertMany span linked to persist's process span"
+    );
     for stage in ["inventory", "payment"] {
         assert!(
             spans.iter().any(|s| s.service == stage

@@ -10,9 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use orderflow_domain::events::{types, OrderPlaced};
 use orderflow_domain::intake::{parse_submission, IntakeError};
-use orderflow_platform::http::{HttpHeaderExtractor, Problem};
+use orderflow_platform::http::Problem;
 use orderflow_platform::kafka::headers::{self, Envelope};
-use orderflow_platform::telemetry;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -136,19 +135,9 @@ pub(crate) async fn create_order(
     let event =
         OrderPlaced::from_submission(submission, order_id.clone(), OffsetDateTime::now_utc());
 
-    // The request's span continues the caller's trace; publishing and the
-    // Redis write are its children.
-    let request_span = tracing::info_span!(
-        "POST /orders",
-        otel.kind = "server",
-        http.request.method = "POST",
-        http.route = "/orders",
-        order_id = %order_id,
-    );
-    telemetry::set_parent(
-        &request_span,
-        telemetry::extract(&HttpHeaderExtractor(&request_headers)),
-    );
+    // The request's server span (platform::http) continues the caller's
+    // trace; publishing and the Redis write are its children.
+    let request_span = tracing::Span::current();
     let span = tracing::info_span!(
         parent: &request_span,
         "orders publish",
