@@ -201,7 +201,13 @@ async fn connection(pipeline: &OrderPipeline, ctx: &Context) -> Result<Connectio
             let ns = pipeline.namespace().unwrap_or_default();
             let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
                 .get(&r.name)
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    kube::Error::Api(s) if s.code == 404 => {
+                        Error::Spec(format!("Secret {} not found in {ns}", r.name))
+                    }
+                    other => Error::Kube(other),
+                })?;
             let bytes = secret
                 .data
                 .and_then(|d| d.get(&r.key).cloned())
@@ -485,12 +491,26 @@ async fn reconcile_pipeline(pipeline: &OrderPipeline, ctx: &Context) -> Result<A
 
     // Topics. The broker being unreachable is reported, not fatal: the
     // workloads are applied all the same and the next poll tries again.
-    let conn = connection(pipeline, ctx).await?;
-    let topics = match reconcile_topics(pipeline, ctx, &conn).await {
+    // So is a Kafka settings Secret that cannot be read.
+    let conn = connection(pipeline, ctx).await;
+    let kafka = match &conn {
+        Ok(c) => reconcile_topics(pipeline, ctx, c).await.map_err(|e| {
+            let message = format!("cannot reach Kafka at {}: {e}", c.bootstrap_servers);
+            (e, "KafkaUnavailable", message)
+        }),
+        Err(e) => Err((
+            Error::Spec(e.to_string()),
+            "KafkaConfigUnavailable",
+            format!("cannot read the Kafka settings Secret: {e}"),
+        )),
+    };
+    let mut kafka_problem = None;
+    let topics = match kafka {
         Ok(outcome) => Some(outcome),
-        Err(e) => {
+        Err((e, reason, message)) => {
             ctx.metrics.failed(e.reason());
-            tracing::warn!(pipeline = %key, error = %e, "reading topics");
+            tracing::warn!(pipeline = %key, error = %message, "topics not reconciled");
+            kafka_problem = Some((reason, message));
             None
         }
     };
@@ -506,17 +526,20 @@ async fn reconcile_pipeline(pipeline: &OrderPipeline, ctx: &Context) -> Result<A
             ),
             t.statuses.clone(),
         ),
-        None => (
-            condition(
-                &previous.conditions,
-                "TopicsReady",
-                false,
-                "KafkaUnavailable",
-                format!("cannot reach Kafka at {}", conn.bootstrap_servers),
-                &now_text,
-            ),
-            previous.topics.clone(),
-        ),
+        None => {
+            let (reason, message) = kafka_problem.unwrap_or(("KafkaUnavailable", String::new()));
+            (
+                condition(
+                    &previous.conditions,
+                    "TopicsReady",
+                    false,
+                    reason,
+                    message,
+                    &now_text,
+                ),
+                previous.topics.clone(),
+            )
+        }
     };
 
     // Owned objects.
@@ -627,10 +650,10 @@ async fn reconcile_pipeline(pipeline: &OrderPipeline, ctx: &Context) -> Result<A
             lag_per_replica: stage_spec.lag_per_replica.max(1) as u64,
         };
         let before = previous.stages.iter().find(|s| s.name == stage);
-        let measured = if due {
+        let measured = if let (true, Ok(conn)) = (due, &conn) {
             match ctx
                 .brokers
-                .offsets(&conn, &resources::group(stage), topic)
+                .offsets(conn, &resources::group(stage), topic)
                 .await
             {
                 Ok(partitions) => Some(ctx.remember(&key, |m| {

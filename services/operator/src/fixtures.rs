@@ -29,6 +29,8 @@ pub struct FakeBrokers {
     pub offsets: Mutex<BTreeMap<String, Vec<PartitionOffsets>>>,
     pub applied: Mutex<Vec<TopicAction>>,
     pub deleted: Mutex<Vec<String>>,
+    /// Every connection the reconciler asked for topics with.
+    pub connections: Mutex<Vec<Connection>>,
     pub down: AtomicBool,
 }
 
@@ -83,9 +85,10 @@ impl FakeBrokers {
 impl Brokers for FakeBrokers {
     fn topics<'a>(
         &'a self,
-        _: &'a Connection,
+        conn: &'a Connection,
     ) -> BoxFuture<'a, anyhow::Result<BTreeMap<String, ObservedTopic>>> {
         Box::pin(async move {
+            self.connections.lock().unwrap().push(conn.clone());
             self.check()?;
             Ok(self.topics.lock().unwrap().clone())
         })

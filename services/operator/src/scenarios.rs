@@ -299,3 +299,56 @@ async fn kafka_unreachable_is_reported_while_workloads_are_still_applied() {
     );
     assert_eq!(condition(&status, "Ready")["status"], "False");
 }
+
+#[tokio::test]
+async fn an_unreadable_kafka_settings_secret_is_reported_not_fatal() {
+    let brokers = Arc::new(FakeBrokers::with_default_topics());
+    let (ctx, mut api) = context(brokers.clone());
+    let p = Arc::new(pipeline(
+        json!({"kafka": {"bootstrapServers": "kafka:9092", "configSecretRef": {"name": "kafka-sasl", "key": "config"}}}),
+    ));
+    let run = tokio::spawn(reconcile(p, ctx));
+    api.expect("GET", "/api/v1/namespaces/default/secrets/kafka-sasl")
+        .await
+        .fail(404, "NotFound");
+    api.expect_owned_objects(1, false).await;
+    let status = api.expect_status().await;
+    api.expect_nothing_more().await;
+    assert_eq!(
+        run.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(10))
+    );
+    let topics = condition(&status, "TopicsReady");
+    assert_eq!(topics["reason"], "KafkaConfigUnavailable");
+    assert!(
+        topics["message"].as_str().unwrap().contains("kafka-sasl"),
+        "{topics}"
+    );
+    assert!(brokers.applied.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_kafka_settings_secret_reaches_the_broker_connection() {
+    let brokers = Arc::new(FakeBrokers::with_default_topics());
+    let (ctx, mut api) = context(brokers.clone());
+    let p = Arc::new(pipeline(
+        json!({"kafka": {"bootstrapServers": "kafka:9092", "configSecretRef": {"name": "kafka-sasl", "key": "config"}}}),
+    ));
+    let run = tokio::spawn(reconcile(p, ctx));
+    api.expect("GET", "/api/v1/namespaces/default/secrets/kafka-sasl")
+        .await
+        .respond(
+            http::StatusCode::OK,
+            &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kafka-sasl"},
+                    // base64 of "security.protocol=SASL_SSL"
+                    "data": {"config": "c2VjdXJpdHkucHJvdG9jb2w9U0FTTF9TU0w="}}),
+        );
+    api.expect_owned_objects(1, false).await;
+    let status = api.expect_status().await;
+    run.await.unwrap().unwrap();
+    assert_eq!(condition(&status, "TopicsReady")["status"], "True");
+    assert_eq!(
+        brokers.connections.lock().unwrap().last().unwrap().extra,
+        "security.protocol=SASL_SSL"
+    );
+}
