@@ -685,7 +685,17 @@ fn deterministic_orders(n: usize) -> Vec<OrderPlaced> {
 
 const KILL_PRODUCTS: [(&str, i64, i64); 3] =
     [("a", 600, 1000), ("b", 100_000, 100_000), ("c", 5, 10)];
-const KILL_ARGS: [&str; 4] = ["--payment-decline-over", "500.00", "--batch-size", "20"];
+/// Deliveries notify has in flight at once: the most a SIGKILL can leave
+/// sent but not yet recorded (ADR 0004).
+const NOTIFY_IN_FLIGHT: usize = 16;
+const KILL_ARGS: [&str; 6] = [
+    "--payment-decline-over",
+    "500.00",
+    "--batch-size",
+    "20",
+    "--notify-concurrency",
+    "16",
+];
 
 /// Also the replay test: the undisturbed run is replayed from offset 0.
 #[tokio::test]
@@ -792,14 +802,21 @@ async fn each_stage_sigkilled_mid_stream_ends_like_an_undisturbed_run() {
     hurt.stop_all();
 
     // E-mails and webhooks are at-least-once towards their receivers: a
-    // kill between the send and its record may send one again, with the
-    // same Message-ID / X-Orderflow-Id for the receiver to drop (ADR 0004).
+    // kill between a send and its record sends that one again, with the
+    // same Message-ID / X-Orderflow-Id for the receiver to drop — at most
+    // once per delivery in flight at the kill (ADR 0004). That they are
+    // exact repeats, and nothing is missing, is checked below (distinct
+    // messages equal the undisturbed run's).
     assert!(
-        got.mails - got.distinct_mails <= 1,
-        "{} repeats",
+        got.mails - got.distinct_mails <= NOTIFY_IN_FLIGHT,
+        "{} repeated e-mails",
         got.mails - got.distinct_mails
     );
-    assert!(got.hooks - got.hook_ids.len() <= 1);
+    assert!(
+        got.hooks - got.hook_ids.len() <= NOTIFY_IN_FLIGHT,
+        "{} repeated webhooks",
+        got.hooks - got.hook_ids.len()
+    );
     let normalise = |s: &Snapshot| Snapshot {
         mails: s.distinct_mails,
         hooks: s.hook_ids.len(),
