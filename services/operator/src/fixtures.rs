@@ -323,6 +323,15 @@ impl ApiServer {
         }
     }
 
+    /// A patch of `deployment`'s scale subresource to `replicas`.
+    pub async fn expect_scale(&mut self, deployment: &str, replicas: i32) {
+        let path = format!("/apis/apps/v1/namespaces/default/deployments/{deployment}/scale");
+        let r = self.expect("PATCH", &path).await;
+        assert_eq!(r.body, json!({"spec": {"replicas": replicas}}));
+        let scale = json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "spec": {"replicas": replicas}});
+        r.respond(StatusCode::OK, &scale);
+    }
+
     /// The status the reconcile writes (server-side apply).
     pub async fn expect_status(&mut self) -> Value {
         let r = self

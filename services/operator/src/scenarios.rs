@@ -36,17 +36,7 @@ async fn first_creation_creates_topics_and_workloads_scales_and_reports_ready() 
         assert!(note.contains(&format!("topic {topic} ")), "{note}");
     }
     api.expect_owned_objects(1, true).await;
-    let scale = api
-        .expect(
-            "PATCH",
-            "/apis/apps/v1/namespaces/default/deployments/shop-persist/scale",
-        )
-        .await;
-    assert_eq!(scale.body, json!({"spec": {"replicas": 3}}));
-    scale.respond(
-        http::StatusCode::OK,
-        &json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "spec": {"replicas": 3}}),
-    );
+    api.expect_scale("shop-persist", 3).await;
     let note = api.expect_event("ScaledUp").await;
     assert!(note.contains("persist: 1 → 3"), "{note}");
     let status = api.expect_status().await;
@@ -274,17 +264,7 @@ async fn kafka_unreachable_is_reported_while_workloads_are_still_applied() {
     let run = tokio::spawn(reconcile(p, ctx));
     api.expect_owned_objects(1, false).await;
     // No lag to go by, but the bounds hold: persist goes to its minimum.
-    let scale = api
-        .expect(
-            "PATCH",
-            "/apis/apps/v1/namespaces/default/deployments/shop-persist/scale",
-        )
-        .await;
-    assert_eq!(scale.body, json!({"spec": {"replicas": 2}}));
-    scale.respond(
-        http::StatusCode::OK,
-        &json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "spec": {"replicas": 2}}),
-    );
+    api.expect_scale("shop-persist", 2).await;
     api.expect_event("ScaledUp").await;
     let status = api.expect_status().await;
     api.expect_nothing_more().await;
