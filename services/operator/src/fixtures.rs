@@ -214,15 +214,27 @@ impl Received {
     }
 }
 
-pub struct ApiServer(Handle<Request<Body>, Response<Body>>);
+pub struct ApiServer {
+    handle: Handle<Request<Body>, Response<Body>>,
+    /// The RBAC rules every request must be allowed by.
+    rules: &'static [crate::rbac::Rule],
+}
+
+/// A client on a mock API server (default namespace `namespace`) whose
+/// requests must be allowed by `rules`.
+pub fn mock_api(rules: &'static [crate::rbac::Rule], namespace: &str) -> (Client, ApiServer) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(service, namespace), ApiServer { handle, rules })
+}
 
 impl ApiServer {
     /// The next request; it must be `method path`.
     pub async fn expect(&mut self, method: &str, path: &str) -> Received {
-        let (request, send) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
-            .await
-            .unwrap_or_else(|_| panic!("expected {method} {path}, got no request"))
-            .expect("the client is gone");
+        let (request, send) =
+            tokio::time::timeout(Duration::from_secs(5), self.handle.next_request())
+                .await
+                .unwrap_or_else(|_| panic!("expected {method} {path}, got no request"))
+                .expect("the client is gone");
         let (parts, body) = request.into_parts();
         let bytes = body.collect_bytes().await.unwrap();
         let body = if bytes.is_empty() {
@@ -251,7 +263,7 @@ impl ApiServer {
         let (group, resource, verb) =
             crate::rbac::request_attributes(&received.method, &received.path, &received.query);
         assert!(
-            crate::rbac::allows(crate::rbac::CLUSTER_RULES, &group, &resource, &verb),
+            crate::rbac::allows(self.rules, &group, &resource, &verb),
             "the operator's RBAC does not allow {verb} {group}/{resource}"
         );
         received
@@ -349,7 +361,7 @@ impl ApiServer {
     /// No request follows.
     pub async fn expect_nothing_more(mut self) {
         if let Ok(Some((request, _))) =
-            tokio::time::timeout(Duration::from_millis(200), self.0.next_request()).await
+            tokio::time::timeout(Duration::from_millis(200), self.handle.next_request()).await
         {
             panic!("unexpected {} {}", request.method(), request.uri());
         }
@@ -366,15 +378,14 @@ fn route_path_of(ns: &str) -> String {
 
 /// A context over the mock API server and the fake broker.
 pub fn context(brokers: Arc<FakeBrokers>) -> (Arc<Context>, ApiServer) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
+    let (client, api) = mock_api(crate::rbac::CLUSTER_RULES, "default");
     let ctx = Context::new(
         client,
         brokers,
         Metrics::default(),
         Some("operator-0".into()),
     );
-    (Arc::new(ctx), ApiServer(handle))
+    (Arc::new(ctx), api)
 }
 
 /// The pipeline `default/shop`, all defaults, with `extra` merged into its

@@ -190,62 +190,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{Request, Response, StatusCode};
-    use kube::client::Body;
+    use crate::fixtures::{mock_api, ApiServer};
+    use crate::rbac::NAMESPACE_RULES;
+    use http::StatusCode;
     use serde_json::{json, Value};
-    use tower_test::mock::Handle;
-
-    type ApiHandle = Handle<Request<Body>, Response<Body>>;
 
     const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/orderflow-operator";
 
-    fn lock() -> (LeaseLock, ApiHandle) {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = kube::Client::new(service, "ops");
+    fn lock() -> (LeaseLock, ApiServer) {
+        let (client, api) = mock_api(NAMESPACE_RULES, "ops");
         let lock = LeaseLock::new(
             Api::namespaced(client, "ops"),
             "orderflow-operator",
             "me",
             Duration::from_secs(15),
         );
-        (lock, handle)
-    }
-
-    async fn next(
-        handle: &mut ApiHandle,
-        method: &str,
-        path: &str,
-    ) -> (Value, tower_test::mock::SendResponse<Response<Body>>) {
-        let (request, send) = handle.next_request().await.expect("a request");
-        assert_eq!(
-            (request.method().as_str(), request.uri().path()),
-            (method, path)
-        );
-        let (g, r, v) = crate::rbac::request_attributes(
-            method,
-            path,
-            request.uri().query().unwrap_or_default(),
-        );
-        assert!(
-            crate::rbac::allows(crate::rbac::NAMESPACE_RULES, &g, &r, &v),
-            "RBAC lacks {v} {g}/{r}"
-        );
-        let bytes = request.into_body().collect_bytes().await.unwrap();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        (body, send)
-    }
-
-    fn respond(send: tower_test::mock::SendResponse<Response<Body>>, status: u16, body: &Value) {
-        send.send_response(
-            Response::builder()
-                .status(StatusCode::from_u16(status).unwrap())
-                .body(Body::from(serde_json::to_vec(body).unwrap()))
-                .unwrap(),
-        );
+        (lock, api)
     }
 
     fn lease(holder: &str, renewed_secs_ago: i64) -> Value {
@@ -258,25 +218,18 @@ mod tests {
         })
     }
 
-    fn not_found() -> Value {
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
-    }
-
     #[tokio::test]
     async fn an_absent_lease_is_created_and_won() {
         let (lock, mut api) = lock();
         let run = tokio::spawn(async move { lock.try_acquire().await });
-        let (_, send) = next(&mut api, "GET", PATH).await;
-        respond(send, 404, &not_found());
-        let (body, send) = next(
-            &mut api,
-            "POST",
-            "/apis/coordination.k8s.io/v1/namespaces/ops/leases",
-        )
-        .await;
-        assert_eq!(body["spec"]["holderIdentity"], "me");
-        assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
-        respond(send, 201, &body);
+        api.expect("GET", PATH).await.fail(404, "NotFound");
+        let r = api
+            .expect("POST", "/apis/coordination.k8s.io/v1/namespaces/ops/leases")
+            .await;
+        assert_eq!(r.body["spec"]["holderIdentity"], "me");
+        assert_eq!(r.body["spec"]["leaseDurationSeconds"], 15);
+        let body = r.body.clone();
+        r.respond(StatusCode::CREATED, &body);
         assert!(run.await.unwrap().unwrap());
     }
 
@@ -284,27 +237,29 @@ mod tests {
     async fn a_fresh_lease_of_another_replica_is_left_alone() {
         let (lock, mut api) = lock();
         let run = tokio::spawn(async move { lock.try_acquire().await });
-        let (_, send) = next(&mut api, "GET", PATH).await;
-        respond(send, 200, &lease("other", 3));
+        api.expect("GET", PATH)
+            .await
+            .respond(StatusCode::OK, &lease("other", 3));
         assert!(!run.await.unwrap().unwrap());
-        // No write: the client was dropped with no further request.
-        assert!(api.next_request().await.is_none());
+        // No write follows.
+        api.expect_nothing_more().await;
     }
 
     #[tokio::test]
     async fn an_expired_lease_is_taken_over_conditionally() {
         let (lock, mut api) = lock();
         let run = tokio::spawn(async move { lock.try_acquire().await });
-        let (_, send) = next(&mut api, "GET", PATH).await;
-        respond(send, 200, &lease("other", 20));
-        let (body, send) = next(&mut api, "PUT", PATH).await;
-        assert_eq!(body["spec"]["holderIdentity"], "me");
-        assert_eq!(body["spec"]["leaseTransitions"], 3);
+        api.expect("GET", PATH)
+            .await
+            .respond(StatusCode::OK, &lease("other", 20));
+        let r = api.expect("PUT", PATH).await;
+        assert_eq!(r.body["spec"]["holderIdentity"], "me");
+        assert_eq!(r.body["spec"]["leaseTransitions"], 3);
         assert_eq!(
-            body["metadata"]["resourceVersion"], "7",
+            r.body["metadata"]["resourceVersion"], "7",
             "the write is conditional"
         );
-        respond(send, 200, &body);
+        r.echo();
         assert!(run.await.unwrap().unwrap());
     }
 
@@ -312,14 +267,10 @@ mod tests {
     async fn losing_the_race_for_an_expired_lease_is_not_winning() {
         let (lock, mut api) = lock();
         let run = tokio::spawn(async move { lock.try_acquire().await });
-        let (_, send) = next(&mut api, "GET", PATH).await;
-        respond(send, 200, &lease("other", 20));
-        let (_, send) = next(&mut api, "PUT", PATH).await;
-        respond(
-            send,
-            409,
-            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "conflict"}),
-        );
+        api.expect("GET", PATH)
+            .await
+            .respond(StatusCode::OK, &lease("other", 20));
+        api.expect("PUT", PATH).await.fail(409, "Conflict");
         assert!(!run.await.unwrap().unwrap());
     }
 
@@ -327,11 +278,12 @@ mod tests {
     async fn the_holder_renews_without_a_transition() {
         let (lock, mut api) = lock();
         let run = tokio::spawn(async move { lock.try_acquire().await });
-        let (_, send) = next(&mut api, "GET", PATH).await;
-        respond(send, 200, &lease("me", 5));
-        let (body, send) = next(&mut api, "PUT", PATH).await;
-        assert_eq!(body["spec"]["leaseTransitions"], 2);
-        respond(send, 200, &body);
+        api.expect("GET", PATH)
+            .await
+            .respond(StatusCode::OK, &lease("me", 5));
+        let r = api.expect("PUT", PATH).await;
+        assert_eq!(r.body["spec"]["leaseTransitions"], 2);
+        r.echo();
         assert!(run.await.unwrap().unwrap());
     }
 }
