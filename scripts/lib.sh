@@ -10,7 +10,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ORDERFLOW_HOME=${ORDERFLOW_HOME:-$HOME/.cache/orderflow}
 TOOLS=$ORDERFLOW_HOME/tools
 VENV=$ORDERFLOW_HOME/venv
-TANSU_VERSION=0.6.0
+# Apache Kafka: the version is pinned in scripts/kafka/pom.xml (read here).
+KAFKA_VERSION=$(sed -n 's#.*<kafka.version>\(.*\)</kafka.version>.*#\1#p' "$ROOT/scripts/kafka/pom.xml")
+KAFKA_HOME=$ORDERFLOW_HOME/kafka-$KAFKA_VERSION
 SECANTUS_PY_VERSION=0.7.0b3
 SECANTUS_RS_VERSION=0.5.3-beta.196
 export PATH="$TOOLS/bin:$VENV/bin:$HOME/.cargo/bin:$PATH"
@@ -35,15 +37,65 @@ apt_install() {
     || die "apt-get install ${missing[*]} failed"
 }
 
-# The Kafka-protocol broker, with SQLite storage (its in-memory storage
-# loses and duplicates messages: never use it).
-ensure_tansu() {
-  if [ -x "$TOOLS/bin/tansu" ] && "$TOOLS/bin/tansu" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-    return 0
+# Apache Kafka from Maven Central: the jars listed by scripts/kafka/pom.xml
+# (the broker, kafka-tools for the perf tools, a log4j2 binding) copied once
+# into $KAFKA_HOME/libs. Needs Java 17+ and Maven.
+ensure_kafka() {
+  command -v java >/dev/null || die "Apache Kafka needs Java 17 or newer: install a JDK (Debian: openjdk-17-jre-headless)"
+  local major
+  major=$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')
+  [ "${major:-0}" -ge 17 ] 2>/dev/null || die "Apache Kafka $KAFKA_VERSION needs Java 17 or newer; java is version ${major:-unknown}"
+  [ -f "$KAFKA_HOME/libs/kafka_2.13-$KAFKA_VERSION.jar" ] && [ -f "$KAFKA_HOME/.complete" ] && return 0
+  command -v mvn >/dev/null || die "fetching Apache Kafka needs Maven (mvn): install it (Debian: maven)"
+  log "fetching Apache Kafka $KAFKA_VERSION once from Maven Central into $KAFKA_HOME (about a minute)"
+  rm -rf "$KAFKA_HOME"
+  mkdir -p "$KAFKA_HOME"
+  mvn -q -B -f "$ROOT/scripts/kafka/pom.xml" -Dmaven.repo.local="$ORDERFLOW_HOME/m2" \
+    org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$KAFKA_HOME/libs" >"$ORDERFLOW_HOME/kafka-fetch.log" 2>&1 \
+    || die "fetching Apache Kafka from Maven Central failed (see $ORDERFLOW_HOME/kafka-fetch.log)"
+  touch "$KAFKA_HOME/.complete"
+}
+
+# kafka_java CLASS ARGS...: runs a class from the Kafka jars (the broker, the
+# storage tool, the perf tools) with a bounded heap (KAFKA_HEAP). The command
+# line is also left in KAFKA_JAVA, for `start`, which cannot run a function.
+kafka_java() {
+  kafka_java_cmd "$@"
+  "${KAFKA_JAVA[@]}"
+}
+kafka_java_cmd() {
+  local heap
+  read -r -a heap <<<"${KAFKA_HEAP:--Xms256m -Xmx768m}"
+  KAFKA_JAVA=(java "${heap[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExplicitGCInvokesConcurrent
+    -Djava.awt.headless=true -Dlog4j2.configurationFile="${KAFKA_LOG4J:-$ROOT/scripts/kafka/log4j2.properties}"
+    -Dkafka.logs.dir="${KAFKA_LOG_DIR:-${RUN_DIR:-.}/kafka}" -cp "$KAFKA_HOME/libs/*" "$@")
+}
+
+# kafka_config PORT CONTROLLER_PORT DIR: writes DIR/server.properties from
+# scripts/kafka/server.properties and formats DIR/data once, with a new
+# cluster id (what `StorageTool random-uuid` prints: a UUID, base64url).
+kafka_config() {
+  local port=$1 cport=$2 dir=$3
+  mkdir -p "$dir"
+  sed -e "s#@PORT@#$port#g" -e "s#@CPORT@#$cport#g" -e "s#@DATA@#$dir/data#g" \
+    "$ROOT/scripts/kafka/server.properties" >"$dir/server.properties"
+  if ! [ -f "$dir/data/meta.properties" ]; then
+    KAFKA_LOG_DIR=$dir KAFKA_HEAP="-Xmx128m" kafka_java kafka.tools.StorageTool format \
+      -t "$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
+      -c "$dir/server.properties" >"$dir/format.log" 2>&1 || die "formatting Kafka storage failed (see $dir/format.log)"
   fi
-  log "building the tansu broker $TANSU_VERSION once into $TOOLS (about 11 minutes on 2 cores)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features libsql --debug \
-    --root "$TOOLS" --quiet || die "building tansu failed"
+}
+
+# wait_kafka PORT SECONDS: until the broker answers a metadata request.
+wait_kafka() {
+  local port=$1 deadline=$((SECONDS + ${2:-60}))
+  wait_port "$port" kafka "${2:-60}"
+  until grep -q "Kafka Server started" "$RUN_DIR/kafka/server.log" 2>/dev/null; do
+    kill -0 "$(cat "$RUN_DIR/kafka.pid")" 2>/dev/null || die "Kafka exited (log: $RUN_DIR/kafka/server.log, $RUN_DIR/kafka.log)"
+    [ $SECONDS -lt $deadline ] || die "Kafka did not start in time (log: $RUN_DIR/kafka/server.log)"
+    sleep 0.2
+  done
 }
 
 # The MongoDB-compatible server. Python build by default (installs in
@@ -109,7 +161,7 @@ ensure_tools() {
   apt_install redis-server mold chromium chromium-driver unzip
   ensure_packaging_tools
   ensure_mongo
-  ensure_tansu
+  ensure_kafka
 }
 
 # wait_port PORT NAME SECONDS
@@ -141,13 +193,9 @@ start() {
   echo $! >"$RUN_DIR/$name.pid"
 }
 
-start_kafka() { # PORT
-  mkdir -p "$RUN_DIR/kafka"
-  # tansu resolves the SQLite path against its working directory.
-  start kafka env -C "$RUN_DIR/kafka" -u OTEL_EXPORTER_OTLP_ENDPOINT -u STORAGE_ENGINE "$TOOLS/bin/tansu" broker \
-    --listener-url "tcp://127.0.0.1:$1" --advertised-listener-url "tcp://127.0.0.1:$1" \
-    --storage-engine "sqlite://tansu.db" --silent
-  wait_port "$1" kafka 30
+start_kafka() { # PORT [CONTROLLER_PORT]
+  start kafka "$ROOT/scripts/kafka/broker" "$1" "${2:-$(($1 + 1))}" "$RUN_DIR/kafka"
+  wait_kafka "$1" 90
 }
 
 start_mongo() { # PORT

@@ -5,7 +5,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
@@ -42,6 +44,20 @@ fn config(
     Ok(cfg)
 }
 
+fn build_with<
+    C: rdkafka::client::ClientContext,
+    T: rdkafka::config::FromClientConfigAndContext<C>,
+>(
+    args: &KafkaArgs,
+    client_id: &str,
+    defaults: &[(&str, String)],
+    context: C,
+) -> anyhow::Result<T> {
+    config(args, client_id, defaults)?
+        .create_with_context(context)
+        .context("creating a Kafka client")
+}
+
 fn build<T: rdkafka::config::FromClientConfig>(
     args: &KafkaArgs,
     client_id: &str,
@@ -74,11 +90,81 @@ pub fn producer(
     )
 }
 
+/// The pipeline stages' consumer: a [`StreamConsumer`] with a
+/// [`StageContext`].
+pub type StageConsumer = StreamConsumer<StageContext>;
+
+/// What a stage's consumer does around a rebalance. Before partitions are
+/// revoked it commits the offsets stored so far, so the next owner starts
+/// exactly after what this member made durable; it counts rebalances, so
+/// the runner drops a batch it was still gathering from partitions it no
+/// longer owns (the next owner gets those messages); and it reports commit
+/// failures, which auto-commit would otherwise drop silently.
+#[derive(Default)]
+pub struct StageContext {
+    rebalances: std::sync::atomic::AtomicU64,
+    /// Failed offset commits (a metric the stage registers).
+    pub commit_failures: prometheus_client::metrics::counter::Counter,
+}
+
+impl StageContext {
+    /// How many rebalances this member has been through.
+    pub fn rebalances(&self) -> u64 {
+        self.rebalances.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl rdkafka::client::ClientContext for StageContext {}
+
+/// "Nothing to commit" is not a failure.
+fn is_no_offset(e: &rdkafka::error::KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset)
+}
+
+impl ConsumerContext for StageContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                if !is_no_offset(&e) {
+                    self.commit_failures.inc();
+                    tracing::warn!(error = %e, "committing before the revocation failed; the next owner redelivers");
+                }
+            }
+            tracing::info!(partitions = partitions.count(), "partitions revoked");
+        }
+        self.rebalances
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                tracing::info!(partitions = partitions.count(), "partitions assigned")
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &rdkafka::TopicPartitionList,
+    ) {
+        if let Err(e) = result {
+            if !is_no_offset(&e) {
+                self.commit_failures.inc();
+                tracing::warn!(error = %e, "offset commit failed; uncommitted messages will be redelivered");
+            }
+        }
+    }
+}
+
 /// A group consumer for at-least-once processing: offsets are *stored* by the
 /// application only after a message's effects are durable, and auto-commit
 /// flushes what was stored.
-pub fn consumer(args: &KafkaArgs, client_id: &str, group: &str) -> anyhow::Result<StreamConsumer> {
-    build(
+pub fn consumer(args: &KafkaArgs, client_id: &str, group: &str) -> anyhow::Result<StageConsumer> {
+    build_with(
         args,
         client_id,
         &[
@@ -96,6 +182,7 @@ pub fn consumer(args: &KafkaArgs, client_id: &str, group: &str) -> anyhow::Resul
             ("heartbeat.interval.ms", "2000".into()),
             ("enable.partition.eof", "false".into()),
         ],
+        StageContext::default(),
     )
 }
 
@@ -180,9 +267,8 @@ impl MetadataClient for FutureProducer {
     }
 }
 
-impl MetadataClient for StreamConsumer {
+impl<C: ConsumerContext + 'static> MetadataClient for StreamConsumer<C> {
     fn fetch_any_metadata(&self, timeout: Duration) -> rdkafka::error::KafkaResult<()> {
-        use rdkafka::consumer::Consumer as _;
         self.fetch_metadata(None, timeout).map(|_| ())
     }
 }

@@ -161,6 +161,41 @@ pub async fn consume(
     out
 }
 
+/// Consumes `count` messages of `topic` as a member of `group`, committing
+/// each one (synchronously) as it goes, then leaves the group. Returns how
+/// many it consumed before `timeout`.
+pub async fn consume_in_group(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    count: usize,
+    timeout: Duration,
+) -> usize {
+    use rdkafka::consumer::CommitMode;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut n = 0;
+    while n < count {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => {
+                consumer.commit_message(&m, CommitMode::Sync).unwrap();
+                n += 1;
+            }
+            Ok(Err(e)) => panic!("consuming {topic}: {e}"),
+            Err(_) => break,
+        }
+    }
+    consumer.unsubscribe();
+    n
+}
+
 pub fn header<'a>(msg: &'a OwnedMessage, key: &str) -> Option<&'a str> {
     orderflow_platform::kafka::headers::get(msg.headers().map(|h| h.as_borrowed()), key)
 }
@@ -240,32 +275,72 @@ fn wait_listening(port: u16, what: &str) {
     }
 }
 
-/// A private tansu broker (SQLite storage) on a free port.
+/// A private Apache Kafka (single-node KRaft) on a free port, for a test
+/// that stops or restarts its broker. It runs `scripts/kafka/broker`, the
+/// same script `scripts/up` and `scripts/test` start theirs with. A JVM takes
+/// seconds to start: tests that only need a broker use [`kafka`].
 pub fn spawn_broker() -> Server {
     let port = free_port();
-    let dir = TempDir::new("tansu");
-    let child = Command::new(required("ORDERFLOW_TEST_TANSU"))
-        .current_dir(&dir.0)
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .args([
-            "broker",
-            "--listener-url",
-            &format!("tcp://127.0.0.1:{port}"),
-            "--advertised-listener-url",
-            &format!("tcp://127.0.0.1:{port}"),
-            "--storage-engine",
-            "sqlite://tansu.db",
-            "--silent",
-        ])
+    let controller = free_port();
+    let dir = TempDir::new("kafka");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/kafka/broker");
+    let child = Command::new(script)
+        .args([port.to_string(), controller.to_string()])
+        .arg(&dir.0)
+        // A second broker beside the shared one: a smaller heap.
+        .env("KAFKA_HEAP", "-Xms256m -Xmx512m")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("starting tansu");
-    wait_listening(port, "tansu");
-    Server {
+        .expect("starting Kafka");
+    let server = Server {
         child,
         port,
         _dir: Some(dir),
+    };
+    wait_kafka(&server);
+    server
+}
+
+/// Runs one of Apache Kafka's own command-line tools (`scripts/kafka/run`)
+/// and returns what it printed: an independent reading of the broker,
+/// e.g. `kafka_tool(&["org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+/// "--bootstrap-server", b, "--describe", "--group", g])`.
+pub fn kafka_tool(args: &[&str]) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/kafka/run");
+    let out = Command::new(script)
+        .args(args)
+        .output()
+        .expect("running a Kafka tool");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Until the broker answers a metadata request (it listens before it is
+/// ready to serve).
+fn wait_kafka(server: &Server) {
+    use rdkafka::consumer::BaseConsumer;
+    let started = Instant::now();
+    let brokers = format!("127.0.0.1:{}", server.port);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    while consumer
+        .fetch_metadata(None, Duration::from_secs(2))
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "Kafka did not start on {brokers} (log: {}/server.log)",
+            server._dir.as_ref().unwrap().0.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -225,7 +225,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         orderflow_platform::kafka::producer(&args.kafka, &client_id, Duration::from_secs(30))?;
     let consumer = orderflow_platform::kafka::consumer(&args.kafka, &client_id, &group)?;
     let mut registry = Registry::with_prefix(format!("orderflow_{stage}"));
-    let metrics = RunnerMetrics::register(&mut registry);
+    let metrics = RunnerMetrics::register(&mut registry, &consumer);
     let config = RunnerConfig {
         stage,
         dlq_topic: args.topics.dlq.clone(),

@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use orderflow_platform::kafka::headers::{dlq, HeaderBuilder};
+use orderflow_platform::kafka::StageConsumer;
 use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -83,7 +84,7 @@ pub struct RunnerMetrics {
 }
 
 impl RunnerMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut Registry, consumer: &StageConsumer) -> Self {
         let m = RunnerMetrics {
             messages: Family::default(),
             retries: Counter::default(),
@@ -104,13 +105,18 @@ impl RunnerMetrics {
             "Time to make a batch durable and publish its results",
             m.batch_seconds.clone(),
         );
+        registry.register(
+            "commit_failures",
+            "Offset commits the broker refused or that failed",
+            consumer.context().commit_failures.clone(),
+        );
         m
     }
 }
 
 pub struct Runner<S> {
     pub stage: S,
-    pub consumer: StreamConsumer,
+    pub consumer: StageConsumer,
     pub producer: FutureProducer,
     pub config: RunnerConfig,
     pub metrics: RunnerMetrics,
@@ -161,8 +167,25 @@ impl<S: Stage> Runner<S> {
         Ok(())
     }
 
+    /// The next batch. Rebalances happen only while the consumer is polled,
+    /// that is here, never while a batch is being handled. If one happens
+    /// while a batch is gathered, the messages gathered before it are
+    /// dropped: their partitions may belong to another member now, which
+    /// starts at the offsets committed just before the revocation.
     async fn next_batch(&self, shutdown: &CancellationToken) -> Option<Vec<OwnedMessage>> {
         let mut batch = Vec::with_capacity(self.config.batch_size);
+        let mut generation = self.consumer.context().rebalances();
+        let mut keep = |batch: &mut Vec<OwnedMessage>, m: OwnedMessage| {
+            let now = self.consumer.context().rebalances();
+            if now != generation {
+                if !batch.is_empty() {
+                    tracing::info!(dropped = batch.len(), "rebalance while gathering a batch: its messages are left to their partitions' owner");
+                }
+                batch.clear();
+                generation = now;
+            }
+            batch.push(m);
+        };
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return None,
@@ -170,7 +193,7 @@ impl<S: Stage> Runner<S> {
             };
             match first {
                 Ok(m) => {
-                    batch.push(m.detach());
+                    keep(&mut batch, m.detach());
                     break;
                 }
                 Err(e) => {
@@ -182,7 +205,7 @@ impl<S: Stage> Runner<S> {
         let deadline = tokio::time::Instant::now() + self.config.batch_wait;
         while batch.len() < self.config.batch_size {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(m.detach()),
+                Ok(Ok(m)) => keep(&mut batch, m.detach()),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "consumer error");
                     break;

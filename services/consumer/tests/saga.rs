@@ -108,17 +108,8 @@ struct Saga {
 }
 
 impl Saga {
-    /// A pipeline on the shared test broker. Its stages get a 30 s broker
-    /// session: under a burst the local broker can answer a heartbeat late,
-    /// and a member it expires sometimes never gets its partitions back
-    /// (ADR 0002). The SIGKILL run uses [`Saga::with_session`] instead.
+    /// A pipeline of its own topics and database on the shared test broker.
     async fn new(brokers: &str, name: &str, extra: &[&str]) -> Saga {
-        let mut args = vec!["--kafka-config", "session.timeout.ms=30000"];
-        args.extend_from_slice(extra);
-        Self::with_session(brokers, name, &args).await
-    }
-
-    async fn with_session(brokers: &str, name: &str, extra: &[&str]) -> Saga {
         let topics = kit::topics(name);
         kit::create_topics(brokers, &topics).await;
         let db_name = kit::unique(name);
@@ -757,21 +748,17 @@ async fn each_stage_sigkilled_mid_stream_ends_like_an_undisturbed_run() {
     );
 
     // The same input with every stage SIGKILLed once while it is busy, and
-    // restarted 12 s later (after its broker session expired, as
-    // Kubernetes' back-off would; ADR 0002). A private broker, so group
-    // coordination sees only this test.
-    let broker = kit::spawn_broker();
-    let brokers = format!("127.0.0.1:{}", broker.port);
-    let mut hurt = Saga::with_session(&brokers, "hurt", &KILL_ARGS).await;
+    // restarted at once: the new member joins while the broker still counts
+    // the dead one, whose partitions move to it when its session expires.
+    let mut hurt = Saga::new(&kit::kafka(), "hurt", &KILL_ARGS).await;
     hurt.seed(&KILL_PRODUCTS).await;
     hurt.start_all();
     // The kills start while the orders are still arriving.
     let sending = hurt.sending(&orders);
     let quarter = (N / 4) as u64;
-    let mut restarts: Vec<(&'static str, Instant)> = Vec::new();
     let mut killed: BTreeSet<&'static str> = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(300);
-    while killed.len() < STAGES.len() || !restarts.is_empty() {
+    while killed.len() < STAGES.len() {
         assert!(Instant::now() < deadline, "killed only {killed:?}");
         let progress = [
             ("persist", hurt.count("orders").await),
@@ -782,17 +769,10 @@ async fn each_stage_sigkilled_mid_stream_ends_like_an_undisturbed_run() {
         for (stage, done) in progress {
             if !killed.contains(stage) && done >= quarter && done < 3 * quarter {
                 hurt.kill(stage);
-                eprintln!("sigkill: {stage} killed at {done}");
+                hurt.start(stage);
+                eprintln!("sigkill: {stage} killed at {done} and restarted");
                 killed.insert(stage);
-                restarts.push((stage, Instant::now() + Duration::from_secs(12)));
             }
-        }
-        let (due, later): (Vec<_>, Vec<_>) = restarts
-            .into_iter()
-            .partition(|(_, at)| Instant::now() >= *at);
-        restarts = later;
-        for (stage, _) in due {
-            hurt.start(stage);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier,
-    TopicReplication,
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic,
+    ResourceSpecifier, TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -62,8 +62,8 @@ pub fn partition_offsets(
         .collect()
 }
 
-/// The topics that exist, with their partition counts (configs are not
-/// described: see [`ObservedTopic::config`]).
+/// The topics that exist, with their partition counts; their configs are
+/// filled in by [`describe_configs`].
 pub fn existing_topics(
     reader: &BaseConsumer,
     timeout: Duration,
@@ -85,6 +85,48 @@ pub fn existing_topics(
             )
         })
         .collect())
+}
+
+/// Which entries of a topic's described configuration to keep.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ConfigEntries {
+    /// Every value in force, defaults included (what the plan compares).
+    Effective,
+    /// Only the topic's own overrides (what AlterConfigs must send again,
+    /// since it resets every key it is not given).
+    Overrides,
+}
+
+/// DescribeConfigs for these topics: name → key → value. Sensitive entries
+/// are left out.
+pub async fn describe_configs(
+    admin: &AdminClient<DefaultClientContext>,
+    names: &[&str],
+    entries: ConfigEntries,
+) -> anyhow::Result<BTreeMap<String, BTreeMap<String, String>>> {
+    if names.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let opts = AdminOptions::new().request_timeout(Some(TIMEOUT));
+    let specs: Vec<ResourceSpecifier> = names.iter().map(|n| ResourceSpecifier::Topic(n)).collect();
+    let mut out = BTreeMap::new();
+    for (name, result) in names
+        .iter()
+        .zip(admin.describe_configs(&specs, &opts).await?)
+    {
+        let resource = result.map_err(|e| anyhow::anyhow!("describing {name}: {e}"))?;
+        let config = resource
+            .entries
+            .into_iter()
+            .filter(|e| !e.is_sensitive)
+            .filter(|e| {
+                entries == ConfigEntries::Effective || e.source == ConfigSource::DynamicTopic
+            })
+            .filter_map(|e| Some((e.name, e.value?)))
+            .collect();
+        out.insert((*name).to_owned(), config);
+    }
+    Ok(out)
 }
 
 /// Applies one topic action; a refused decrease is not an API call.
@@ -111,8 +153,15 @@ pub async fn apply(
                 .await?
         }
         TopicAction::AlterConfig { name, set } => {
+            // AlterConfigs replaces the topic's overrides as a whole: send
+            // the ones it has with these changes on top.
+            let mut config = describe_configs(admin, &[name], ConfigEntries::Overrides)
+                .await?
+                .remove(name)
+                .unwrap_or_default();
+            config.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
             let mut change = AlterConfig::new(ResourceSpecifier::Topic(name));
-            for (k, v) in set {
+            for (k, v) in &config {
                 change = change.set(k, v);
             }
             return admin
@@ -165,9 +214,12 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 /// the reconcile scenarios (which test the Kubernetes side against a mock
 /// API server) use an in-memory stand-in.
 pub trait Brokers: Send + Sync + 'static {
+    /// Every topic with its partition count, and the configuration of
+    /// those named in `describe` that exist.
     fn topics<'a>(
         &'a self,
         conn: &'a Connection,
+        describe: &'a [String],
     ) -> BoxFuture<'a, anyhow::Result<BTreeMap<String, ObservedTopic>>>;
     fn apply<'a>(
         &'a self,
@@ -254,10 +306,24 @@ impl Brokers for KafkaBrokers {
     fn topics<'a>(
         &'a self,
         conn: &'a Connection,
+        describe: &'a [String],
     ) -> BoxFuture<'a, anyhow::Result<BTreeMap<String, ObservedTopic>>> {
         Box::pin(async move {
             let reader = self.reader(conn, CLIENT_ID)?;
-            blocking(move || existing_topics(&reader, TIMEOUT)).await
+            let mut topics = blocking(move || existing_topics(&reader, TIMEOUT)).await?;
+            let present: Vec<&str> = describe
+                .iter()
+                .map(String::as_str)
+                .filter(|n| topics.contains_key(*n))
+                .collect();
+            let configs =
+                describe_configs(&*self.admin(conn)?, &present, ConfigEntries::Effective).await?;
+            for (name, config) in configs {
+                if let Some(t) = topics.get_mut(&name) {
+                    t.config = Some(config);
+                }
+            }
+            Ok(topics)
         })
     }
 

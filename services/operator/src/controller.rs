@@ -314,7 +314,12 @@ async fn reconcile_topics(
     conn: &Connection,
 ) -> Result<TopicsOutcome, Error> {
     let wanted = wanted_topics(&pipeline.spec);
-    let observed = ctx.brokers.topics(conn).await.map_err(Error::Kafka)?;
+    let names: Vec<String> = wanted.iter().map(|t| t.name.clone()).collect();
+    let observed = ctx
+        .brokers
+        .topics(conn, &names)
+        .await
+        .map_err(Error::Kafka)?;
     let actions = topics::plan(&wanted, &observed);
     let mut partitions: BTreeMap<&str, i32> = observed
         .iter()

@@ -86,6 +86,7 @@ impl Brokers for FakeBrokers {
     fn topics<'a>(
         &'a self,
         conn: &'a Connection,
+        _describe: &'a [String],
     ) -> BoxFuture<'a, anyhow::Result<BTreeMap<String, ObservedTopic>>> {
         Box::pin(async move {
             self.connections.lock().unwrap().push(conn.clone());

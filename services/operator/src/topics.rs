@@ -16,8 +16,8 @@ pub struct WantedTopic {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObservedTopic {
     pub partitions: i32,
-    /// The topic's configuration; `None` when the broker does not describe
-    /// configs (then no config change is attempted).
+    /// The topic's configuration in force (DescribeConfigs); `None` when
+    /// it was not described (then no config change is attempted).
     pub config: Option<BTreeMap<String, String>>,
 }
 
