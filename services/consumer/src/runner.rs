@@ -168,52 +168,62 @@ impl<S: Stage> Runner<S> {
     }
 
     /// The next batch. Rebalances happen only while the consumer is polled,
-    /// that is here, never while a batch is being handled. If one happens
-    /// while a batch is gathered, the messages gathered before it are
-    /// dropped: their partitions may belong to another member now, which
-    /// starts at the offsets committed just before the revocation.
+    /// that is here, never while a batch is being handled. Messages
+    /// gathered before a rebalance are dropped: their partitions may belong
+    /// to another member now, which starts at the offsets committed just
+    /// before the revocation (and if they came back to this member, it
+    /// fetches them again from there).
     async fn next_batch(&self, shutdown: &CancellationToken) -> Option<Vec<OwnedMessage>> {
+        let context = self.consumer.context();
         let mut batch = Vec::with_capacity(self.config.batch_size);
-        let mut generation = self.consumer.context().rebalances();
-        let mut keep = |batch: &mut Vec<OwnedMessage>, m: OwnedMessage| {
-            let now = self.consumer.context().rebalances();
+        let mut generation = context.rebalances();
+        // Drops what was gathered under an older assignment.
+        let mut current = |batch: &mut Vec<OwnedMessage>| {
+            let now = context.rebalances();
             if now != generation {
                 if !batch.is_empty() {
-                    tracing::info!(dropped = batch.len(), "rebalance while gathering a batch: its messages are left to their partitions' owner");
+                    tracing::info!(
+                        dropped = batch.len(),
+                        "rebalance while gathering a batch: its messages are left to their partitions' owner"
+                    );
                 }
                 batch.clear();
                 generation = now;
             }
-            batch.push(m);
         };
         loop {
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                m = self.consumer.recv() => m,
-            };
-            match first {
-                Ok(m) => {
-                    keep(&mut batch, m.detach());
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+            while batch.is_empty() {
+                let first = tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    m = self.consumer.recv() => m,
+                };
+                current(&mut batch);
+                match first {
+                    Ok(m) => batch.push(m.detach()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
             }
-        }
-        let deadline = tokio::time::Instant::now() + self.config.batch_wait;
-        while batch.len() < self.config.batch_size {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(m)) => keep(&mut batch, m.detach()),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    break;
+            let deadline = tokio::time::Instant::now() + self.config.batch_wait;
+            while batch.len() < self.config.batch_size {
+                let next = tokio::time::timeout_at(deadline, self.consumer.recv()).await;
+                current(&mut batch);
+                match next {
+                    Ok(Ok(m)) => batch.push(m.detach()),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        break;
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
+            }
+            current(&mut batch);
+            if !batch.is_empty() {
+                return Some(batch);
             }
         }
-        Some(batch)
     }
 
     async fn handle_with_retry(

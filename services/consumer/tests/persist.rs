@@ -598,3 +598,128 @@ async fn mongodb_outage_pauses_the_stage_and_nothing_is_skipped() {
         p.order(&format!("during-{i}")).await;
     }
 }
+
+/// Orders flow at a steady rate while a second member of the same group
+/// joins (a scale-up) and later leaves with SIGTERM (a scale-down): both
+/// rebalances hand partitions over at the committed offsets, so every order
+/// is stored once and passed on once.
+#[tokio::test]
+async fn a_member_joining_and_leaving_mid_stream_loses_and_doubles_nothing() {
+    let _turn = one_at_a_time().await;
+    const N: usize = 3000;
+    let brokers = kit::kafka();
+    let topics = kit::topics("members");
+    kit::create_topics(&brokers, &topics).await;
+    let db_name = kit::unique("members");
+    let db = kit::mongo_db(&db_name).await;
+    // One argv, so both members share one group.
+    let argv = persist_args(
+        &topics,
+        &kit::mongo_url(&db_name),
+        &brokers,
+        &["--batch-size", "50"],
+    );
+    let log_dir = kit::TempDir::new("members-logs");
+    let (log_a, log_b) = (log_dir.0.join("a.log"), log_dir.0.join("b.log"));
+    let _a = spawn_stage(&argv, &log_a);
+
+    // About 150 orders/s for 20 s.
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sender = {
+        let (brokers, topic, sent) = (brokers.clone(), topics.orders.clone(), sent.clone());
+        tokio::spawn(async move {
+            let producer = kit::producer(&brokers);
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            for chunk in (0..N).collect::<Vec<_>>().chunks(15) {
+                tick.tick().await;
+                stream::iter(chunk)
+                    .for_each_concurrent(15, |i| {
+                        let (producer, topic) = (&producer, &topic);
+                        async move {
+                            kit::produce(producer, topic, &format!("stream-{i}"), &placed(*i)).await
+                        }
+                    })
+                    .await;
+                sent.fetch_add(chunk.len(), std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    let sent_at_least = |n: usize| {
+        let sent = sent.clone();
+        move || {
+            let now = sent.load(std::sync::atomic::Ordering::SeqCst);
+            async move { (now >= n).then_some(now) }
+        }
+    };
+    kit::eventually(
+        Duration::from_secs(60),
+        "a quarter sent",
+        sent_at_least(N / 4),
+    )
+    .await;
+    let mut b = spawn_stage(&argv, &log_b);
+    // B took part: it saved orders of its own.
+    kit::eventually(
+        Duration::from_secs(60),
+        "the second member to save orders",
+        || {
+            let saved = std::fs::read_to_string(&log_b)
+                .unwrap_or_default()
+                .contains("order saved");
+            async move { saved.then_some(()) }
+        },
+    )
+    .await;
+    kit::eventually(
+        Duration::from_secs(60),
+        "three quarters sent",
+        sent_at_least(3 * N / 4),
+    )
+    .await;
+    assert!(
+        sent.load(std::sync::atomic::Ordering::SeqCst) < N,
+        "the second member must leave while orders still flow"
+    );
+    assert!(b.terminate(), "the second member exits cleanly on SIGTERM");
+    sender.await.unwrap();
+
+    let expected: HashSet<String> = (0..N).map(|i| format!("stream-{i}")).collect();
+    kit::eventually(Duration::from_secs(120), "every order stored", || async {
+        (stored_ids(&db).await.0 >= N as u64).then_some(())
+    })
+    .await;
+    let (n, ids) = stored_ids(&db).await;
+    assert_eq!(n, N as u64, "each order stored once");
+    assert_eq!(ids.symmetric_difference(&expected).count(), 0, "stored ids");
+    // Passed on exactly once: no message was handled by two members.
+    kit::eventually(Duration::from_secs(60), "every order passed on", || {
+        let published = kit::message_count(&brokers, &topics.validated) as usize;
+        async move { (published >= N).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let published = kit::message_count(&brokers, &topics.validated) as usize;
+    let validated = kit::consume(
+        &brokers,
+        &topics.validated,
+        published,
+        Duration::from_secs(60),
+    )
+    .await;
+    let keys: Vec<String> = validated
+        .iter()
+        .map(|m| String::from_utf8(m.key().unwrap().to_vec()).unwrap())
+        .collect();
+    let distinct: HashSet<String> = keys.iter().cloned().collect();
+    assert_eq!(
+        distinct.symmetric_difference(&expected).count(),
+        0,
+        "passed-on ids"
+    );
+    assert_eq!(
+        keys.len(),
+        N,
+        "{} OrderValidated events for {N} orders",
+        keys.len()
+    );
+}
