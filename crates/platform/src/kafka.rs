@@ -163,27 +163,38 @@ impl ConsumerContext for StageContext {
 /// A group consumer for at-least-once processing: offsets are *stored* by the
 /// application only after a message's effects are durable, and auto-commit
 /// flushes what was stored.
+///
+/// The group protocol is the classic one (ADR 0008). `KAFKA_CONFIG` may pick
+/// Kafka 4's `group.protocol=consumer`; its session and heartbeat are then
+/// the broker's, so the classic-only settings are left out.
 pub fn consumer(args: &KafkaArgs, client_id: &str, group: &str) -> anyhow::Result<StageConsumer> {
-    build_with(
-        args,
-        client_id,
-        &[
-            ("group.id", group.into()),
-            ("enable.auto.commit", "true".into()),
-            ("auto.commit.interval.ms", "1000".into()),
-            ("enable.auto.offset.store", "false".into()),
-            ("auto.offset.reset", "earliest".into()),
-            ("session.timeout.ms", "10000".into()),
-            // Also the rebalance timeout: a member that has not polled for 2
-            // minutes (a batch is bounded by BATCH_TIMEOUT, 60 s) leaves, so
-            // its partitions move to healthy replicas, and a restarted member
-            // never waits longer than this for a dead one to rejoin.
-            ("max.poll.interval.ms", "120000".into()),
-            ("heartbeat.interval.ms", "2000".into()),
-            ("enable.partition.eof", "false".into()),
-        ],
-        StageContext::default(),
-    )
+    let mut defaults: Vec<(&str, String)> = vec![
+        ("group.id", group.into()),
+        ("enable.auto.commit", "true".into()),
+        ("auto.commit.interval.ms", "1000".into()),
+        ("enable.auto.offset.store", "false".into()),
+        ("auto.offset.reset", "earliest".into()),
+        // Also the rebalance timeout: a member that has not polled for 2
+        // minutes (a batch is bounded by BATCH_TIMEOUT, 60 s) leaves, so
+        // its partitions move to healthy replicas, and a restarted member
+        // never waits longer than this for a dead one to rejoin.
+        ("max.poll.interval.ms", "120000".into()),
+        ("enable.partition.eof", "false".into()),
+    ];
+    if !consumer_group_protocol(args) {
+        // A SIGKILLed member's partitions wait this long for a new owner.
+        defaults.push(("session.timeout.ms", "10000".into()));
+        defaults.push(("heartbeat.interval.ms", "2000".into()));
+    }
+    build_with(args, client_id, &defaults, StageContext::default())
+}
+
+/// Whether `KAFKA_CONFIG` selects the KIP-848 group protocol.
+fn consumer_group_protocol(args: &KafkaArgs) -> bool {
+    args.extra.split(',').any(|kv| {
+        kv.split_once('=')
+            .is_some_and(|(k, v)| k.trim() == "group.protocol" && v.trim() == "consumer")
+    })
 }
 
 /// A group consumer that only watches the live stream (analytics): starts
