@@ -9,9 +9,17 @@ use crate::events::{PricedItem, ReservedItem};
 /// otherwise.
 pub const DEFAULT_LOW_STOCK_PERCENT: i64 = 50;
 
+/// The largest stock, capacity or threshold a product may have (10^12
+/// units): inputs beyond it are refused, and arithmetic on stock levels
+/// stays far from `i64`'s range.
+pub const MAX_STOCK: i64 = 1_000_000_000_000;
+
 /// The stock level below which a product counts as low.
 pub fn low_stock_threshold(capacity: i64, configured: Option<i64>) -> i64 {
-    configured.unwrap_or(capacity.max(0) * DEFAULT_LOW_STOCK_PERCENT / 100)
+    configured.unwrap_or_else(|| {
+        // In i128: no capacity a stored document holds can overflow it.
+        (i128::from(capacity.max(0)) * i128::from(DEFAULT_LOW_STOCK_PERCENT) / 100) as i64
+    })
 }
 
 /// A reservation taking stock from `before` to `after` crossed the threshold
@@ -50,6 +58,12 @@ mod tests {
         assert_eq!(low_stock_threshold(7, None), 3);
         assert_eq!(low_stock_threshold(100, Some(10)), 10);
         assert_eq!(low_stock_threshold(-5, None), 0);
+        // A capacity written straight into MongoDB cannot make it panic.
+        assert_eq!(low_stock_threshold(i64::MAX, None), i64::MAX / 2);
+        assert_eq!(
+            low_stock_threshold(4611686018427387903, None),
+            2305843009213693951
+        );
     }
 
     #[test]

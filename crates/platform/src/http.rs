@@ -23,12 +23,17 @@ use crate::shutdown::CancellationToken;
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
     #[serde(rename = "type")]
-    pub type_uri: String,
-    pub title: String,
+    pub type_uri: Box<str>,
+    pub title: &'static str,
     pub status: u16,
     pub detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// The order a problem is about, where the client needs its id to
+    /// retry (a 503 after an order the server named itself).
+    #[serde(rename = "orderId", skip_serializing_if = "Option::is_none")]
+    /// Also sent as `Location: /orders/{orderId}`.
+    pub order_id: Option<Box<str>>,
     #[serde(skip)]
     pub retry_after: Option<Duration>,
 }
@@ -37,11 +42,12 @@ impl Problem {
     /// `kind` becomes the type URI `https://orderflow.dev/problems/<kind>`.
     pub fn new(status: StatusCode, kind: &str, detail: impl Into<String>) -> Self {
         Problem {
-            type_uri: format!("https://orderflow.dev/problems/{kind}"),
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            type_uri: format!("https://orderflow.dev/problems/{kind}").into(),
+            title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
             detail: detail.into(),
             errors: Vec::new(),
+            order_id: None,
             retry_after: None,
         }
     }
@@ -64,12 +70,19 @@ impl Problem {
         self.retry_after = Some(after);
         self
     }
+
+    /// Names the order (an `orderId` member and `Location: /orders/{id}`).
+    pub fn for_order(mut self, order_id: &str) -> Self {
+        self.order_id = Some(order_id.into());
+        self
+    }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry_after = self.retry_after;
+        let location = self.order_id.as_ref().map(|id| format!("/orders/{id}"));
         let mut response = (status, Json(self)).into_response();
         let headers = response.headers_mut();
         headers.insert(
@@ -81,6 +94,9 @@ impl IntoResponse for Problem {
                 header::RETRY_AFTER,
                 HeaderValue::from(after.as_secs().max(1)),
             );
+        }
+        if let Some(value) = location.and_then(|l| HeaderValue::try_from(l).ok()) {
+            headers.insert(header::LOCATION, value);
         }
         response
     }

@@ -31,6 +31,11 @@ pub struct Range {
     pub to: Date,
 }
 
+/// The dates a range may name: from the Unix epoch to the year 9999 less a
+/// day (the range's end is the midnight after its last day).
+const EARLIEST: Date = time::macros::date!(1970 - 01 - 01);
+const LATEST: Date = time::macros::date!(9999 - 12 - 30);
+
 pub fn parse_range(
     params: &HashMap<String, String>,
     today: Date,
@@ -40,7 +45,14 @@ pub fn parse_range(
     let mut date = |name: &str| match params.get(name) {
         None => None,
         Some(v) => match Date::parse(v, &format) {
-            Ok(d) => Some(d),
+            Ok(d) if (EARLIEST..=LATEST).contains(&d) => Some(d),
+            Ok(_) => {
+                errors.push(FieldError {
+                    field: name.into(),
+                    message: format!("'{v}' is outside {EARLIEST} to {LATEST}"),
+                });
+                None
+            }
             Err(_) => {
                 errors.push(FieldError {
                     field: name.into(),
@@ -56,7 +68,7 @@ pub fn parse_range(
         return Err(errors);
     }
     let to = to.unwrap_or(today);
-    let from = from.unwrap_or(to - Duration::days(DEFAULT_DAYS - 1));
+    let from = from.unwrap_or_else(|| (to - Duration::days(DEFAULT_DAYS - 1)).max(EARLIEST));
     if from > to {
         errors.push(FieldError {
             field: "from".into(),
@@ -117,7 +129,8 @@ pub fn fold(range: &Range, rows: &[(String, String, i64, i64)]) -> Vec<Day> {
                 count_by_status: BTreeMap::new(),
             },
         );
-        d = d.next_day().expect("within the calendar");
+        let Some(next) = d.next_day() else { break };
+        d = next;
     }
     let mut paid_cents: HashMap<String, i64> = HashMap::new();
     for (day, status, count, cents) in rows {
@@ -145,7 +158,7 @@ pub(crate) async fn daily(
 ) -> Result<Response, Problem> {
     let range =
         parse_range(&params, OffsetDateTime::now_utc().date()).map_err(Problem::validation)?;
-    let end = range.to.next_day().expect("within the calendar");
+    let end = range.to.next_day().unwrap_or(Date::MAX);
     let pipeline = [
         doc! {"$match": {"receivedAt": {"$gte": midnight(range.from), "$lt": midnight(end)}}},
         doc! {"$group": {
@@ -217,6 +230,20 @@ mod tests {
         assert_eq!(e[0].field, "from");
         let e = parse_range(&params(&[("from", "2020-01-01")]), today).unwrap_err();
         assert_eq!(e[0].field, "to");
+        // Extreme dates are a client error, not a failed query.
+        for (field, v) in [
+            ("to", "9999-12-31"),
+            ("from", "1969-12-31"),
+            ("from", "0001-01-01"),
+        ] {
+            let e = parse_range(&params(&[(field, v)]), today).unwrap_err();
+            assert_eq!(e[0].field, field, "{v}");
+        }
+        let last = parse_range(
+            &params(&[("from", "9999-12-01"), ("to", "9999-12-30")]),
+            today,
+        );
+        assert!(last.is_ok(), "{last:?}");
     }
 
     #[test]

@@ -456,6 +456,9 @@ async fn bad_ranges_are_422_recent_orders_keep_exact_money_and_a_missing_redis_i
         ("from=2026-11-22&to=2026-11-01", "from"),
         ("from=2020-01-01&to=2026-01-01", "to"),
         ("to=yesterday", "to"),
+        // Extreme dates: a 422, not a failed MongoDB query (was a 503).
+        ("to=9999-12-31", "to"),
+        ("from=1900-01-01&to=1900-01-02", "from"),
     ] {
         let r = stack
             .get(format!("{}/analytics/daily?{query}", stack.analytics))

@@ -11,7 +11,7 @@ use bson::doc;
 use futures::TryStreamExt;
 use mongodb::options::ReturnDocument;
 use orderflow_domain::intake::FieldError;
-use orderflow_domain::stock::low_stock_threshold;
+use orderflow_domain::stock::{low_stock_threshold, MAX_STOCK};
 use orderflow_domain::Money;
 use orderflow_platform::http::Problem;
 use orderflow_platform::mongo::documents::{bson_date, InventoryDocument};
@@ -143,9 +143,12 @@ pub fn validate(product_id: &str, body: &[u8]) -> Result<InventoryDocument, Prob
     };
     let mut integer = |field: &str, raw: &Option<Box<RawValue>>, required: bool| -> Option<i64> {
         match raw.as_deref().map(|r| serde_json::from_str::<i64>(r.get())) {
-            Some(Ok(v)) if v >= 0 => Some(v),
+            Some(Ok(v)) if (0..=MAX_STOCK).contains(&v) => Some(v),
             Some(_) => {
-                fail(field, "must be a whole number ≥ 0");
+                fail(
+                    field,
+                    &format!("must be a whole number from 0 to {MAX_STOCK}"),
+                );
                 None
             }
             None if required => {

@@ -612,6 +612,19 @@ async fn inventory_endpoints_validate_and_seed_is_idempotent() {
         .map(|e| e["field"].as_str().unwrap())
         .collect();
     assert_eq!(fields, ["name", "stock", "unitPrice"]);
+    // Out of range is a 422 naming the field, never a panic (it was: the
+    // low-stock threshold overflowed computing half of this capacity).
+    let p = problem(
+        put(
+            "coffee",
+            r#"{"name":"Coffee","stock":1,"capacity":4611686018427387903,"unitPrice":1}"#,
+            Some("token-two"),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(p["errors"][0]["field"], "capacity", "{p}");
 
     let r = put("mug", good, Some("token-two")).await;
     assert_eq!(r.status(), StatusCode::CREATED);

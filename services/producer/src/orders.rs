@@ -211,11 +211,14 @@ async fn publish(state: &AppState, event: &OrderPlaced) -> Result<(), Problem> {
     let unavailable = |detail: String| {
         state.metrics.count("unavailable");
         tracing::warn!(order_id = %event.order_id, %detail, "order not acknowledged by the broker");
+        // The broker may still have the order: the retry must carry the
+        // same orderId, also when the server chose it.
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "broker-unavailable",
-            "the order could not be queued in time; retry with the same orderId",
+            "the order was not acknowledged in time and may still be queued; retry with the same orderId",
         )
+        .for_order(&event.order_id)
         .with_retry_after(std::time::Duration::from_secs(1))
     };
     match outcome {

@@ -306,11 +306,21 @@ async fn broker_down_answers_503_within_the_publish_timeout() {
         .await;
     let elapsed = started.elapsed();
     assert!(resp.headers().contains_key("retry-after"));
-    problem(resp, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(resp.headers()["location"], "/orders/while-down");
+    let body = problem(resp, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(body["orderId"], "while-down");
     assert!(
         elapsed < Duration::from_millis(2500),
         "answered after {elapsed:?}"
     );
+    // A server-assigned id is named too: the advised retry must reuse it,
+    // since the broker may still have queued the order.
+    let resp = p.post(r#"{"customerId":"c","productId":"p"}"#).await;
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let body = problem(resp, StatusCode::SERVICE_UNAVAILABLE).await;
+    let assigned = body["orderId"].as_str().expect("the 503 names the orderId");
+    assert!(uuid::Uuid::parse_str(assigned).is_ok(), "{assigned}");
+    assert_eq!(location, format!("/orders/{assigned}"));
     assert!(
         elapsed >= Duration::from_millis(1900),
         "503 must not come before the timeout: {elapsed:?}"
