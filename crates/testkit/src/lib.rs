@@ -111,26 +111,35 @@ pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload:
         .expect("producing a test message");
 }
 
-/// Total number of messages in a topic (Σ high − low watermarks).
+/// Total number of messages in a topic (Σ high − low watermarks). Right
+/// after a topic is created Kafka may not yet name its partitions' leaders
+/// (NotLeaderForPartition): that is asked again, for up to 15 s.
 pub fn message_count(brokers: &str, topic: &str) -> i64 {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("watermarks"))
         .create()
         .unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    md.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| {
-            let (lo, hi) = consumer
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                .unwrap();
-            hi - lo
-        })
-        .sum()
+    let count = || -> rdkafka::error::KafkaResult<i64> {
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let mut total = 0;
+        for p in md.topics()[0].partitions() {
+            let (lo, hi) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            total += hi - lo;
+        }
+        Ok(total)
+    };
+    let started = Instant::now();
+    loop {
+        match count() {
+            Ok(n) => return n,
+            Err(e) if started.elapsed() < Duration::from_secs(15) => {
+                eprintln!("message count of {topic}: {e}; asking again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("message count of {topic}: {e}"),
+        }
+    }
 }
 
 /// Reads a topic from the beginning until `count` messages arrived or
@@ -141,14 +150,7 @@ pub async fn consume(
     count: usize,
     timeout: Duration,
 ) -> Vec<OwnedMessage> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = subscribed(brokers, &unique("reader"), topic);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < count {
@@ -159,6 +161,20 @@ pub async fn consume(
         }
     }
     out
+}
+
+/// A member of `group` subscribed to `topic` from its start, committing
+/// nothing by itself.
+fn subscribed(brokers: &str, group: &str, topic: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    consumer
 }
 
 /// Consumes `count` messages of `topic` as a member of `group`, committing
@@ -172,14 +188,7 @@ pub async fn consume_in_group(
     timeout: Duration,
 ) -> usize {
     use rdkafka::consumer::CommitMode;
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = subscribed(brokers, group, topic);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut n = 0;
     while n < count {
