@@ -41,6 +41,12 @@ fn config(
             .with_context(|| format!("KAFKA_CONFIG entry '{pair}' is not key=value"))?;
         cfg.set(k.trim(), v.trim());
     }
+    // Kafka 4's group protocol (KIP-848) keeps session and heartbeat on the
+    // broker; librdkafka refuses these classic settings with it.
+    if cfg.get("group.protocol") == Some("consumer") {
+        cfg.remove("session.timeout.ms");
+        cfg.remove("heartbeat.interval.ms");
+    }
     Ok(cfg)
 }
 
@@ -166,35 +172,29 @@ impl ConsumerContext for StageContext {
 ///
 /// The group protocol is the classic one (ADR 0008). `KAFKA_CONFIG` may pick
 /// Kafka 4's `group.protocol=consumer`; its session and heartbeat are then
-/// the broker's, so the classic-only settings are left out.
+/// the broker's, so [`config`] leaves the classic-only settings out.
 pub fn consumer(args: &KafkaArgs, client_id: &str, group: &str) -> anyhow::Result<StageConsumer> {
-    let mut defaults: Vec<(&str, String)> = vec![
-        ("group.id", group.into()),
-        ("enable.auto.commit", "true".into()),
-        ("auto.commit.interval.ms", "1000".into()),
-        ("enable.auto.offset.store", "false".into()),
-        ("auto.offset.reset", "earliest".into()),
-        // Also the rebalance timeout: a member that has not polled for 2
-        // minutes (a batch is bounded by BATCH_TIMEOUT, 60 s) leaves, so
-        // its partitions move to healthy replicas, and a restarted member
-        // never waits longer than this for a dead one to rejoin.
-        ("max.poll.interval.ms", "120000".into()),
-        ("enable.partition.eof", "false".into()),
-    ];
-    if !consumer_group_protocol(args) {
-        // A SIGKILLed member's partitions wait this long for a new owner.
-        defaults.push(("session.timeout.ms", "10000".into()));
-        defaults.push(("heartbeat.interval.ms", "2000".into()));
-    }
-    build_with(args, client_id, &defaults, StageContext::default())
-}
-
-/// Whether `KAFKA_CONFIG` selects the KIP-848 group protocol.
-fn consumer_group_protocol(args: &KafkaArgs) -> bool {
-    args.extra.split(',').any(|kv| {
-        kv.split_once('=')
-            .is_some_and(|(k, v)| k.trim() == "group.protocol" && v.trim() == "consumer")
-    })
+    build_with(
+        args,
+        client_id,
+        &[
+            ("group.id", group.into()),
+            ("enable.auto.commit", "true".into()),
+            ("auto.commit.interval.ms", "1000".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("auto.offset.reset", "earliest".into()),
+            // A SIGKILLed member's partitions wait this long for a new owner.
+            ("session.timeout.ms", "10000".into()),
+            // Also the rebalance timeout: a member that has not polled for 2
+            // minutes (a batch is bounded by BATCH_TIMEOUT, 60 s) leaves, so
+            // its partitions move to healthy replicas, and a restarted member
+            // never waits longer than this for a dead one to rejoin.
+            ("max.poll.interval.ms", "120000".into()),
+            ("heartbeat.interval.ms", "2000".into()),
+            ("enable.partition.eof", "false".into()),
+        ],
+        StageContext::default(),
+    )
 }
 
 /// A group consumer that only watches the live stream (analytics): starts
@@ -329,6 +329,31 @@ mod tests {
         assert_eq!(cfg.get("acks"), Some("all"));
         assert_eq!(cfg.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(cfg.get("bootstrap.servers"), Some("b:9092"));
+    }
+
+    #[tokio::test]
+    async fn the_consumer_group_protocol_drops_the_classic_session_settings() {
+        let classic = [
+            ("session.timeout.ms", "10000".into()),
+            ("heartbeat.interval.ms", "2000".into()),
+        ];
+        let args = |extra: &str| KafkaArgs {
+            brokers: "b".into(),
+            extra: extra.into(),
+        };
+        let cfg = config(&args(""), "id", &classic).unwrap();
+        assert_eq!(cfg.get("session.timeout.ms"), Some("10000"));
+        let cfg = config(&args("group.protocol = consumer"), "id", &classic).unwrap();
+        assert_eq!(cfg.get("session.timeout.ms"), None);
+        assert_eq!(cfg.get("heartbeat.interval.ms"), None);
+        // Librdkafka accepts the consumer it configures.
+        let made: anyhow::Result<StageConsumer> = build_with(
+            &args("group.protocol=consumer"),
+            "id",
+            &[("group.id", "g".into())],
+            StageContext::default(),
+        );
+        assert!(made.is_ok());
     }
 
     #[test]
