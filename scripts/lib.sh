@@ -157,6 +157,39 @@ ensure_packaging_tools() {
   fi
 }
 
+# The Kubernetes control plane of scripts/cluster, built once per machine
+# from the Go module proxy into $K8S_HOME/bin. The versions are pinned by
+# scripts/k8s/*/go.mod (Kubernetes matches k8s-openapi's `latest` feature).
+K8S_VERSION=$(sed -n 's#^require k8s.io/kubernetes v\([^ ]*\).*#\1#p' "$ROOT/scripts/k8s/control-plane/go.mod")
+K8S_HOME=$ORDERFLOW_HOME/k8s-$K8S_VERSION
+K8S_BIN=$K8S_HOME/bin
+ensure_cluster() {
+  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok) missing=0 b
+  for b in "${want[@]}"; do [ -x "$K8S_BIN/$b" ] || missing=1; done
+  [ $missing = 0 ] && [ -f "$K8S_BIN/.complete" ] && return 0
+  command -v go >/dev/null || die "building the Kubernetes control plane needs Go 1.26 (the go command)"
+  mkdir -p "$K8S_BIN"
+  log "building Kubernetes $K8S_VERSION (apiserver, controller-manager, scheduler, kubectl), etcd and kwok once into $K8S_BIN (about 25 minutes on 2 cores)"
+  local v=k8s.io/component-base/version
+  local ldflags="-s -w -X $v.gitVersion=v$K8S_VERSION -X $v.gitMajor=${K8S_VERSION%%.*} -X $v.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2) -X $v.gitTreeState=clean"
+  (cd "$ROOT/scripts/k8s/control-plane" && go build -trimpath -buildvcs=false -ldflags "$ldflags" -o "$K8S_BIN/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl) >"$K8S_HOME/build.log" 2>&1 \
+    || die "building Kubernetes failed (see $K8S_HOME/build.log)"
+  (cd "$ROOT/scripts/k8s/etcd" && go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$K8S_BIN/etcd" go.etcd.io/etcd/server/v3) \
+    >>"$K8S_HOME/build.log" 2>&1 || die "building etcd failed (see $K8S_HOME/build.log)"
+  (cd "$ROOT/scripts/k8s/kwok" && go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$K8S_BIN/kwok" sigs.k8s.io/kwok/cmd/kwok) \
+    >>"$K8S_HOME/build.log" 2>&1 || die "building kwok failed (see $K8S_HOME/build.log)"
+  # kwok's "fast" stages (nodes turn Ready and keep a heartbeat, pods turn
+  # Running and Ready at once, deleted pods go), from its module.
+  local stages
+  stages=$(cd "$ROOT/scripts/k8s/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage
+  for f in "$stages"/node/fast/node-initialize.yaml "$stages"/node/heartbeat/*.yaml "$stages"/pod/fast/pod-*.yaml; do
+    echo "---"; cat "$f"
+  done >"$K8S_HOME/kwok-stages.yaml"
+  touch "$K8S_BIN/.complete"
+}
+
 ensure_tools() {
   apt_install redis-server mold chromium chromium-driver unzip
   ensure_packaging_tools

@@ -33,3 +33,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/name: orderflow-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+
+{{- /* The served namespaces, comma-separated ("" when all are served). */}}
+{{- define "orderflow.watchNamespaces" -}}
+{{- if not .Values.operator.watchAllNamespaces -}}
+{{- join "," (default (list .Release.Namespace) .Values.operator.watchNamespaces) -}}
+{{- end -}}
+{{- end -}}

@@ -2,6 +2,8 @@
 //! starts. Each test gets its own topics and its own database, so tests run
 //! in parallel without seeing each other's data.
 
+pub mod cluster;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -857,23 +857,62 @@ async fn reconcile_pipeline(pipeline: &OrderPipeline, ctx: &Context) -> Result<A
     Ok(Action::requeue(poll))
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves: one per served namespace
+/// (`namespaces`), or one for every namespace when it is empty.
 pub async fn run(
     ctx: Arc<Context>,
+    namespaces: Vec<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let pipelines = Api::<OrderPipeline>::all(client.clone());
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    let stop = orderflow_platform::shutdown::CancellationToken::new();
+    let controllers = scopes.into_iter().map(|namespace| {
+        let (pipelines, deployments) = match &namespace {
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+        };
+        serve(
+            ctx.clone(),
+            pipelines,
+            deployments,
+            stop.clone().cancelled_owned(),
+        )
+    });
+    let all = futures::future::join_all(controllers);
+    tokio::pin!(all);
+    tokio::select! {
+        _ = &mut all => {}
+        _ = shutdown => {
+            stop.cancel();
+            all.await;
+        }
+    }
+}
+
+async fn serve(
+    ctx: Arc<Context>,
+    pipelines: Api<OrderPipeline>,
+    deployments: Api<Deployment>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     if let Err(e) = pipelines
         .list(&kube::api::ListParams::default().limit(1))
         .await
     {
-        tracing::error!(error = %e, "cannot list OrderPipelines: is the CRD installed (kubectl apply -f k8s/crd.yaml)?");
+        tracing::error!(error = %e, "cannot list OrderPipelines: is the CRD installed (kubectl apply -f k8s/crd.yaml), and may this account list them?");
     }
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
     Controller::new(pipelines, watcher::Config::default().any_semantic())
-        .owns(Api::<Deployment>::all(client), owned)
+        .owns(deployments, owned)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -379,7 +379,7 @@ fn route_path_of(ns: &str) -> String {
 
 /// A context over the mock API server and the fake broker.
 pub fn context(brokers: Arc<FakeBrokers>) -> (Arc<Context>, ApiServer) {
-    let (client, api) = mock_api(crate::rbac::CLUSTER_RULES, "default");
+    let (client, api) = mock_api(crate::rbac::PIPELINE_RULES, "default");
     let ctx = Context::new(
         client,
         brokers,

@@ -1,6 +1,8 @@
 //! Leader election with a `coordination.k8s.io` Lease, as client-go does
-//! it: the holder renews the Lease every third of its duration; another
-//! replica takes it over only once it has expired. Writes are conditional
+//! it: the holder renews the Lease every retry period and gives leadership
+//! up when it could not renew within the renew deadline, which is shorter
+//! than the lease; another replica takes the Lease over only once it has
+//! expired, so the old leader has stopped before a new one starts. Writes are conditional
 //! on the resourceVersion read, so two replicas never both win. Only the
 //! leader runs the controller, so two operator replicas are safe.
 
@@ -16,11 +18,56 @@ use orderflow_platform::shutdown::CancellationToken;
 
 use crate::metrics::Metrics;
 
+/// client-go's timings: lease 15 s, renew deadline 10 s, retry 2 s.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    /// How long a Lease holds without renewal (`leaseDurationSeconds`).
+    pub duration: Duration,
+    /// The holder stops leading when it could not renew for this long.
+    pub renew_deadline: Duration,
+    /// Between renewals, and between attempts of a standby.
+    pub retry_period: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Timings {
+    /// The renew deadline must end before the lease does (else a standby
+    /// could take over while the old leader still works), and the retry
+    /// period must leave room for more than one renewal in it.
+    pub fn check(&self) -> Result<(), String> {
+        if self.duration.as_secs() < 1 {
+            return Err("the lease duration must be at least 1s".into());
+        }
+        if self.renew_deadline >= self.duration {
+            return Err(format!(
+                "the renew deadline ({:?}) must be shorter than the lease duration ({:?})",
+                self.renew_deadline, self.duration
+            ));
+        }
+        if self.retry_period.is_zero() || self.retry_period * 2 > self.renew_deadline {
+            return Err(format!(
+                "the retry period ({:?}) must be positive and at most half the renew deadline ({:?})",
+                self.retry_period, self.renew_deadline
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub struct LeaseLock {
     api: Api<Lease>,
     name: String,
     identity: String,
-    duration: Duration,
+    timings: Timings,
 }
 
 fn is_conflict(e: &kube::Error) -> bool {
@@ -28,19 +75,19 @@ fn is_conflict(e: &kube::Error) -> bool {
 }
 
 impl LeaseLock {
-    pub fn new(api: Api<Lease>, name: &str, identity: &str, duration: Duration) -> Self {
+    pub fn new(api: Api<Lease>, name: &str, identity: &str, timings: Timings) -> Self {
         LeaseLock {
             api,
             name: name.into(),
             identity: identity.into(),
-            duration,
+            timings,
         }
     }
 
     /// Takes or renews the Lease; `Ok(false)` while another replica holds it.
     pub async fn try_acquire(&self) -> Result<bool, kube::Error> {
         let now = Timestamp::now();
-        let seconds = self.duration.as_secs().max(1) as i32;
+        let seconds = self.timings.duration.as_secs().max(1) as i32;
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -114,26 +161,32 @@ impl LeaseLock {
         }
     }
 
-    /// Renews every third of the duration; returns when leadership is lost
-    /// (another holder, or no successful renewal for a whole duration) or
-    /// `stop` is cancelled.
+    /// Renews every retry period; returns `true` when leadership is lost
+    /// (another holder, or no successful renewal within the renew deadline,
+    /// counted from the last one, however long a request hangs), `false`
+    /// when `stop` is cancelled.
     async fn hold(&self, stop: &CancellationToken) -> bool {
         let mut last_renewed = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return false,
-                _ = tokio::time::sleep(self.duration / 3) => {}
+                _ = tokio::time::sleep(self.timings.retry_period) => {}
             }
-            match self.try_acquire().await {
-                Ok(true) => last_renewed = tokio::time::Instant::now(),
-                Ok(false) => return true,
-                Err(e) => {
-                    tracing::warn!(error = %e, "renewing the leader Lease");
-                    if last_renewed.elapsed() >= self.duration {
-                        return true;
-                    }
+            let deadline = last_renewed + self.timings.renew_deadline;
+            match tokio::time::timeout_at(deadline, self.try_acquire()).await {
+                Ok(Ok(true)) => {
+                    last_renewed = tokio::time::Instant::now();
+                    continue;
                 }
+                Ok(Ok(false)) => return true,
+                Ok(Err(e)) => tracing::warn!(error = %e, "renewing the leader Lease"),
+                Err(_) => tracing::warn!("renewing the leader Lease: no answer"),
             }
+            if tokio::time::Instant::now() < deadline {
+                continue;
+            }
+            tracing::warn!(deadline = ?self.timings.renew_deadline, "not renewed within the renew deadline");
+            return true;
         }
     }
 }
@@ -146,7 +199,7 @@ where
     F: Fn(CancellationToken) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let retry = lock.duration / 3;
+    let retry = lock.timings.retry_period;
     loop {
         // Standby until the Lease is ours.
         loop {
@@ -203,7 +256,7 @@ mod tests {
             Api::namespaced(client, "ops"),
             "orderflow-operator",
             "me",
-            Duration::from_secs(15),
+            Timings::default(),
         );
         (lock, api)
     }
@@ -285,5 +338,57 @@ mod tests {
         assert_eq!(r.body["spec"]["leaseTransitions"], 2);
         r.echo();
         assert!(run.await.unwrap().unwrap());
+    }
+
+    #[test]
+    fn the_renew_deadline_must_end_before_the_lease() {
+        assert!(Timings::default().check().is_ok());
+        let t = |d, r, p| Timings {
+            duration: Duration::from_millis(d),
+            renew_deadline: Duration::from_millis(r),
+            retry_period: Duration::from_millis(p),
+        };
+        assert!(t(15_000, 15_000, 2_000)
+            .check()
+            .unwrap_err()
+            .contains("renew deadline"));
+        assert!(t(15_000, 20_000, 2_000).check().is_err());
+        assert!(t(15_000, 10_000, 6_000)
+            .check()
+            .unwrap_err()
+            .contains("retry period"));
+        assert!(t(15_000, 10_000, 0).check().is_err());
+        assert!(t(500, 200, 100).check().is_err(), "under a second");
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_cannot_renew_gives_up_within_the_renew_deadline() {
+        let (client, mut api) = mock_api(NAMESPACE_RULES, "ops");
+        let timings = Timings {
+            duration: Duration::from_secs(3),
+            renew_deadline: Duration::from_millis(1500),
+            retry_period: Duration::from_millis(300),
+        };
+        let lock = LeaseLock::new(
+            Api::namespaced(client, "ops"),
+            "orderflow-operator",
+            "me",
+            timings,
+        );
+        let started = std::time::Instant::now();
+        let hold = tokio::spawn(async move { lock.hold(&CancellationToken::new()).await });
+        // Every renewal fails: the API server answers 500.
+        let answering = tokio::spawn(async move {
+            loop {
+                api.expect("GET", PATH).await.fail(500, "InternalError");
+            }
+        });
+        assert!(hold.await.unwrap(), "leadership is lost");
+        let took = started.elapsed();
+        answering.abort();
+        assert!(
+            took >= Duration::from_millis(1500) && took < Duration::from_secs(3),
+            "gave up after {took:?}: within the renew deadline, before the lease ends"
+        );
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 use clap::Parser;
 use orderflow_operator::broker::KafkaBrokers;
 use orderflow_operator::controller::{self, Context};
-use orderflow_operator::leader::{self, LeaseLock};
+use orderflow_operator::leader::{self, LeaseLock, Timings};
 use orderflow_operator::metrics::Metrics;
 use orderflow_platform::config::HttpArgs;
 use orderflow_platform::http::{self, Ops};
@@ -20,8 +20,20 @@ struct Args {
     lease_namespace: String,
     #[arg(long, env = "LEASE_NAME", default_value = "orderflow-operator")]
     lease_name: String,
+    /// How long the Lease holds without renewal.
     #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     lease_duration: Duration,
+    /// The leader stops when it could not renew for this long (shorter
+    /// than the lease, so no standby takes over while it still works).
+    #[arg(long, env = "LEASE_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    renew_deadline: Duration,
+    /// Between renewals, and between a standby's attempts.
+    #[arg(long, env = "LEASE_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
+    retry_period: Duration,
+    /// The namespaces whose pipelines this operator serves (comma-separated);
+    /// empty: every namespace.
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',', num_args = 0..)]
+    watch_namespaces: Vec<String>,
     /// This replica's name in the Lease and in Events (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -32,6 +44,18 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let timings = Timings {
+        duration: args.lease_duration,
+        renew_deadline: args.renew_deadline,
+        retry_period: args.retry_period,
+    };
+    timings.check().map_err(anyhow::Error::msg)?;
+    let namespaces: Vec<String> = args
+        .watch_namespaces
+        .iter()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
     let telemetry = orderflow_platform::telemetry::init("operator");
     let shutdown = orderflow_platform::shutdown::on_signal();
     let client = kube::Client::try_default().await?;
@@ -76,10 +100,10 @@ async fn main() -> anyhow::Result<()> {
         kube::Api::namespaced(client, &args.lease_namespace),
         &args.lease_name,
         &identity,
-        args.lease_duration,
+        timings,
     );
     leader::run(lock, metrics, shutdown.clone(), |stop| {
-        controller::run(ctx.clone(), stop.cancelled_owned())
+        controller::run(ctx.clone(), namespaces.clone(), stop.cancelled_owned())
     })
     .await;
     shutdown.cancel();

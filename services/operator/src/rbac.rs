@@ -1,7 +1,11 @@
-//! The operator's permissions, exactly the requests it makes; `crdgen rbac`
-//! prints them as a ClusterRole (pipelines live in any namespace) and a Role
-//! (the leader Lease, in the operator's own namespace). The reconcile
-//! scenarios check every request they see against these rules.
+//! The operator's permissions, exactly the requests it makes. `crdgen rbac`
+//! prints them: a ClusterRole with [`PIPELINE_RULES`] bound by a RoleBinding
+//! in each namespace the operator serves (`WATCH_NAMESPACES`), so that it
+//! reads Secrets only there (or by a ClusterRoleBinding when it serves every
+//! namespace), and a Role with [`NAMESPACE_RULES`] (the leader Lease) in its
+//! own namespace. The reconcile scenarios check every request they see
+//! against these rules; the control-plane tests compare them with what the
+//! real API server grants (`kubectl auth can-i --list`).
 
 use serde_json::{json, Value};
 
@@ -11,8 +15,8 @@ pub struct Rule {
     pub verbs: &'static [&'static str],
 }
 
-/// Cluster-wide: what reconciling a pipeline in any namespace needs.
-pub const CLUSTER_RULES: &[Rule] = &[
+/// In every served namespace: what reconciling a pipeline there needs.
+pub const PIPELINE_RULES: &[Rule] = &[
     // The controller watches pipelines and sets its finalizer (a patch).
     Rule {
         group: "orderflow.dev",
@@ -24,12 +28,13 @@ pub const CLUSTER_RULES: &[Rule] = &[
         resources: &["orderpipelines/status"],
         verbs: &["patch"],
     },
-    // Owned objects are written with server-side apply (a patch, which also
-    // creates); Deployments are watched to follow their rollout.
+    // Owned objects are written with server-side apply: a patch, which the
+    // API server authorizes as `create` too when the object does not exist
+    // yet. Deployments are watched to follow their rollout.
     Rule {
         group: "apps",
         resources: &["deployments"],
-        verbs: &["list", "watch", "patch"],
+        verbs: &["list", "watch", "create", "patch"],
     },
     Rule {
         group: "apps",
@@ -39,17 +44,17 @@ pub const CLUSTER_RULES: &[Rule] = &[
     Rule {
         group: "",
         resources: &["configmaps", "services"],
-        verbs: &["patch"],
+        verbs: &["create", "patch"],
     },
     Rule {
         group: "networking.k8s.io",
         resources: &["ingresses"],
-        verbs: &["patch", "delete"],
+        verbs: &["create", "patch", "delete"],
     },
     Rule {
         group: "gateway.networking.k8s.io",
         resources: &["httproutes"],
-        verbs: &["patch", "delete"],
+        verbs: &["create", "patch", "delete"],
     },
     // The pipeline's Kafka settings Secret (SASL/TLS), when it names one.
     Rule {
@@ -71,6 +76,9 @@ pub const NAMESPACE_RULES: &[Rule] = &[Rule {
     verbs: &["get", "create", "update"],
 }];
 
+/// The operator's ServiceAccount, ClusterRole, Role and bindings.
+pub const NAME: &str = "orderflow-operator";
+
 /// Whether the rules allow `verb` on `group`/`resource`.
 pub fn allows(rules: &[Rule], group: &str, resource: &str, verb: &str) -> bool {
     rules
@@ -78,52 +86,76 @@ pub fn allows(rules: &[Rule], group: &str, resource: &str, verb: &str) -> bool {
         .any(|r| r.group == group && r.resources.contains(&resource) && r.verbs.contains(&verb))
 }
 
-fn rules_json(rules: &[Rule]) -> Value {
+pub fn rules_json(rules: &[Rule]) -> Value {
     rules
         .iter()
         .map(|r| json!({"apiGroups": [r.group], "resources": r.resources, "verbs": r.verbs}))
         .collect()
 }
 
-/// The ClusterRole, Role and their bindings for the operator's
-/// ServiceAccount `orderflow-operator` in `namespace`.
-pub fn manifests(namespace: &str) -> Vec<Value> {
-    let name = "orderflow-operator";
+/// The ServiceAccount `orderflow-operator` in `namespace`, its roles and
+/// bindings: the pipeline rules in each of `served` (every namespace when
+/// `served` is empty), leader election in `namespace`. Namespaces are
+/// included, so the stream applies on its own.
+pub fn manifests(namespace: &str, served: &[&str]) -> Vec<Value> {
+    let name = NAME;
     let labels = json!({"app.kubernetes.io/name": "orderflow-operator", "app.kubernetes.io/part-of": "orderflow"});
     let subject = json!([{"kind": "ServiceAccount", "name": name, "namespace": namespace}]);
-    vec![
-        json!({
-            "apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": name, "labels": labels},
-            "rules": rules_json(CLUSTER_RULES),
-        }),
-        json!({
+    let cluster_role =
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name});
+    let mut namespaces = vec![namespace];
+    namespaces.extend(served.iter().filter(|n| **n != namespace));
+    let mut out: Vec<Value> = namespaces
+        .iter()
+        .map(|ns| {
+            json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "labels": {"app.kubernetes.io/part-of": "orderflow"}},
+            })
+        })
+        .collect();
+    out.push(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+    }));
+    out.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": name, "labels": labels},
+        "rules": rules_json(PIPELINE_RULES),
+    }));
+    if served.is_empty() {
+        out.push(json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": name, "labels": labels},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "roleRef": cluster_role,
             "subjects": subject,
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "rules": rules_json(NAMESPACE_RULES),
-        }),
-        json!({
+        }));
+    }
+    for ns in served {
+        out.push(json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "metadata": {"name": format!("{name}-pipelines"), "namespace": ns, "labels": labels},
+            "roleRef": cluster_role,
             "subjects": subject,
-        }),
-    ]
+        }));
+    }
+    out.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "rules": rules_json(NAMESPACE_RULES),
+    }));
+    out.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": subject,
+    }));
+    out
 }
 
 /// The manifests as one YAML stream.
-pub fn manifests_yaml(namespace: &str) -> String {
-    manifests(namespace)
+pub fn manifests_yaml(namespace: &str, served: &[&str]) -> String {
+    manifests(namespace, served)
         .iter()
         .map(|m| {
             format!(
@@ -222,7 +254,7 @@ mod tests {
 
     #[test]
     fn no_wildcards() {
-        for rule in CLUSTER_RULES.iter().chain(NAMESPACE_RULES) {
+        for rule in PIPELINE_RULES.iter().chain(NAMESPACE_RULES) {
             assert!(
                 !rule.group.contains('*')
                     && !rule.resources.contains(&"*")

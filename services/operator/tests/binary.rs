@@ -149,6 +149,8 @@ fn spawn_operator(kubeconfig: &std::path::Path, name: &str) -> Operator {
         .env("OPERATOR_PORT", port.to_string())
         .env("BIND_ADDR", "127.0.0.1")
         .env("LEASE_DURATION", "3s")
+        .env("LEASE_RENEW_DEADLINE", "2s")
+        .env("LEASE_RETRY_PERIOD", "500ms")
         .env("SHUTDOWN_GRACE", "2s")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stdout(Stdio::null())

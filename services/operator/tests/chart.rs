@@ -9,7 +9,7 @@
 use std::process::Command;
 
 use orderflow_operator::crd::OrderPipeline;
-use orderflow_operator::rbac::{Rule, CLUSTER_RULES, NAMESPACE_RULES};
+use orderflow_operator::rbac::{rules_json, NAMESPACE_RULES, PIPELINE_RULES};
 use orderflow_testkit as kit;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -47,13 +47,6 @@ fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
     objects.iter().filter(|o| o["kind"] == kind).collect()
 }
 
-fn rules_json(rules: &[Rule]) -> Value {
-    rules
-        .iter()
-        .map(|r| json!({"apiGroups": [r.group], "resources": r.resources, "verbs": r.verbs}))
-        .collect()
-}
-
 fn assert_locked_down(objects: &[Value]) {
     let deployments = of_kind(objects, "Deployment");
     assert!(!deployments.is_empty());
@@ -86,36 +79,60 @@ fn assert_locked_down(objects: &[Value]) {
     }
 }
 
-fn assert_exact_rbac(objects: &[Value]) {
+/// The chart's RBAC is rbac.rs's: the pipeline rules bound in each served
+/// namespace (`served`), or cluster-wide when `served` is empty, and the
+/// leader-election Role in the release namespace.
+fn assert_exact_rbac(objects: &[Value], served: &[&str]) {
     let text = serde_json::to_string(objects).unwrap();
     assert!(!text.contains(r#""*""#), "a wildcard in the chart");
     let cluster = of_kind(objects, "ClusterRole");
     assert_eq!(cluster.len(), 1);
-    assert_eq!(cluster[0]["rules"], rules_json(CLUSTER_RULES));
+    assert_eq!(cluster[0]["rules"], rules_json(PIPELINE_RULES));
     let role = of_kind(objects, "Role");
     assert_eq!(role.len(), 1);
     assert_eq!(role[0]["rules"], rules_json(NAMESPACE_RULES));
     let sa = of_kind(objects, "ServiceAccount")[0]["metadata"]["name"].clone();
-    for binding in ["ClusterRoleBinding", "RoleBinding"] {
-        let b = of_kind(objects, binding);
-        assert_eq!(b[0]["subjects"][0]["name"], sa, "{binding}");
-        assert_eq!(
-            b[0]["subjects"][0]["namespace"], "orderflow-system",
-            "{binding}"
-        );
+    let bindings: Vec<&Value> = of_kind(objects, "ClusterRoleBinding")
+        .into_iter()
+        .chain(of_kind(objects, "RoleBinding"))
+        .collect();
+    for b in &bindings {
+        assert_eq!(b["subjects"][0]["name"], sa);
+        assert_eq!(b["subjects"][0]["namespace"], "orderflow-system");
     }
+    let pipeline_bindings: Vec<(&str, Option<&str>)> = bindings
+        .iter()
+        .filter(|b| b["roleRef"]["kind"] == "ClusterRole")
+        .map(|b| {
+            (
+                b["kind"].as_str().unwrap(),
+                b["metadata"]["namespace"].as_str(),
+            )
+        })
+        .collect();
+    let expected: Vec<(&str, Option<&str>)> = if served.is_empty() {
+        vec![("ClusterRoleBinding", None)]
+    } else {
+        served.iter().map(|ns| ("RoleBinding", Some(*ns))).collect()
+    };
+    assert_eq!(pipeline_bindings, expected);
     let deployment = of_kind(objects, "Deployment")[0];
     assert_eq!(
         deployment["spec"]["template"]["spec"]["serviceAccountName"],
         sa
     );
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(env
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": "WATCH_NAMESPACES", "value": served.join(",")})));
 }
 
 #[test]
 fn default_values_render_a_locked_down_operator_with_exact_rbac() {
     let objects = render(None);
     assert_locked_down(&objects);
-    assert_exact_rbac(&objects);
+    assert_exact_rbac(&objects, &["orderflow-system"]);
     let deployment = of_kind(&objects, "Deployment")[0];
     assert_eq!(
         deployment["spec"]["replicas"], 2,
@@ -137,7 +154,7 @@ fn default_values_render_a_locked_down_operator_with_exact_rbac() {
 fn every_option_renders_its_objects() {
     let objects = render(Some("ci/all-on-values.yaml"));
     assert_locked_down(&objects);
-    assert_exact_rbac(&objects);
+    assert_exact_rbac(&objects, &[]);
     let monitor = of_kind(&objects, "ServiceMonitor");
     assert_eq!(monitor[0]["spec"]["endpoints"][0]["path"], "/metrics");
     assert_eq!(monitor[0]["metadata"]["labels"]["release"], "prometheus");

@@ -26,7 +26,7 @@ fn committed_crds_equal_the_generated_one() {
 fn committed_rbac_equals_the_generated_one() {
     assert_eq!(
         repo_file("k8s/rbac.yaml"),
-        orderflow_operator::rbac::manifests_yaml("orderflow-system"),
+        orderflow_operator::rbac::manifests_yaml("orderflow-system", &["orderflow"]),
         "k8s/rbac.yaml is stale: run `cargo run -p orderflow-operator --bin crdgen rbac > k8s/rbac.yaml`"
     );
 }
