@@ -229,6 +229,16 @@ where
     }
 }
 
+/// Another crate's binary of this workspace (`producer`, `consumer`, …):
+/// scripts/test builds them all before the tests run.
+pub fn binary(name: &str) -> std::path::PathBuf {
+    // target/debug/deps/<test>-… → target/debug/<name>
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(path.exists(), "{} is not built", path.display());
+    path
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -330,6 +340,34 @@ pub fn kafka_tool(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// What Kafka's own `kafka-topics --describe` reports: the partition count
+/// and the topic's overrides.
+pub fn kafka_topic_describe(
+    brokers: &str,
+    topic: &str,
+) -> (i32, std::collections::BTreeMap<String, String>) {
+    let out = kafka_tool(&[
+        "org.apache.kafka.tools.TopicCommand",
+        "--bootstrap-server",
+        brokers,
+        "--describe",
+        "--topic",
+        topic,
+    ]);
+    // Topic: t  TopicId: …  PartitionCount: 3  ReplicationFactor: 1  Configs: a=1,b=2
+    let head = out.lines().next().unwrap_or_default();
+    let field = |name: &str| {
+        let at = head.find(name).unwrap_or_else(|| panic!("{name} in {out}")) + name.len();
+        head[at..].split('\t').next().unwrap().trim().to_owned()
+    };
+    let config = field("Configs:")
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    (field("PartitionCount:").parse().unwrap(), config)
 }
 
 /// Until the broker answers a metadata request (it listens before it is

@@ -123,14 +123,6 @@ fn print_log_tails(dir: &std::path::Path) {
     }
 }
 
-fn binary(name: &str) -> std::path::PathBuf {
-    // target/debug/deps/tracing-… → target/debug/<name>
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(path.exists(), "{} is not built", path.display());
-    path
-}
-
 // Multi-threaded: the receiver must answer while the test waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_order_is_one_trace_across_every_service() {
@@ -168,7 +160,7 @@ async fn one_order_is_one_trace_across_every_service() {
     ];
     let logs = kit::TempDir::new("trace-logs");
     let spawn = |binary_name: &str, service: &str, extra: Vec<(&str, String)>| {
-        let mut cmd = Command::new(binary(binary_name));
+        let mut cmd = Command::new(kit::binary(binary_name));
         let log = std::fs::File::create(logs.0.join(format!("{service}.log"))).unwrap();
         cmd.envs(common.iter().map(|(k, v)| (*k, v.as_str())))
             .env("OTEL_SERVICE_NAME", service)

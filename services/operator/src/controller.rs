@@ -13,6 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -67,6 +68,8 @@ struct Memory {
     /// a restarted operator starts fresh and `decide` never scales down on
     /// a fresh start).
     histories: BTreeMap<String, History>,
+    /// Per owned object (`Kind/name`): when our apply last changed it.
+    stamps: HashMap<String, Timestamp>,
 }
 
 pub struct Context {
@@ -75,7 +78,12 @@ pub struct Context {
     pub reporter: Reporter,
     pub metrics: Metrics,
     memory: Mutex<HashMap<String, Memory>>,
+    /// Warning Events published lately (pipeline, reason, note → when).
+    warned: Mutex<HashMap<String, Instant>>,
 }
+
+/// How soon the same Warning Event is published again.
+const WARNING_REPEAT: Duration = Duration::from_secs(600);
 
 impl Context {
     pub fn new(
@@ -93,6 +101,7 @@ impl Context {
             },
             metrics,
             memory: Mutex::new(HashMap::new()),
+            warned: Mutex::new(HashMap::new()),
         }
     }
 
@@ -113,6 +122,18 @@ impl Context {
         action: &str,
         note: String,
     ) {
+        // A lasting problem (a refused partition decrease, say) is found
+        // again on every poll: one Warning per ten minutes tells it.
+        if type_ == EventType::Warning {
+            let id = format!("{}\u{0}{reason}\u{0}{note}", key(pipeline));
+            let mut warned = self.warned.lock().expect("operator memory");
+            let now = Instant::now();
+            warned.retain(|_, at| now.duration_since(*at) < WARNING_REPEAT);
+            if warned.contains_key(&id) {
+                return;
+            }
+            warned.insert(id, now);
+        }
         let event = Event {
             type_,
             reason: reason.into(),
@@ -437,6 +458,127 @@ fn deployment_ready(d: &Deployment) -> bool {
         && status.available_replicas.unwrap_or(0) >= wanted
 }
 
+/// What a server-side apply did, read from the object it returned: the API
+/// server stamps our field manager's entry only when one of our fields
+/// changed (to the second, hence `since` is truncated). Returns the change
+/// and the stamp.
+fn change_of(meta: &ObjectMeta, since: Timestamp) -> Option<(&'static str, Timestamp)> {
+    let since = Timestamp::from_second(since.as_second()).unwrap_or(since);
+    let ours = meta.managed_fields.as_ref()?.iter().find(|f| {
+        f.manager.as_deref() == Some(MANAGER) && f.operation.as_deref() == Some("Apply")
+    })?;
+    let stamp = ours.time.as_ref()?.0;
+    if stamp < since {
+        return None;
+    }
+    let created = meta
+        .creation_timestamp
+        .as_ref()
+        .is_some_and(|t| t.0 >= since);
+    Some((if created { "Created" } else { "Updated" }, stamp))
+}
+
+/// Step: the owned ConfigMap, Deployments, Services and Ingress or
+/// HTTPRoute, applied; the exposure no longer wanted, deleted. Each change
+/// is an Event. Returns the Deployments as the API server holds them.
+async fn apply_workloads(
+    pipeline: &OrderPipeline,
+    ctx: &Context,
+    ns: &str,
+) -> Result<BTreeMap<String, Deployment>, Error> {
+    let key = key(pipeline);
+    let mut deployments: BTreeMap<String, Deployment> = BTreeMap::new();
+    for object in resources::owned(pipeline) {
+        let started = Timestamp::now();
+        let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+        let meta = match kind.as_str() {
+            "ConfigMap" => apply::<ConfigMap>(&ctx.client, ns, &object).await?.metadata,
+            "Deployment" => {
+                let d: Deployment = apply(&ctx.client, ns, &object).await?;
+                let meta = d.metadata.clone();
+                deployments.insert(d.name_any(), d);
+                meta
+            }
+            "Service" => apply::<Service>(&ctx.client, ns, &object).await?.metadata,
+            "Ingress" => apply::<Ingress>(&ctx.client, ns, &object).await?.metadata,
+            "HTTPRoute" => {
+                let name = object["metadata"]["name"].as_str().unwrap_or_default();
+                http_routes(&ctx.client, ns)
+                    .patch(
+                        name,
+                        &PatchParams::apply(MANAGER).force(),
+                        &Patch::Apply(&object),
+                    )
+                    .await?
+                    .metadata
+            }
+            other => unreachable!("resources::owned builds no {other:?}"),
+        };
+        let Some((change, stamp)) = change_of(&meta, started) else {
+            continue;
+        };
+        // A reconcile in the same second (the watch saw our change) finds
+        // the same stamp: one change, one Event.
+        let object_key = format!("{kind}/{}", meta.name.as_deref().unwrap_or_default());
+        let seen = ctx.remember(&key, |m| m.stamps.insert(object_key.clone(), stamp));
+        if seen != Some(stamp) {
+            ctx.publish(
+                pipeline,
+                EventType::Normal,
+                &format!("{kind}{change}"),
+                "Apply",
+                format!("{} {object_key}", change.to_lowercase()),
+            )
+            .await;
+        }
+    }
+    // Exposure switched off: remove what an earlier spec made. A 404 is the
+    // usual answer (nothing there, or no Gateway API in the cluster).
+    let removed = |r: Result<(), kube::Error>| match r {
+        Ok(()) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    };
+    if resources::ingress(pipeline).is_none() {
+        let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), ns);
+        let name = resources::object_name(pipeline, "ingress");
+        if removed(
+            ingresses
+                .delete(&name, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        )? {
+            ctx.publish(
+                pipeline,
+                EventType::Normal,
+                "IngressDeleted",
+                "Delete",
+                format!("deleted Ingress/{name}: spec.ingress is off"),
+            )
+            .await;
+        }
+    }
+    if resources::http_route(pipeline).is_none() {
+        let name = resources::object_name(pipeline, "route");
+        if removed(
+            http_routes(&ctx.client, ns)
+                .delete(&name, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        )? {
+            ctx.publish(
+                pipeline,
+                EventType::Normal,
+                "HTTPRouteDeleted",
+                "Delete",
+                format!("deleted HTTPRoute/{name}: spec.gateway is off"),
+            )
+            .await;
+        }
+    }
+    Ok(deployments)
+}
+
 async fn reconcile_pipeline(pipeline: &OrderPipeline, ctx: &Context) -> Result<Action, Error> {
     let ns = pipeline
         .namespace()
@@ -538,61 +680,7 @@ async fn reconcile_pipeline(pipeline: &OrderPipeline, ctx: &Context) -> Result<A
         }
     };
 
-    // Owned objects.
-    let mut deployments: BTreeMap<String, Deployment> = BTreeMap::new();
-    for object in resources::owned(pipeline) {
-        match object["kind"].as_str() {
-            Some("ConfigMap") => {
-                apply::<ConfigMap>(&ctx.client, &ns, &object).await?;
-            }
-            Some("Deployment") => {
-                let d: Deployment = apply(&ctx.client, &ns, &object).await?;
-                deployments.insert(d.name_any(), d);
-            }
-            Some("Service") => {
-                apply::<Service>(&ctx.client, &ns, &object).await?;
-            }
-            Some("Ingress") => {
-                apply::<Ingress>(&ctx.client, &ns, &object).await?;
-            }
-            Some("HTTPRoute") => {
-                let name = object["metadata"]["name"].as_str().unwrap_or_default();
-                http_routes(&ctx.client, &ns)
-                    .patch(
-                        name,
-                        &PatchParams::apply(MANAGER).force(),
-                        &Patch::Apply(&object),
-                    )
-                    .await?;
-            }
-            other => unreachable!("resources::owned builds no {other:?}"),
-        }
-    }
-    // Exposure switched off: remove what an earlier spec made. A 404 is the
-    // usual answer (nothing there, or no Gateway API in the cluster).
-    let gone = |r: Result<(), kube::Error>| match r {
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        other => other,
-    };
-    if resources::ingress(pipeline).is_none() {
-        let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), &ns);
-        let name = resources::object_name(pipeline, "ingress");
-        gone(
-            ingresses
-                .delete(&name, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-        )?;
-    }
-    if resources::http_route(pipeline).is_none() {
-        let name = resources::object_name(pipeline, "route");
-        gone(
-            http_routes(&ctx.client, &ns)
-                .delete(&name, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-        )?;
-    }
+    let deployments = apply_workloads(pipeline, ctx, &ns).await?;
     let not_ready: Vec<String> = deployments
         .values()
         .filter(|d| !deployment_ready(d))

@@ -5,7 +5,7 @@
 //! exits cleanly and releases the Lease so the standby takes over.
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use orderflow_testkit as kit;
 use serde_json::{json, Value};
+
+mod support;
+use support::{leading, spawn_operator, Operator};
 
 #[derive(Default)]
 struct Cluster {
@@ -128,54 +131,6 @@ async fn fake_api() -> (String, Shared) {
     (format!("http://{addr}"), cluster)
 }
 
-struct Operator {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_operator(kubeconfig: &std::path::Path, name: &str) -> Operator {
-    let port = kit::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_operator"))
-        .env("KUBECONFIG", kubeconfig)
-        .env("POD_NAME", name)
-        .env("POD_NAMESPACE", "ops")
-        .env("OPERATOR_PORT", port.to_string())
-        .env("BIND_ADDR", "127.0.0.1")
-        .env("LEASE_DURATION", "3s")
-        .env("LEASE_RENEW_DEADLINE", "2s")
-        .env("LEASE_RETRY_PERIOD", "500ms")
-        .env("SHUTDOWN_GRACE", "2s")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting the operator");
-    Operator { child, port }
-}
-
-/// Whether the replica on `port` leads, from its metrics.
-async fn leading(client: &reqwest::Client, port: u16) -> Option<bool> {
-    let text = client
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("orderflow_operator_leader "))?;
-    Some(line.ends_with(" 1"))
-}
-
 #[tokio::test]
 async fn two_replicas_elect_one_leader_which_hands_over_on_sigterm() {
     let (server, cluster) = fake_api().await;
@@ -193,7 +148,7 @@ async fn two_replicas_elect_one_leader_which_hands_over_on_sigterm() {
     .unwrap();
     let client = reqwest::Client::new();
     let names = ["op-a", "op-b"];
-    let mut ops = names.map(|n| spawn_operator(&kubeconfig, n));
+    let mut ops = names.map(|n| spawn_operator(&kubeconfig, n, &[], None));
 
     // Exactly one leads (checked over a few renewals), and is ready.
     let roles = |ops: &[Operator; 2]| {

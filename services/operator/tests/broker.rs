@@ -135,31 +135,6 @@ fn kafka_log_end_offsets(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
         .collect()
 }
 
-/// What Kafka's own `kafka-topics --describe` reports: the partition count
-/// and the topic's overrides.
-fn kafka_topic_describe(brokers: &str, topic: &str) -> (i32, BTreeMap<String, String>) {
-    let out = kit::kafka_tool(&[
-        "org.apache.kafka.tools.TopicCommand",
-        "--bootstrap-server",
-        brokers,
-        "--describe",
-        "--topic",
-        topic,
-    ]);
-    // Topic: t  TopicId: …  PartitionCount: 3  ReplicationFactor: 1  Configs: a=1,b=2
-    let head = out.lines().next().unwrap_or_default();
-    let field = |name: &str| {
-        let at = head.find(name).unwrap_or_else(|| panic!("{name} in {out}")) + name.len();
-        head[at..].split('\t').next().unwrap().trim().to_owned()
-    };
-    let config = field("Configs:")
-        .split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    (field("PartitionCount:").parse().unwrap(), config)
-}
-
 #[tokio::test]
 async fn lag_per_partition_equals_what_kafka_reports() {
     let brokers = kit::kafka();
@@ -284,9 +259,10 @@ async fn topic_actions_read_back_from_the_broker() {
         assert_eq!(described.get(k).map(String::as_str), Some(v), "{k}");
     }
     let (b, n) = (brokers.clone(), name.clone());
-    let (partitions, overrides) = tokio::task::spawn_blocking(move || kafka_topic_describe(&b, &n))
-        .await
-        .unwrap();
+    let (partitions, overrides) =
+        tokio::task::spawn_blocking(move || kit::kafka_topic_describe(&b, &n))
+            .await
+            .unwrap();
     assert_eq!(partitions, 3);
     for (k, v) in config {
         assert_eq!(
@@ -340,9 +316,10 @@ async fn topic_actions_read_back_from_the_broker() {
         }]
     );
     let (b, n) = (brokers.clone(), name.clone());
-    let (partitions, overrides) = tokio::task::spawn_blocking(move || kafka_topic_describe(&b, &n))
-        .await
-        .unwrap();
+    let (partitions, overrides) =
+        tokio::task::spawn_blocking(move || kit::kafka_topic_describe(&b, &n))
+            .await
+            .unwrap();
     assert_eq!(partitions, 6, "the refused decrease changed nothing");
     for (k, v) in changed {
         assert_eq!(
