@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::topology::{TopicRole, TOPICS};
+
 #[derive(Args, Debug, Clone)]
 pub struct KafkaArgs {
     /// Comma-separated bootstrap servers.
@@ -20,53 +22,42 @@ pub struct KafkaArgs {
     pub extra: String,
 }
 
+/// The topics' names; their defaults and variables are [`TOPICS`]'s, in its order.
 #[derive(Args, Debug, Clone)]
 pub struct TopicArgs {
-    #[arg(long = "topic-orders", env = "KAFKA_TOPIC", default_value = "orders")]
+    #[arg(long = "topic-orders", env = TOPICS[0].env, default_value = TOPICS[0].name)]
     pub orders: String,
-    #[arg(
-        long = "topic-validated",
-        env = "KAFKA_TOPIC_VALIDATED",
-        default_value = "orders.validated"
-    )]
+    #[arg(long = "topic-validated", env = TOPICS[1].env, default_value = TOPICS[1].name)]
     pub validated: String,
-    #[arg(
-        long = "topic-inventory",
-        env = "KAFKA_TOPIC_INVENTORY",
-        default_value = "inventory.events"
-    )]
+    #[arg(long = "topic-inventory", env = TOPICS[2].env, default_value = TOPICS[2].name)]
     pub inventory: String,
-    #[arg(
-        long = "topic-payment",
-        env = "KAFKA_TOPIC_PAYMENT",
-        default_value = "payment.events"
-    )]
+    #[arg(long = "topic-payment", env = TOPICS[3].env, default_value = TOPICS[3].name)]
     pub payment: String,
-    #[arg(
-        long = "topic-notifications",
-        env = "KAFKA_TOPIC_NOTIFICATIONS",
-        default_value = "notifications"
-    )]
+    #[arg(long = "topic-notifications", env = TOPICS[4].env, default_value = TOPICS[4].name)]
     pub notifications: String,
-    #[arg(
-        long = "topic-dlq",
-        env = "KAFKA_TOPIC_DLQ",
-        default_value = "orders.dlq"
-    )]
+    #[arg(long = "topic-dlq", env = TOPICS[5].env, default_value = TOPICS[5].name)]
     pub dlq: String,
 }
 
 impl TopicArgs {
+    /// The name of the topic for `role`.
+    pub fn name(&self, role: TopicRole) -> &str {
+        match role {
+            TopicRole::Orders => &self.orders,
+            TopicRole::Validated => &self.validated,
+            TopicRole::Inventory => &self.inventory,
+            TopicRole::Payment => &self.payment,
+            TopicRole::Notifications => &self.notifications,
+            TopicRole::Dlq => &self.dlq,
+        }
+    }
+
     /// Every topic with its default partition count (SPEC §3, §5).
     pub fn all(&self) -> Vec<(&str, i32)> {
-        vec![
-            (self.orders.as_str(), 6),
-            (self.validated.as_str(), 6),
-            (self.inventory.as_str(), 6),
-            (self.payment.as_str(), 6),
-            (self.notifications.as_str(), 3),
-            (self.dlq.as_str(), 1),
-        ]
+        TOPICS
+            .iter()
+            .map(|t| (self.name(t.role), t.partitions))
+            .collect()
     }
 }
 

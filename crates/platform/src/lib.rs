@@ -9,3 +9,4 @@ pub mod mongo;
 pub mod redis;
 pub mod shutdown;
 pub mod telemetry;
+pub mod topology;

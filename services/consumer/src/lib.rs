@@ -11,6 +11,7 @@ use orderflow_platform::config::{HttpArgs, KafkaArgs, MongoArgs, TopicArgs};
 pub use orderflow_platform::http::Running;
 use orderflow_platform::http::{self, Ops};
 use orderflow_platform::shutdown::CancellationToken;
+use orderflow_platform::topology;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::Consumer;
 
@@ -33,23 +34,18 @@ pub enum StageName {
 }
 
 impl StageName {
+    /// The stage's entry in the pipeline's table.
+    pub fn stage(self) -> &'static topology::Stage {
+        &topology::STAGES[self as usize]
+    }
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            StageName::Persist => "persist",
-            StageName::Inventory => "inventory",
-            StageName::Payment => "payment",
-            StageName::Notify => "notify",
-        }
+        self.stage().name
     }
 
     /// The topic the stage consumes.
     pub fn input(self, topics: &TopicArgs) -> &str {
-        match self {
-            StageName::Persist => &topics.orders,
-            StageName::Inventory => &topics.validated,
-            StageName::Payment => &topics.inventory,
-            StageName::Notify => &topics.notifications,
-        }
+        topics.name(self.stage().input)
     }
 }
 
@@ -162,10 +158,10 @@ pub struct Args {
 }
 
 impl Args {
-    /// The consumer group: `orderflow-<stage>` unless set.
+    /// The consumer group: the stage's (`orderflow-<stage>`) unless set.
     pub fn group(&self) -> String {
         if self.group.is_empty() {
-            format!("orderflow-{}", self.stage.as_str())
+            self.stage.stage().group.to_owned()
         } else {
             self.group.clone()
         }
@@ -318,4 +314,18 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         shutdown,
         task,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stage_flag_names_its_entry_in_the_table() {
+        let variants = StageName::value_variants();
+        assert_eq!(variants.len(), topology::STAGES.len());
+        for v in variants {
+            assert_eq!(v.to_possible_value().unwrap().get_name(), v.as_str());
+        }
+    }
 }

@@ -167,7 +167,11 @@ async fn seed(mongo: &str, n: u64) -> anyhow::Result<()> {
                         detail: None,
                     },
                     source: SourceRef {
-                        topic: "orders".into(),
+                        topic: orderflow_platform::topology::topic(
+                            orderflow_platform::topology::TopicRole::Orders,
+                        )
+                        .name
+                        .into(),
                         partition: 0,
                         offset: k as i64,
                     },

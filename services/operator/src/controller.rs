@@ -25,13 +25,14 @@ use serde_json::{json, Value};
 
 use crate::broker::{Brokers, Connection};
 use crate::crd::{
-    Condition, OrderPipeline, OrderPipelineSpec, OrderPipelineStatus, StageStatus,
+    Condition, OrderPipeline, OrderPipelineSpec, OrderPipelineStatus, StageSpec, StageStatus,
     TopicDeletionPolicy, TopicStatus,
 };
 use crate::metrics::{Metrics, StageLabels};
 use crate::resources::{self, MANAGER};
 use crate::scaling::{self, Bounds, History};
 use crate::topics::{self, TopicAction, WantedTopic};
+use orderflow_platform::topology;
 
 /// Held on a pipeline whose topics must be deleted with it.
 pub const FINALIZER: &str = "orderflow.dev/topics";
@@ -205,8 +206,8 @@ pub fn wanted_topics(spec: &OrderPipelineSpec) -> Vec<WantedTopic> {
     spec.topics
         .all()
         .iter()
-        .map(|(_, default, t)| WantedTopic {
-            name: t.name_or(default).to_owned(),
+        .map(|(topic, t)| WantedTopic {
+            name: t.name_or(topic.name).to_owned(),
             partitions: t.partitions,
             replication_factor: t.replication_factor,
             config: t.config.clone(),
@@ -579,23 +580,56 @@ async fn apply_workloads(
     Ok(deployments)
 }
 
-async fn reconcile_pipeline(pipeline: &OrderPipeline, ctx: &Context) -> Result<Action, Error> {
-    let ns = pipeline
-        .namespace()
-        .ok_or_else(|| Error::Spec("an OrderPipeline is namespaced".into()))?;
-    let name = pipeline.name_any();
-    let key = key(pipeline);
-    let pipelines: Api<OrderPipeline> = Api::namespaced(ctx.client.clone(), &ns);
-    let spec = &pipeline.spec;
-    let delete_topics = spec.topic_deletion_policy == TopicDeletionPolicy::Delete;
+/// What every step of one reconcile reads.
+struct Pass<'a> {
+    pipeline: &'a OrderPipeline,
+    ctx: &'a Context,
+    ns: String,
+    name: String,
+    key: String,
+    previous: OrderPipelineStatus,
+    now: Timestamp,
+    now_text: String,
+}
+
+impl Pass<'_> {
+    fn condition(&self, kind: &str, ok: bool, reason: &str, message: String) -> Condition {
+        condition(
+            &self.previous.conditions,
+            kind,
+            ok,
+            reason,
+            message,
+            &self.now_text,
+        )
+    }
+}
+
+/// Step: a deleted pipeline gives its topics up (`topicDeletionPolicy:
+/// Delete`) and releases its finalizer; a live one holds the finalizer
+/// exactly when it will need it. `Some` ends the reconcile.
+async fn finalize(pass: &Pass<'_>) -> Result<Option<Action>, Error> {
+    let (pipeline, ctx) = (pass.pipeline, pass.ctx);
+    let pipelines: Api<OrderPipeline> = Api::namespaced(ctx.client.clone(), &pass.ns);
+    let delete_topics = pipeline.spec.topic_deletion_policy == TopicDeletionPolicy::Delete;
     let finalizers = pipeline.finalizers().to_vec();
     let has_finalizer = finalizers.iter().any(|f| f == FINALIZER);
+    let without = || {
+        finalizers
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect()
+    };
 
     if pipeline.meta().deletion_timestamp.is_some() {
         if has_finalizer {
             if delete_topics {
                 let conn = connection(pipeline, ctx).await?;
-                let names: Vec<String> = wanted_topics(spec).into_iter().map(|t| t.name).collect();
+                let names: Vec<String> = wanted_topics(&pipeline.spec)
+                    .into_iter()
+                    .map(|t| t.name)
+                    .collect();
                 ctx.brokers
                     .delete(&conn, &names)
                     .await
@@ -612,244 +646,229 @@ async fn reconcile_pipeline(pipeline: &OrderPipeline, ctx: &Context) -> Result<A
                 )
                 .await;
             }
-            let rest = finalizers.into_iter().filter(|f| f != FINALIZER).collect();
-            set_finalizers(&pipelines, pipeline, rest).await?;
+            set_finalizers(&pipelines, pipeline, without()).await?;
         }
-        ctx.forget(&key);
-        return Ok(Action::await_change());
+        ctx.forget(&pass.key);
+        return Ok(Some(Action::await_change()));
     }
     if delete_topics && !has_finalizer {
         let mut with = finalizers.clone();
         with.push(FINALIZER.into());
         set_finalizers(&pipelines, pipeline, with).await?;
     } else if !delete_topics && has_finalizer {
-        let rest = finalizers.into_iter().filter(|f| f != FINALIZER).collect();
-        set_finalizers(&pipelines, pipeline, rest).await?;
+        set_finalizers(&pipelines, pipeline, without()).await?;
     }
+    Ok(None)
+}
 
-    let poll = parse_duration("autoscaling.pollInterval", &spec.autoscaling.poll_interval)?;
-    let stabilization = parse_duration(
-        "autoscaling.scaleDownStabilization",
-        &spec.autoscaling.scale_down_stabilization,
-    )?;
-    let previous = pipeline.status.clone().unwrap_or_default();
-    let now = Timestamp::now();
-    let now_text = now.to_string();
+struct TopicsStep {
+    /// The broker connection, when its settings could be read.
+    conn: Result<Connection, Error>,
+    /// Whether the broker answered.
+    reached: bool,
+    condition: Condition,
+    statuses: Vec<TopicStatus>,
+}
 
-    // Topics. The broker being unreachable is reported, not fatal: the
-    // workloads are applied all the same and the next poll tries again.
-    // So is a Kafka settings Secret that cannot be read.
-    let conn = connection(pipeline, ctx).await;
-    let topics = match &conn {
-        Ok(c) => reconcile_topics(pipeline, ctx, c).await.map_err(|e| {
-            let message = format!("cannot reach Kafka at {}: {e}", c.bootstrap_servers);
-            (e.reason(), "KafkaUnavailable", message)
-        }),
+/// Step: the topics. The broker being unreachable is reported, not fatal:
+/// the workloads are applied all the same and the next poll tries again.
+/// So is a Kafka settings Secret that cannot be read.
+async fn topics_step(pass: &Pass<'_>) -> TopicsStep {
+    let conn = connection(pass.pipeline, pass.ctx).await;
+    let outcome = match &conn {
+        Ok(c) => reconcile_topics(pass.pipeline, pass.ctx, c)
+            .await
+            .map_err(|e| {
+                let message = format!("cannot reach Kafka at {}: {e}", c.bootstrap_servers);
+                (e.reason(), "KafkaUnavailable", message)
+            }),
         Err(e) => Err((
             e.reason(),
             "KafkaConfigUnavailable",
             format!("cannot read the Kafka settings Secret: {e}"),
         )),
     };
-    let (topics_condition, topic_statuses) = match &topics {
-        Ok(t) => (
-            condition(
-                &previous.conditions,
-                "TopicsReady",
-                t.ready,
-                t.reason,
-                t.message.clone(),
-                &now_text,
-            ),
-            t.statuses.clone(),
-        ),
+    match outcome {
+        Ok(t) => TopicsStep {
+            conn,
+            reached: true,
+            condition: pass.condition("TopicsReady", t.ready, t.reason, t.message),
+            statuses: t.statuses,
+        },
         Err((failure, reason, message)) => {
-            ctx.metrics.failed(failure);
-            tracing::warn!(pipeline = %key, error = %message, "topics not reconciled");
-            (
-                condition(
-                    &previous.conditions,
-                    "TopicsReady",
-                    false,
-                    reason,
-                    message.clone(),
-                    &now_text,
-                ),
-                previous.topics.clone(),
-            )
+            pass.ctx.metrics.failed(failure);
+            tracing::warn!(pipeline = %pass.key, error = %message, "topics not reconciled");
+            TopicsStep {
+                conn,
+                reached: false,
+                condition: pass.condition("TopicsReady", false, reason, message),
+                statuses: pass.previous.topics.clone(),
+            }
         }
-    };
+    }
+}
 
-    let deployments = apply_workloads(pipeline, ctx, &ns).await?;
+fn deployments_condition(pass: &Pass<'_>, deployments: &BTreeMap<String, Deployment>) -> Condition {
     let not_ready: Vec<String> = deployments
         .values()
         .filter(|d| !deployment_ready(d))
         .map(|d| d.name_any())
         .collect();
-    let deployments_condition = if not_ready.is_empty() {
-        condition(
-            &previous.conditions,
+    if not_ready.is_empty() {
+        pass.condition(
             "DeploymentsReady",
             true,
             "DeploymentsAvailable",
             format!("{} deployments available", deployments.len()),
-            &now_text,
         )
     } else {
-        condition(
-            &previous.conditions,
+        pass.condition(
             "DeploymentsReady",
             false,
             "DeploymentsProgressing",
             format!("not yet available: {}", not_ready.join(", ")),
-            &now_text,
         )
-    };
+    }
+}
 
-    // Autoscaling, once per poll interval (reconciles triggered by the
-    // owned Deployments in between only hold the bounds).
-    let due = ctx.remember(&key, |m| {
-        let due = m
-            .last_poll
-            .is_none_or(|at| at.elapsed() + Duration::from_millis(500) >= poll);
-        if due && topics.is_ok() {
-            m.last_poll = Some(Instant::now());
-        }
-        due && topics.is_ok()
-    });
-    let deployments_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut stages = Vec::new();
-    let mut scaled = Vec::new();
-    let mut stuck_total = Vec::new();
-    for (stage, stage_spec, topic) in spec.stages() {
-        let deployment_name = resources::object_name(pipeline, stage);
-        let current = deployments
-            .get(&deployment_name)
-            .and_then(|d| d.spec.replicas)
-            .unwrap_or(1)
-            .max(0) as u32;
-        let bounds = Bounds {
-            min_replicas: stage_spec.min_replicas.max(0) as u32,
-            max_replicas: stage_spec.max_replicas.max(1) as u32,
-            lag_per_replica: stage_spec.lag_per_replica.max(1) as u64,
-        };
-        let before = previous.stages.iter().find(|s| s.name == stage);
-        let measured = if let (true, Ok(conn)) = (due, &conn) {
-            match ctx
-                .brokers
-                .offsets(conn, &resources::group(stage), topic)
-                .await
-            {
-                Ok(partitions) => Some(ctx.remember(&key, |m| {
-                    let history = m.histories.entry(stage.to_owned()).or_default();
-                    scaling::decide(
-                        &partitions,
-                        current,
-                        &bounds,
-                        stabilization.as_secs() as i64,
-                        now.as_second(),
-                        history,
-                    )
-                })),
-                Err(e) => {
-                    ctx.metrics.failed("kafka");
-                    tracing::warn!(pipeline = %key, stage, error = %format!("{e:#}"), "reading lag");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let (replicas, desired, lag, reason, stuck) = match measured {
-            Some(d) => (
-                d.replicas,
-                d.desired,
-                d.lag as i64,
-                d.reason,
-                d.stuck_partitions,
-            ),
-            None => {
-                // No fresh measurement: keep what runs within the bounds.
-                let held = current.clamp(
-                    bounds.min_replicas,
-                    bounds.max_replicas.max(bounds.min_replicas),
-                );
-                let (desired, lag, reason, stuck) = match before {
-                    Some(b) if held == current => (
-                        b.desired_replicas.max(0) as u32,
-                        b.lag,
-                        b.reason.clone(),
-                        b.stuck_partitions.clone(),
-                    ),
-                    _ => (
-                        held,
-                        0,
-                        format!(
-                            "holding {held} replicas within [{}, {}]",
-                            bounds.min_replicas, bounds.max_replicas
-                        ),
-                        Vec::new(),
-                    ),
-                };
-                (held, desired, lag, reason, stuck)
-            }
-        };
-        let mut last_scale_time = before.and_then(|b| b.last_scale_time.clone());
-        if replicas != current {
-            deployments_api
-                .patch_scale(
-                    &deployment_name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+/// What the autoscaler decided for one stage.
+struct StageOutcome {
+    status: StageStatus,
+    /// `stage a→b` when it was scaled.
+    scaled: Option<String>,
+}
+
+/// Step, per stage: measure the lag (when `measure`), decide, scale
+/// through the scale subresource, tell it in an Event and the metrics.
+async fn autoscale_stage(
+    pass: &Pass<'_>,
+    entry: &'static topology::Stage,
+    stage_spec: &StageSpec,
+    topic: &str,
+    current: u32,
+    measure: Option<&Connection>,
+    stabilization: Duration,
+) -> Result<StageOutcome, Error> {
+    let (pipeline, ctx) = (pass.pipeline, pass.ctx);
+    let stage = entry.name;
+    let bounds = Bounds {
+        min_replicas: stage_spec.min_replicas.max(0) as u32,
+        max_replicas: stage_spec.max_replicas.max(1) as u32,
+        lag_per_replica: stage_spec.lag_per_replica.max(1) as u64,
+    };
+    let before = pass.previous.stages.iter().find(|s| s.name == stage);
+    let measured = match measure {
+        Some(conn) => match ctx.brokers.offsets(conn, entry.group, topic).await {
+            Ok(partitions) => Some(ctx.remember(&pass.key, |m| {
+                let history = m.histories.entry(stage.to_owned()).or_default();
+                scaling::decide(
+                    &partitions,
+                    current,
+                    &bounds,
+                    stabilization.as_secs() as i64,
+                    pass.now.as_second(),
+                    history,
                 )
-                .await?;
-            let (event_reason, verb) = if replicas > current {
-                ("ScaledUp", "ScaleUp")
-            } else {
-                ("ScaledDown", "ScaleDown")
-            };
-            ctx.publish(
-                pipeline,
-                EventType::Normal,
-                event_reason,
-                verb,
-                format!("stage {stage}: {current} → {replicas} replicas ({reason})"),
+            })),
+            Err(e) => {
+                ctx.metrics.failed("kafka");
+                tracing::warn!(pipeline = %pass.key, stage, error = %format!("{e:#}"), "reading lag");
+                None
+            }
+        },
+        None => None,
+    };
+    let (replicas, desired, lag, reason, stuck) = match measured {
+        Some(d) => (
+            d.replicas,
+            d.desired,
+            d.lag as i64,
+            d.reason,
+            d.stuck_partitions,
+        ),
+        None => {
+            // No fresh measurement: keep what runs within the bounds.
+            let held = current.clamp(
+                bounds.min_replicas,
+                bounds.max_replicas.max(bounds.min_replicas),
+            );
+            match before {
+                Some(b) if held == current => (
+                    held,
+                    b.desired_replicas.max(0) as u32,
+                    b.lag,
+                    b.reason.clone(),
+                    b.stuck_partitions.clone(),
+                ),
+                _ => (
+                    held,
+                    held,
+                    0,
+                    format!(
+                        "holding {held} replicas within [{}, {}]",
+                        bounds.min_replicas, bounds.max_replicas
+                    ),
+                    Vec::new(),
+                ),
+            }
+        }
+    };
+    let mut last_scale_time = before.and_then(|b| b.last_scale_time.clone());
+    let mut scaled = None;
+    if replicas != current {
+        let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &pass.ns);
+        deployments
+            .patch_scale(
+                &resources::object_name(pipeline, stage),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": replicas}})),
             )
-            .await;
-            last_scale_time = Some(now_text.clone());
-            scaled.push(format!("{stage} {current}→{replicas}"));
-        }
-        let was_stuck = before
-            .map(|b| b.stuck_partitions.clone())
-            .unwrap_or_default();
-        if !stuck.is_empty() && stuck != was_stuck {
-            ctx.publish(
-                pipeline,
-                EventType::Warning,
-                "PartitionsStuck",
-                "Autoscale",
-                format!("stage {stage}: partitions {stuck:?} of {topic} have not moved for {} polls while lagging; not scaling for them", scaling::STUCK_POLLS),
-            )
-            .await;
-        }
-        if !stuck.is_empty() {
-            stuck_total.push(format!("{stage} {stuck:?}"));
-        }
-        let labels = StageLabels {
-            namespace: ns.clone(),
-            pipeline: name.clone(),
-            stage: stage.to_owned(),
+            .await?;
+        let (event_reason, verb) = if replicas > current {
+            ("ScaledUp", "ScaleUp")
+        } else {
+            ("ScaledDown", "ScaleDown")
         };
-        ctx.metrics.lag.get_or_create(&labels).set(lag);
-        ctx.metrics
-            .replicas
-            .get_or_create(&labels)
-            .set(i64::from(replicas));
-        ctx.metrics
-            .desired_replicas
-            .get_or_create(&labels)
-            .set(i64::from(desired));
-        stages.push(StageStatus {
+        ctx.publish(
+            pipeline,
+            EventType::Normal,
+            event_reason,
+            verb,
+            format!("stage {stage}: {current} → {replicas} replicas ({reason})"),
+        )
+        .await;
+        last_scale_time = Some(pass.now_text.clone());
+        scaled = Some(format!("{stage} {current}→{replicas}"));
+    }
+    let was_stuck = before
+        .map(|b| b.stuck_partitions.clone())
+        .unwrap_or_default();
+    if !stuck.is_empty() && stuck != was_stuck {
+        ctx.publish(
+            pipeline,
+            EventType::Warning,
+            "PartitionsStuck",
+            "Autoscale",
+            format!("stage {stage}: partitions {stuck:?} of {topic} have not moved for {} polls while lagging; not scaling for them", scaling::STUCK_POLLS),
+        )
+        .await;
+    }
+    let labels = StageLabels {
+        namespace: pass.ns.clone(),
+        pipeline: pass.name.clone(),
+        stage: stage.to_owned(),
+    };
+    ctx.metrics.lag.get_or_create(&labels).set(lag);
+    ctx.metrics
+        .replicas
+        .get_or_create(&labels)
+        .set(i64::from(replicas));
+    ctx.metrics
+        .desired_replicas
+        .get_or_create(&labels)
+        .set(i64::from(desired));
+    Ok(StageOutcome {
+        status: StageStatus {
             name: stage.to_owned(),
             replicas: replicas as i32,
             desired_replicas: desired as i32,
@@ -857,75 +876,142 @@ async fn reconcile_pipeline(pipeline: &OrderPipeline, ctx: &Context) -> Result<A
             last_scale_time,
             reason,
             stuck_partitions: stuck,
-        });
-    }
+        },
+        scaled,
+    })
+}
 
-    let scaling_condition = if !stuck_total.is_empty() {
-        condition(
-            &previous.conditions,
+fn scaling_condition(pass: &Pass<'_>, outcomes: &[StageOutcome]) -> Condition {
+    let stuck: Vec<String> = outcomes
+        .iter()
+        .filter(|o| !o.status.stuck_partitions.is_empty())
+        .map(|o| format!("{} {:?}", o.status.name, o.status.stuck_partitions))
+        .collect();
+    let scaled: Vec<&str> = outcomes
+        .iter()
+        .filter_map(|o| o.scaled.as_deref())
+        .collect();
+    if !stuck.is_empty() {
+        pass.condition(
             "Scaling",
             false,
             "StuckPartitions",
-            format!("stuck partitions: {}", stuck_total.join(", ")),
-            &now_text,
+            format!("stuck partitions: {}", stuck.join(", ")),
         )
     } else if !scaled.is_empty() {
-        condition(
-            &previous.conditions,
-            "Scaling",
-            true,
-            "Scaled",
-            scaled.join(", "),
-            &now_text,
-        )
+        pass.condition("Scaling", true, "Scaled", scaled.join(", "))
     } else {
-        condition(
-            &previous.conditions,
+        pass.condition(
             "Scaling",
             false,
             "Stable",
             "every stage at its desired replicas".into(),
-            &now_text,
         )
-    };
-    let ready = topics_condition.status == "True" && deployments_condition.status == "True";
-    let ready_condition = if ready {
-        condition(
-            &previous.conditions,
+    }
+}
+
+fn ready_condition(pass: &Pass<'_>, topics: &Condition, deployments: &Condition) -> Condition {
+    if topics.status == "True" && deployments.status == "True" {
+        return pass.condition(
             "Ready",
             true,
             "Ready",
             "topics and deployments are ready".into(),
-            &now_text,
-        )
+        );
+    }
+    let failing = if topics.status != "True" {
+        topics
     } else {
-        let failing = if topics_condition.status != "True" {
-            &topics_condition
-        } else {
-            &deployments_condition
-        };
-        condition(
-            &previous.conditions,
-            "Ready",
-            false,
-            &failing.reason,
-            failing.message.clone(),
-            &now_text,
-        )
+        deployments
     };
+    pass.condition("Ready", false, &failing.reason, failing.message.clone())
+}
+
+/// One reconcile: finalizer, topics, workloads, autoscaling, status.
+async fn reconcile_pipeline(pipeline: &OrderPipeline, ctx: &Context) -> Result<Action, Error> {
+    let ns = pipeline
+        .namespace()
+        .ok_or_else(|| Error::Spec("an OrderPipeline is namespaced".into()))?;
+    let now = Timestamp::now();
+    let pass = Pass {
+        pipeline,
+        ctx,
+        ns,
+        name: pipeline.name_any(),
+        key: key(pipeline),
+        previous: pipeline.status.clone().unwrap_or_default(),
+        now,
+        now_text: now.to_string(),
+    };
+    if let Some(done) = finalize(&pass).await? {
+        return Ok(done);
+    }
+    let spec = &pipeline.spec;
+    let poll = parse_duration("autoscaling.pollInterval", &spec.autoscaling.poll_interval)?;
+    let stabilization = parse_duration(
+        "autoscaling.scaleDownStabilization",
+        &spec.autoscaling.scale_down_stabilization,
+    )?;
+
+    let topics = topics_step(&pass).await;
+    let deployments = apply_workloads(pipeline, ctx, &pass.ns).await?;
+    let deployments_ready = deployments_condition(&pass, &deployments);
+
+    // Autoscaling, once per poll interval (reconciles triggered by the
+    // owned Deployments in between only hold the bounds).
+    let due = ctx.remember(&pass.key, |m| {
+        let due = topics.reached
+            && m.last_poll
+                .is_none_or(|at| at.elapsed() + Duration::from_millis(500) >= poll);
+        if due {
+            m.last_poll = Some(Instant::now());
+        }
+        due
+    });
+    let measure = topics.conn.as_ref().ok().filter(|_| due);
+    let mut outcomes = Vec::new();
+    for (entry, stage_spec, topic) in spec.stages() {
+        let current = deployments
+            .get(&resources::object_name(pipeline, entry.name))
+            .and_then(|d| d.spec.replicas)
+            .unwrap_or(1)
+            .max(0) as u32;
+        outcomes.push(
+            autoscale_stage(
+                &pass,
+                entry,
+                stage_spec,
+                topic,
+                current,
+                measure,
+                stabilization,
+            )
+            .await?,
+        );
+    }
+
+    let scaling = scaling_condition(&pass, &outcomes);
+    let ready = ready_condition(&pass, &topics.condition, &deployments_ready);
+    let stages: Vec<StageStatus> = outcomes.into_iter().map(|o| o.status).collect();
     let status = OrderPipelineStatus {
         observed_generation: pipeline.metadata.generation,
-        conditions: vec![
-            ready_condition,
-            topics_condition,
-            deployments_condition,
-            scaling_condition,
-        ],
-        topics: topic_statuses,
+        conditions: vec![ready, topics.condition, deployments_ready, scaling],
+        topics: topics.statuses,
         total_lag: stages.iter().map(|s| s.lag).sum(),
         consumer_replicas: stages.iter().map(|s| s.replicas).sum(),
         stages,
     };
+    write_status(&pass, status).await?;
+    if !topics.reached {
+        // Kafka was unreachable: look again sooner than a full poll.
+        return Ok(Action::requeue(poll.min(Duration::from_secs(10))));
+    }
+    Ok(Action::requeue(poll))
+}
+
+/// Step: the status, with server-side apply of the status subresource.
+async fn write_status(pass: &Pass<'_>, status: OrderPipelineStatus) -> Result<(), Error> {
+    let pipelines: Api<OrderPipeline> = Api::namespaced(pass.ctx.client.clone(), &pass.ns);
     let patch = json!({
         "apiVersion": "orderflow.dev/v1alpha1",
         "kind": "OrderPipeline",
@@ -933,16 +1019,12 @@ async fn reconcile_pipeline(pipeline: &OrderPipeline, ctx: &Context) -> Result<A
     });
     pipelines
         .patch_status(
-            &name,
+            &pass.name,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&patch),
         )
         .await?;
-    if topics.is_err() {
-        // Kafka was unreachable: look again sooner than a full poll.
-        return Ok(Action::requeue(poll.min(Duration::from_secs(10))));
-    }
-    Ok(Action::requeue(poll))
+    Ok(())
 }
 
 /// Runs the controller until `shutdown` resolves: one per served namespace

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use kube::{CustomResource, KubeSchema};
+use orderflow_platform::topology::{self, TopicRole};
 use serde::{Deserialize, Serialize};
 
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -60,27 +61,14 @@ impl TopicSpec {
 
 impl OrderPipelineSpec {
     /// (stage, its bounds, the topic it consumes) of every stage, in
-    /// pipeline order.
-    pub fn stages(&self) -> [(&'static str, &StageSpec, &str); 4] {
-        let t = &self.topics;
-        [
-            ("persist", &self.stages.persist, t.orders.name_or("orders")),
-            (
-                "inventory",
-                &self.stages.inventory,
-                t.validated.name_or("orders.validated"),
-            ),
-            (
-                "payment",
-                &self.stages.payment,
-                t.inventory.name_or("inventory.events"),
-            ),
-            (
-                "notify",
-                &self.stages.notify,
-                t.notifications.name_or("notifications"),
-            ),
-        ]
+    /// pipeline order ([`topology::STAGES`]).
+    pub fn stages(&self) -> [(&'static topology::Stage, &StageSpec, &str); 4] {
+        let s = &self.stages;
+        let bounds = [&s.persist, &s.inventory, &s.payment, &s.notify];
+        std::array::from_fn(|i| {
+            let stage = &topology::STAGES[i];
+            (stage, bounds[i], self.topics.name(stage.input))
+        })
     }
 }
 
@@ -162,60 +150,82 @@ impl TopicSpec {
     }
 }
 
+/// The six topics ([`topology::TOPICS`]: default names and partitions).
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TopicsSpec {
     #[serde(default = "orders_topic")]
     pub orders: TopicSpec,
-    #[serde(default = "six")]
+    #[serde(default = "validated_topic")]
     pub validated: TopicSpec,
-    #[serde(default = "six")]
+    #[serde(default = "inventory_topic")]
     pub inventory: TopicSpec,
-    #[serde(default = "six")]
+    #[serde(default = "payment_topic")]
     pub payment: TopicSpec,
-    #[serde(default = "three")]
+    #[serde(default = "notifications_topic")]
     pub notifications: TopicSpec,
-    #[serde(default = "single")]
+    #[serde(default = "dlq_topic")]
     pub dlq: TopicSpec,
 }
 
+fn default_topic(role: TopicRole) -> TopicSpec {
+    TopicSpec::with(topology::topic(role).partitions)
+}
 fn orders_topic() -> TopicSpec {
-    TopicSpec::with(6)
+    default_topic(TopicRole::Orders)
 }
-fn six() -> TopicSpec {
-    TopicSpec::with(6)
+fn validated_topic() -> TopicSpec {
+    default_topic(TopicRole::Validated)
 }
-fn three() -> TopicSpec {
-    TopicSpec::with(3)
+fn inventory_topic() -> TopicSpec {
+    default_topic(TopicRole::Inventory)
 }
-fn single() -> TopicSpec {
-    TopicSpec::with(1)
+fn payment_topic() -> TopicSpec {
+    default_topic(TopicRole::Payment)
+}
+fn notifications_topic() -> TopicSpec {
+    default_topic(TopicRole::Notifications)
+}
+fn dlq_topic() -> TopicSpec {
+    default_topic(TopicRole::Dlq)
 }
 
 impl Default for TopicsSpec {
     fn default() -> Self {
         TopicsSpec {
             orders: orders_topic(),
-            validated: six(),
-            inventory: six(),
-            payment: six(),
-            notifications: three(),
-            dlq: single(),
+            validated: validated_topic(),
+            inventory: inventory_topic(),
+            payment: payment_topic(),
+            notifications: notifications_topic(),
+            dlq: dlq_topic(),
         }
     }
 }
 
 impl TopicsSpec {
-    /// (role, default name, spec) of every topic.
-    pub fn all(&self) -> [(&'static str, &'static str, &TopicSpec); 6] {
-        [
-            ("orders", "orders", &self.orders),
-            ("validated", "orders.validated", &self.validated),
-            ("inventory", "inventory.events", &self.inventory),
-            ("payment", "payment.events", &self.payment),
-            ("notifications", "notifications", &self.notifications),
-            ("dlq", "orders.dlq", &self.dlq),
-        ]
+    pub fn get(&self, role: TopicRole) -> &TopicSpec {
+        match role {
+            TopicRole::Orders => &self.orders,
+            TopicRole::Validated => &self.validated,
+            TopicRole::Inventory => &self.inventory,
+            TopicRole::Payment => &self.payment,
+            TopicRole::Notifications => &self.notifications,
+            TopicRole::Dlq => &self.dlq,
+        }
+    }
+
+    /// The topic's name: the spec's, else the default.
+    pub fn name(&self, role: TopicRole) -> &str {
+        self.get(role).name_or(topology::topic(role).name)
+    }
+
+    /// (table entry, spec) of every topic.
+    pub fn all(&self) -> [(&'static topology::Topic, &TopicSpec); 6] {
+        std::array::from_fn(|i| {
+            let t = &topology::TOPICS[i];
+            (t, self.get(t.role))
+        })
     }
 }
 

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use kube::{Resource, ResourceExt};
+use orderflow_platform::topology::STAGES;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -55,34 +56,34 @@ pub const COMPONENTS: [Component; 7] = [
         mongo: true,
     },
     Component {
-        name: "persist",
+        name: STAGES[0].name,
         binary: "consumer",
         port: 3010,
-        stage: Some("persist"),
+        stage: Some(STAGES[0].name),
         redis: false,
         mongo: true,
     },
     Component {
-        name: "inventory",
+        name: STAGES[1].name,
         binary: "consumer",
         port: 3010,
-        stage: Some("inventory"),
+        stage: Some(STAGES[1].name),
         redis: false,
         mongo: true,
     },
     Component {
-        name: "payment",
+        name: STAGES[2].name,
         binary: "consumer",
         port: 3010,
-        stage: Some("payment"),
+        stage: Some(STAGES[2].name),
         redis: false,
         mongo: true,
     },
     Component {
-        name: "notify",
+        name: STAGES[3].name,
         binary: "consumer",
         port: 3010,
-        stage: Some("notify"),
+        stage: Some(STAGES[3].name),
         redis: false,
         mongo: true,
     },
@@ -91,11 +92,6 @@ pub const COMPONENTS: [Component; 7] = [
 /// `<pipeline>-<component>`.
 pub fn object_name(pipeline: &OrderPipeline, component: &str) -> String {
     format!("{}-{component}", pipeline.name_any())
-}
-
-/// The consumer group of a stage (SPEC §4).
-pub fn group(stage: &str) -> String {
-    format!("orderflow-{stage}")
 }
 
 fn selector(pipeline: &OrderPipeline, component: &str) -> Value {
@@ -132,20 +128,8 @@ pub fn config_data(pipeline: &OrderPipeline) -> BTreeMap<String, String> {
     let spec = &pipeline.spec;
     let mut data = BTreeMap::new();
     data.insert("KAFKA_BROKERS".into(), spec.kafka.bootstrap_servers.clone());
-    let t = &spec.topics;
-    for (var, topic, default) in [
-        ("KAFKA_TOPIC", &t.orders, "orders"),
-        ("KAFKA_TOPIC_VALIDATED", &t.validated, "orders.validated"),
-        ("KAFKA_TOPIC_INVENTORY", &t.inventory, "inventory.events"),
-        ("KAFKA_TOPIC_PAYMENT", &t.payment, "payment.events"),
-        (
-            "KAFKA_TOPIC_NOTIFICATIONS",
-            &t.notifications,
-            "notifications",
-        ),
-        ("KAFKA_TOPIC_DLQ", &t.dlq, "orders.dlq"),
-    ] {
-        data.insert(var.into(), topic.name_or(default).to_owned());
+    for (topic, _) in spec.topics.all() {
+        data.insert(topic.env.into(), spec.topics.name(topic.role).to_owned());
     }
     data.insert("MONGO_DATABASE".into(), spec.mongodb.database.clone());
     if let Some(endpoint) = &spec.telemetry.otlp_endpoint {

@@ -1101,6 +1101,12 @@ fn the_operator_rides_out_an_api_server_outage_and_reconciles_after_it() {
     // It gave leadership up when it could not renew, backed off, and led
     // again once the API server was back.
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("not renewed within the renew deadline"), "{text}");
-    assert!(text.matches(r#""message":"leading""#).count() >= 2, "{text}");
+    assert!(
+        text.contains("not renewed within the renew deadline"),
+        "{text}"
+    );
+    assert!(
+        text.matches(r#""message":"leading""#).count() >= 2,
+        "{text}"
+    );
 }

@@ -64,7 +64,7 @@ spec:
         .topics
         .all()
         .iter()
-        .map(|(_, name, t)| (*name, t.partitions))
+        .map(|(topic, t)| (topic.name, t.partitions))
         .collect();
     assert_eq!(
         partitions,
