@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
@@ -21,7 +21,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::broker::{Brokers, Connection};
 use crate::crd::{
@@ -29,7 +29,7 @@ use crate::crd::{
     TopicDeletionPolicy, TopicStatus,
 };
 use crate::metrics::{Metrics, StageLabels};
-use crate::resources::{self, MANAGER};
+use crate::resources::{self, Owned, MANAGER};
 use crate::scaling::{self, Bounds, History};
 use crate::topics::{self, TopicAction, WantedTopic};
 use orderflow_platform::topology;
@@ -293,18 +293,14 @@ pub fn condition(
 
 /// Applies one owned object with server-side apply and returns what the API
 /// server holds afterwards.
-async fn apply<K>(client: &Client, ns: &str, object: &Value) -> Result<K, Error>
+async fn apply<K>(api: Api<K>, object: &K) -> Result<K, Error>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
+    K: Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
-    let name = object["metadata"]["name"].as_str().unwrap_or_default();
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = object.meta().name.clone().unwrap_or_default();
     Ok(api
         .patch(
-            name,
+            &name,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(object),
         )
@@ -313,14 +309,7 @@ where
 
 /// HTTPRoutes (Gateway API types are not in k8s-openapi).
 fn http_routes(client: &Client, ns: &str) -> Api<kube::api::DynamicObject> {
-    let resource = kube::api::ApiResource {
-        group: "gateway.networking.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "gateway.networking.k8s.io/v1".into(),
-        kind: "HTTPRoute".into(),
-        plural: "httproutes".into(),
-    };
-    Api::namespaced_with(client.clone(), ns, &resource)
+    Api::namespaced_with(client.clone(), ns, &resources::http_route_resource())
 }
 
 struct TopicsOutcome {
@@ -491,29 +480,35 @@ async fn apply_workloads(
     let mut deployments: BTreeMap<String, Deployment> = BTreeMap::new();
     for object in resources::owned(pipeline) {
         let started = Timestamp::now();
-        let kind = object["kind"].as_str().unwrap_or_default().to_owned();
-        let meta = match kind.as_str() {
-            "ConfigMap" => apply::<ConfigMap>(&ctx.client, ns, &object).await?.metadata,
-            "Deployment" => {
-                let d: Deployment = apply(&ctx.client, ns, &object).await?;
+        let (kind, meta) = match &object {
+            Owned::ConfigMap(o) => (
+                "ConfigMap",
+                apply(Api::namespaced(ctx.client.clone(), ns), o)
+                    .await?
+                    .metadata,
+            ),
+            Owned::Deployment(o) => {
+                let d: Deployment = apply(Api::namespaced(ctx.client.clone(), ns), o).await?;
                 let meta = d.metadata.clone();
                 deployments.insert(d.name_any(), d);
-                meta
+                ("Deployment", meta)
             }
-            "Service" => apply::<Service>(&ctx.client, ns, &object).await?.metadata,
-            "Ingress" => apply::<Ingress>(&ctx.client, ns, &object).await?.metadata,
-            "HTTPRoute" => {
-                let name = object["metadata"]["name"].as_str().unwrap_or_default();
-                http_routes(&ctx.client, ns)
-                    .patch(
-                        name,
-                        &PatchParams::apply(MANAGER).force(),
-                        &Patch::Apply(&object),
-                    )
+            Owned::Service(o) => (
+                "Service",
+                apply(Api::namespaced(ctx.client.clone(), ns), o)
                     .await?
-                    .metadata
-            }
-            other => unreachable!("resources::owned builds no {other:?}"),
+                    .metadata,
+            ),
+            Owned::Ingress(o) => (
+                "Ingress",
+                apply(Api::namespaced(ctx.client.clone(), ns), o)
+                    .await?
+                    .metadata,
+            ),
+            Owned::HttpRoute(o) => (
+                "HTTPRoute",
+                apply(http_routes(&ctx.client, ns), o).await?.metadata,
+            ),
         };
         let Some((change, stamp)) = change_of(&meta, started) else {
             continue;

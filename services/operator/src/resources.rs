@@ -8,6 +8,21 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
+    EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretEnvSource, SecretKeySelector, SecurityContext,
+    Service, ServicePort, ServiceSpec,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{ApiResource, DynamicObject};
 use kube::{Resource, ResourceExt};
 use orderflow_platform::topology::STAGES;
 use serde_json::{json, Value};
@@ -94,33 +109,31 @@ pub fn object_name(pipeline: &OrderPipeline, component: &str) -> String {
     format!("{}-{component}", pipeline.name_any())
 }
 
-fn selector(pipeline: &OrderPipeline, component: &str) -> Value {
-    json!({
-        "app.kubernetes.io/instance": pipeline.name_any(),
-        "app.kubernetes.io/component": component,
-    })
+fn selector(pipeline: &OrderPipeline, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/instance".into(), pipeline.name_any()),
+        ("app.kubernetes.io/component".into(), component.into()),
+    ])
 }
 
-fn labels(pipeline: &OrderPipeline, component: &str) -> Value {
-    json!({
-        "app.kubernetes.io/name": "orderflow",
-        "app.kubernetes.io/instance": pipeline.name_any(),
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/part-of": "orderflow",
-        "app.kubernetes.io/managed-by": MANAGER,
-    })
+fn labels(pipeline: &OrderPipeline, component: &str) -> BTreeMap<String, String> {
+    let mut labels = selector(pipeline, component);
+    labels.extend([
+        ("app.kubernetes.io/name".into(), "orderflow".into()),
+        ("app.kubernetes.io/part-of".into(), "orderflow".into()),
+        ("app.kubernetes.io/managed-by".into(), MANAGER.into()),
+    ]);
+    labels
 }
 
-fn metadata(pipeline: &OrderPipeline, name: &str, component: &str) -> Value {
-    let owner = pipeline
-        .controller_owner_ref(&())
-        .map(|o| serde_json::to_value(o).expect("owner reference serializes"));
-    json!({
-        "name": name,
-        "namespace": pipeline.namespace(),
-        "labels": labels(pipeline, component),
-        "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
-    })
+fn metadata(pipeline: &OrderPipeline, name: &str, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: pipeline.namespace(),
+        labels: Some(labels(pipeline, component)),
+        owner_references: Some(pipeline.controller_owner_ref(&()).into_iter().collect()),
+        ..ObjectMeta::default()
+    }
 }
 
 /// Non-secret settings every service reads (the same variables as SPEC §6).
@@ -147,14 +160,13 @@ pub fn config_data(pipeline: &OrderPipeline) -> BTreeMap<String, String> {
     data
 }
 
-pub fn config_map(pipeline: &OrderPipeline) -> Value {
+pub fn config_map(pipeline: &OrderPipeline) -> ConfigMap {
     let name = object_name(pipeline, "config");
-    json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": metadata(pipeline, &name, "config"),
-        "data": config_data(pipeline),
-    })
+    ConfigMap {
+        metadata: metadata(pipeline, &name, "config"),
+        data: Some(config_data(pipeline)),
+        ..ConfigMap::default()
+    }
 }
 
 /// A hash of everything in the ConfigMap, put on each pod template so that a
@@ -170,156 +182,257 @@ pub fn config_hash(pipeline: &OrderPipeline) -> String {
     hex::encode(&hasher.finalize()[..8])
 }
 
-fn secret_env(name: &str, secret: &SecretKeyRef) -> Value {
-    json!({"name": name, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}})
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
 }
 
-pub fn deployment(pipeline: &OrderPipeline, c: &Component) -> Value {
+fn secret_env(name: &str, secret: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                ..SecretKeySelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+fn quantities(cpu: &str, memory: &str) -> BTreeMap<String, Quantity> {
+    BTreeMap::from([
+        ("cpu".into(), Quantity(cpu.into())),
+        ("memory".into(), Quantity(memory.into())),
+    ])
+}
+
+pub fn deployment(pipeline: &OrderPipeline, c: &Component) -> Deployment {
     let spec = &pipeline.spec;
     let name = object_name(pipeline, c.name);
-    let mut env = vec![json!({"name": "OTEL_SERVICE_NAME", "value": c.name})];
+    let mut vars = vec![env("OTEL_SERVICE_NAME", c.name)];
     if let Some(stage) = c.stage {
-        env.push(json!({"name": "STAGE", "value": stage}));
+        vars.push(env("STAGE", stage));
     }
     if c.name == "orders-api" {
         // The Ingress sends every /orders request here; intake goes on to
         // the producer (ADR 0006).
         let producer = object_name(pipeline, "producer");
-        env.push(json!({"name": "PRODUCER_URL", "value": format!("http://{producer}")}));
+        vars.push(env("PRODUCER_URL", format!("http://{producer}")));
     }
     if c.mongo {
-        env.push(secret_env("MONGO_URL", &spec.mongodb.uri_secret_ref));
+        vars.push(secret_env("MONGO_URL", &spec.mongodb.uri_secret_ref));
     }
     if c.redis {
-        env.push(secret_env("REDIS_URL", &spec.redis.url_secret_ref));
+        vars.push(secret_env("REDIS_URL", &spec.redis.url_secret_ref));
     }
     if let Some(secret) = &spec.kafka.config_secret_ref {
-        env.push(secret_env("KAFKA_CONFIG", secret));
+        vars.push(secret_env("KAFKA_CONFIG", secret));
     }
-    let mut env_from = vec![json!({"configMapRef": {"name": object_name(pipeline, "config")}})];
+    let mut env_from = vec![EnvFromSource {
+        config_map_ref: Some(ConfigMapEnvSource {
+            name: object_name(pipeline, "config"),
+            ..ConfigMapEnvSource::default()
+        }),
+        ..EnvFromSource::default()
+    }];
     if let Some(secret) = &spec.env_secret_name {
-        env_from.push(json!({"secretRef": {"name": secret}}));
+        env_from.push(EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: secret.clone(),
+                ..SecretEnvSource::default()
+            }),
+            ..EnvFromSource::default()
+        });
     }
-    let mut container = json!({
-        "name": c.name,
-        "image": format!("{}:{}", spec.image.repository, spec.image.tag),
-        "command": [c.binary],
-        "ports": [{"name": "http", "containerPort": c.port, "protocol": "TCP"}],
-        "env": env,
-        "envFrom": env_from,
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6},
-        "resources": {
-            "requests": {"cpu": "100m", "memory": "64Mi"},
-            "limits": {"cpu": "1", "memory": "256Mi"},
-        },
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "runAsNonRoot": true,
-            "capabilities": {"drop": ["ALL"]},
-        },
-    });
-    if let Some(policy) = &spec.image.pull_policy {
-        container["imagePullPolicy"] = json!(policy);
-    }
-    let mut deployment = json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(pipeline, &name, c.name),
-        "spec": {
-            "selector": {"matchLabels": selector(pipeline, c.name)},
-            "template": {
-                "metadata": {
-                    "labels": labels(pipeline, c.name),
-                    "annotations": {CONFIG_HASH: config_hash(pipeline)},
-                },
-                "spec": {
-                    "automountServiceAccountToken": false,
-                    "terminationGracePeriodSeconds": 30,
-                    "securityContext": {
-                        "runAsNonRoot": true,
-                        "runAsUser": 65532,
-                        "runAsGroup": 65532,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [container],
-                },
-            },
-        },
-    });
+    let container = Container {
+        name: c.name.into(),
+        image: Some(format!("{}:{}", spec.image.repository, spec.image.tag)),
+        image_pull_policy: spec.image.pull_policy.clone(),
+        command: Some(vec![c.binary.into()]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: i32::from(c.port),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(vars),
+        env_from: Some(env_from),
+        readiness_probe: Some(probe("/readyz", 5, 3)),
+        liveness_probe: Some(probe("/healthz", 10, 6)),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities("100m", "64Mi")),
+            limits: Some(quantities("1", "256Mi")),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    // Stages: none (the autoscaler owns the field).
     let replicas = match c.name {
         "producer" => Some(spec.services.producer.replicas),
         "orders-api" => Some(spec.services.orders_api.replicas),
         "analytics" => Some(spec.services.analytics.replicas),
         _ => None,
     };
-    if let Some(replicas) = replicas {
-        deployment["spec"]["replicas"] = json!(replicas);
+    Deployment {
+        metadata: metadata(pipeline, &name, c.name),
+        spec: DeploymentSpec {
+            replicas,
+            selector: LabelSelector {
+                match_labels: Some(selector(pipeline, c.name)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(pipeline, c.name)),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH.into(),
+                        config_hash(pipeline),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    termination_grace_period_seconds: Some(30),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
     }
-    deployment
 }
 
 /// The Services of the HTTP components (stages have no clients).
-pub fn service(pipeline: &OrderPipeline, c: &Component) -> Value {
+pub fn service(pipeline: &OrderPipeline, c: &Component) -> Service {
     let name = object_name(pipeline, c.name);
-    json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(pipeline, &name, c.name),
-        "spec": {
-            "selector": selector(pipeline, c.name),
-            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
-        },
-    })
+    Service {
+        metadata: metadata(pipeline, &name, c.name),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(pipeline, c.name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
 }
 
 /// One host for every endpoint (SPEC §2): `/orders` and `/inventory` go to
 /// orders-api, which hands `POST /orders` to the producer (a plain Ingress
 /// cannot route by method, ADR 0006); `/analytics` and the dashboard at `/`
 /// go to analytics.
-pub fn ingress(pipeline: &OrderPipeline) -> Option<Value> {
+pub fn ingress(pipeline: &OrderPipeline) -> Option<Ingress> {
     let spec = &pipeline.spec.ingress;
     if !spec.enabled {
         return None;
     }
     let name = object_name(pipeline, "ingress");
-    let path = |path: &str, component: &str| {
-        json!({
-            "path": path,
-            "pathType": "Prefix",
-            "backend": {"service": {"name": object_name(pipeline, component), "port": {"name": "http"}}},
-        })
-    };
-    let mut ingress = json!({
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "Ingress",
-        "metadata": metadata(pipeline, &name, "ingress"),
-        "spec": {
-            "rules": [{
-                "host": spec.host,
-                "http": {"paths": [
-                    path("/orders", "orders-api"),
-                    path("/inventory", "orders-api"),
-                    path("/analytics", "analytics"),
-                    path("/", "analytics"),
-                ]},
-            }],
+    let path = |path: &str, component: &str| HTTPIngressPath {
+        path: Some(path.into()),
+        path_type: "Prefix".into(),
+        backend: IngressBackend {
+            service: Some(IngressServiceBackend {
+                name: object_name(pipeline, component),
+                port: Some(ServiceBackendPort {
+                    name: Some("http".into()),
+                    ..ServiceBackendPort::default()
+                }),
+            }),
+            ..IngressBackend::default()
         },
-    });
-    if let Some(class) = &spec.class_name {
-        ingress["spec"]["ingressClassName"] = json!(class);
+    };
+    let tls = spec
+        .tls_secret_name
+        .as_ref()
+        .filter(|s| !s.is_empty())
+        .map(|secret| {
+            vec![IngressTLS {
+                hosts: Some(vec![spec.host.clone()]),
+                secret_name: Some(secret.clone()),
+            }]
+        });
+    Some(Ingress {
+        metadata: metadata(pipeline, &name, "ingress"),
+        spec: Some(IngressSpec {
+            ingress_class_name: spec.class_name.clone(),
+            rules: Some(vec![IngressRule {
+                host: Some(spec.host.clone()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![
+                        path("/orders", "orders-api"),
+                        path("/inventory", "orders-api"),
+                        path("/analytics", "analytics"),
+                        path("/", "analytics"),
+                    ],
+                }),
+            }]),
+            tls,
+            ..IngressSpec::default()
+        }),
+        ..Ingress::default()
+    })
+}
+
+/// The Gateway API's HTTPRoute (not in k8s-openapi).
+pub fn http_route_resource() -> ApiResource {
+    ApiResource {
+        group: "gateway.networking.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: "HTTPRoute".into(),
+        plural: "httproutes".into(),
     }
-    if let Some(secret) = spec.tls_secret_name.as_ref().filter(|s| !s.is_empty()) {
-        ingress["spec"]["tls"] = json!([{"hosts": [spec.host], "secretName": secret}]);
-    }
-    Some(ingress)
 }
 
 /// The Gateway API route, when enabled: the same paths as the Ingress, and
 /// `POST /orders` matched by method to the producer (an exact path with a
 /// method outranks the `/orders` prefix).
-pub fn http_route(pipeline: &OrderPipeline) -> Option<Value> {
+pub fn http_route(pipeline: &OrderPipeline) -> Option<DynamicObject> {
     let spec = &pipeline.spec.gateway;
     let parent = spec.parent_ref.as_ref().filter(|_| spec.enabled)?;
     let name = object_name(pipeline, "route");
@@ -332,37 +445,59 @@ pub fn http_route(pipeline: &OrderPipeline) -> Option<Value> {
     if let Some(section) = &parent.section_name {
         parent_ref["sectionName"] = json!(section);
     }
-    let mut route = json!({
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "HTTPRoute",
-        "metadata": metadata(pipeline, &name, "route"),
-        "spec": {
-            "parentRefs": [parent_ref],
-            "rules": [
-                {"matches": [{"path": {"type": "Exact", "value": "/orders"}, "method": "POST"}], "backendRefs": backend("producer")},
-                {"matches": [prefix("/orders"), prefix("/inventory")], "backendRefs": backend("orders-api")},
-                {"matches": [prefix("/analytics"), prefix("/")], "backendRefs": backend("analytics")},
-            ],
-        },
+    let mut route_spec = json!({
+        "parentRefs": [parent_ref],
+        "rules": [
+            {"matches": [{"path": {"type": "Exact", "value": "/orders"}, "method": "POST"}], "backendRefs": backend("producer")},
+            {"matches": [prefix("/orders"), prefix("/inventory")], "backendRefs": backend("orders-api")},
+            {"matches": [prefix("/analytics"), prefix("/")], "backendRefs": backend("analytics")},
+        ],
     });
     if !spec.hostnames.is_empty() {
-        route["spec"]["hostnames"] = json!(spec.hostnames);
+        route_spec["hostnames"] = json!(spec.hostnames);
     }
+    let mut route =
+        DynamicObject::new(&name, &http_route_resource()).data(json!({"spec": route_spec}));
+    route.metadata = metadata(pipeline, &name, "route");
     Some(route)
 }
 
+/// One object a pipeline owns; serializes as the object itself.
+// A dozen per reconcile: boxing the larger variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(untagged)]
+pub enum Owned {
+    ConfigMap(ConfigMap),
+    Deployment(Deployment),
+    Service(Service),
+    Ingress(Ingress),
+    HttpRoute(DynamicObject),
+}
+
+impl Owned {
+    /// As it is sent to the API server (and printed by `render`).
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).expect("Kubernetes objects serialize")
+    }
+}
+
 /// Everything the pipeline owns, in the order it is applied.
-pub fn owned(pipeline: &OrderPipeline) -> Vec<Value> {
-    let mut objects = vec![config_map(pipeline)];
-    objects.extend(COMPONENTS.iter().map(|c| deployment(pipeline, c)));
+pub fn owned(pipeline: &OrderPipeline) -> Vec<Owned> {
+    let mut objects = vec![Owned::ConfigMap(config_map(pipeline))];
+    objects.extend(
+        COMPONENTS
+            .iter()
+            .map(|c| Owned::Deployment(deployment(pipeline, c))),
+    );
     objects.extend(
         COMPONENTS
             .iter()
             .filter(|c| c.stage.is_none())
-            .map(|c| service(pipeline, c)),
+            .map(|c| Owned::Service(service(pipeline, c))),
     );
-    objects.extend(ingress(pipeline));
-    objects.extend(http_route(pipeline));
+    objects.extend(ingress(pipeline).map(Owned::Ingress));
+    objects.extend(http_route(pipeline).map(Owned::HttpRoute));
     objects
 }
 
@@ -391,6 +526,14 @@ spec:
   envSecretName: orderflow-env
 "#;
 
+    fn owned_json(p: &OrderPipeline) -> Vec<Value> {
+        owned(p).iter().map(Owned::to_value).collect()
+    }
+
+    fn json_of<T: serde::Serialize>(object: T) -> Value {
+        serde_json::to_value(object).unwrap()
+    }
+
     fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
         objects
             .iter()
@@ -401,7 +544,7 @@ spec:
     #[test]
     fn every_object_is_owned_by_the_pipeline_and_labelled() {
         let p = pipeline(MINIMAL);
-        let objects = owned(&p);
+        let objects = owned_json(&p);
         // ConfigMap, 7 Deployments, 3 Services; the ingress is off.
         assert_eq!(objects.len(), 11);
         for o in &objects {
@@ -419,7 +562,7 @@ spec:
 
     #[test]
     fn stages_leave_replicas_to_the_autoscaler_and_services_take_theirs() {
-        let objects = owned(&pipeline(MINIMAL));
+        let objects = owned_json(&pipeline(MINIMAL));
         let persist = find(&objects, "Deployment", "main-persist");
         assert!(persist["spec"].get("replicas").is_none());
         let container = &persist["spec"]["template"]["spec"]["containers"][0];
@@ -439,7 +582,7 @@ spec:
 
     #[test]
     fn secrets_are_referenced_never_copied() {
-        let objects = owned(&pipeline(MINIMAL));
+        let objects = owned_json(&pipeline(MINIMAL));
         let analytics = find(&objects, "Deployment", "main-analytics");
         let container = &analytics["spec"]["template"]["spec"]["containers"][0];
         let env = container["env"].as_array().unwrap();
@@ -459,7 +602,7 @@ spec:
 
     #[test]
     fn containers_are_locked_down_and_probed() {
-        for o in owned(&pipeline(MINIMAL))
+        for o in owned_json(&pipeline(MINIMAL))
             .iter()
             .filter(|o| o["kind"] == "Deployment")
         {
@@ -480,7 +623,7 @@ spec:
         let mut after = before.clone();
         after.spec.kafka.bootstrap_servers = "kafka-2:9092".into();
         let hash = |p: &OrderPipeline| {
-            deployment(p, &COMPONENTS[0])["spec"]["template"]["metadata"]["annotations"]
+            json_of(deployment(p, &COMPONENTS[0]))["spec"]["template"]["metadata"]["annotations"]
                 [CONFIG_HASH]
                 .clone()
         };
@@ -499,7 +642,7 @@ spec:
             section_name: None,
         });
         p.spec.gateway.hostnames = vec!["orders.example.com".into()];
-        let route = http_route(&p).unwrap();
+        let route = json_of(http_route(&p).unwrap());
         assert_eq!(
             route["spec"]["parentRefs"],
             json!([{"name": "public", "namespace": "gateways"}])
@@ -516,7 +659,7 @@ spec:
         );
         assert_eq!(rules[1]["backendRefs"][0]["name"], "main-orders-api");
         assert_eq!(rules[2]["backendRefs"][0]["name"], "main-analytics");
-        assert_eq!(owned(&p).last().unwrap()["kind"], "HTTPRoute");
+        assert_eq!(owned_json(&p).last().unwrap()["kind"], "HTTPRoute");
     }
 
     #[test]
@@ -526,7 +669,7 @@ spec:
         p.spec.ingress.host = "orders.example.com".into();
         p.spec.ingress.class_name = Some("nginx".into());
         p.spec.ingress.tls_secret_name = Some("orders-tls".into());
-        let ingress = ingress(&p).unwrap();
+        let ingress = json_of(ingress(&p).unwrap());
         let paths: Vec<(String, String)> = ingress["spec"]["rules"][0]["http"]["paths"]
             .as_array()
             .unwrap()
@@ -551,6 +694,8 @@ spec:
         assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
         // An empty TLS secret name means no TLS.
         p.spec.ingress.tls_secret_name = Some(String::new());
-        assert!(super::ingress(&p).unwrap()["spec"].get("tls").is_none());
+        assert!(json_of(super::ingress(&p).unwrap())["spec"]
+            .get("tls")
+            .is_none());
     }
 }
