@@ -164,12 +164,12 @@ K8S_VERSION=$(sed -n 's#^require k8s.io/kubernetes v\([^ ]*\).*#\1#p' "$ROOT/scr
 K8S_HOME=$ORDERFLOW_HOME/k8s-$K8S_VERSION
 K8S_BIN=$K8S_HOME/bin
 ensure_cluster() {
-  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok) missing=0 b
+  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok traefik) missing=0 b
   for b in "${want[@]}"; do [ -x "$K8S_BIN/$b" ] || missing=1; done
   [ $missing = 0 ] && [ -f "$K8S_BIN/.complete" ] && return 0
   command -v go >/dev/null || die "building the Kubernetes control plane needs Go 1.26 (the go command)"
   mkdir -p "$K8S_BIN"
-  log "building Kubernetes $K8S_VERSION (apiserver, controller-manager, scheduler, kubectl), etcd and kwok once into $K8S_BIN (about 25 minutes on 2 cores)"
+  log "building Kubernetes $K8S_VERSION (apiserver, controller-manager, scheduler, kubectl), etcd, kwok and traefik once into $K8S_BIN (about 15 minutes on 2 cores)"
   local v=k8s.io/component-base/version
   local ldflags="-s -w -X $v.gitVersion=v$K8S_VERSION -X $v.gitMajor=${K8S_VERSION%%.*} -X $v.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2) -X $v.gitTreeState=clean"
   (cd "$ROOT/scripts/k8s/control-plane" && go build -trimpath -buildvcs=false -ldflags "$ldflags" -o "$K8S_BIN/" \
@@ -180,6 +180,14 @@ ensure_cluster() {
     >>"$K8S_HOME/build.log" 2>&1 || die "building etcd failed (see $K8S_HOME/build.log)"
   (cd "$ROOT/scripts/k8s/kwok" && go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$K8S_BIN/kwok" sigs.k8s.io/kwok/cmd/kwok) \
     >>"$K8S_HOME/build.log" 2>&1 || die "building kwok failed (see $K8S_HOME/build.log)"
+  # An Ingress and Gateway API controller for the routing tests (issue 16).
+  (cd "$ROOT/scripts/k8s/traefik" && go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$K8S_BIN/traefik" github.com/traefik/traefik/v3/cmd/traefik) \
+    >>"$K8S_HOME/build.log" 2>&1 || die "building traefik failed (see $K8S_HOME/build.log)"
+  # The Gateway API's standard CRDs, of the version traefik was built with.
+  local gateway
+  gateway=$(cd "$ROOT/scripts/k8s/traefik" && go mod download sigs.k8s.io/gateway-api && go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api) \
+    || die "finding the Gateway API module failed"
+  for f in "$gateway"/config/crd/standard/*.yaml; do echo "---"; cat "$f"; done >"$K8S_HOME/gateway-api-crds.yaml"
   # kwok's "fast" stages (nodes turn Ready and keep a heartbeat, pods turn
   # Running and Ready at once, deleted pods go), from its module.
   local stages

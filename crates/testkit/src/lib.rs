@@ -3,6 +3,7 @@
 //! in parallel without seeing each other's data.
 
 pub mod cluster;
+pub mod stack;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

@@ -365,7 +365,8 @@ pub fn service(pipeline: &OrderPipeline, c: &Component) -> Service {
 /// One host for every endpoint (SPEC §2): `/orders` and `/inventory` go to
 /// orders-api, which hands `POST /orders` to the producer (a plain Ingress
 /// cannot route by method, ADR 0006); `/analytics` and the dashboard at `/`
-/// go to analytics.
+/// (exactly) go to analytics. Nothing else is routed, so no service's
+/// operational endpoints are public.
 pub fn ingress(pipeline: &OrderPipeline) -> Option<Ingress> {
     let spec = &pipeline.spec.ingress;
     if !spec.enabled {
@@ -374,7 +375,9 @@ pub fn ingress(pipeline: &OrderPipeline) -> Option<Ingress> {
     let name = object_name(pipeline, "ingress");
     let path = |path: &str, component: &str| HTTPIngressPath {
         path: Some(path.into()),
-        path_type: "Prefix".into(),
+        // The dashboard is `/` exactly: a `/` prefix would publish the
+        // operational endpoints (/metrics, /readyz, /openapi.json) too.
+        path_type: if path == "/" { "Exact" } else { "Prefix" }.into(),
         backend: IngressBackend {
             service: Some(IngressServiceBackend {
                 name: object_name(pipeline, component),
@@ -450,7 +453,7 @@ pub fn http_route(pipeline: &OrderPipeline) -> Option<DynamicObject> {
         "rules": [
             {"matches": [{"path": {"type": "Exact", "value": "/orders"}, "method": "POST"}], "backendRefs": backend("producer")},
             {"matches": [prefix("/orders"), prefix("/inventory")], "backendRefs": backend("orders-api")},
-            {"matches": [prefix("/analytics"), prefix("/")], "backendRefs": backend("analytics")},
+            {"matches": [prefix("/analytics"), {"path": {"type": "Exact", "value": "/"}}], "backendRefs": backend("analytics")},
         ],
     });
     if !spec.hostnames.is_empty() {
@@ -689,6 +692,17 @@ spec:
                 ("/analytics".into(), "main-analytics".into()),
                 ("/".into(), "main-analytics".into()),
             ]
+        );
+        let types: Vec<&str> = ingress["spec"]["rules"][0]["http"]["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pathType"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            ["Prefix", "Prefix", "Prefix", "Exact"],
+            "/ exactly: /metrics stays private"
         );
         assert_eq!(ingress["spec"]["tls"][0]["secretName"], "orders-tls");
         assert_eq!(ingress["spec"]["ingressClassName"], "nginx");

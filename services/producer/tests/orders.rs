@@ -418,6 +418,23 @@ async fn operational_endpoints() {
         "{metrics}"
     );
     assert!(metrics.contains("http_requests_total"), "{metrics}");
+    // Made-up methods do not grow the method label (defect 8 of issue 14).
+    for made_up in ["PURGE", "X-SCAN-1", "X-SCAN-2"] {
+        let method = reqwest::Method::from_bytes(made_up.as_bytes()).unwrap();
+        let r = p
+            .client
+            .request(method, format!("{}/orders", p.base))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_client_error(), "{made_up}: {}", r.status());
+    }
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        !metrics.contains("X-SCAN") && !metrics.contains("PURGE"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"method="other""#), "{metrics}");
     problem(get("/nope").await.unwrap(), StatusCode::NOT_FOUND).await;
     problem(
         p.client

@@ -1,0 +1,105 @@
+//! orderflow's own services as local processes of one test, on its topics
+//! and its database, against the shared servers: the built binaries run
+//! exactly as `scripts/up` runs them. Every process is killed when the
+//! stack is dropped, on failure too.
+
+use std::process::{Child, Command, Stdio};
+
+use orderflow_platform::config::TopicArgs;
+use orderflow_platform::topology::TOPICS;
+
+use crate::{binary, free_port, kafka, mongo_url, redis_url, TempDir};
+
+pub struct Stack {
+    common: Vec<(String, String)>,
+    logs: TempDir,
+    processes: Vec<(String, Child)>,
+}
+
+impl Stack {
+    /// A stack on `topics` and database `db`; `extra` is added to every
+    /// process's environment.
+    pub fn new(topics: &TopicArgs, db: &str, extra: &[(&str, &str)]) -> Stack {
+        let mut common: Vec<(String, String)> = vec![
+            ("KAFKA_BROKERS".into(), kafka()),
+            ("MONGO_URL".into(), mongo_url(db)),
+            ("REDIS_URL".into(), redis_url()),
+            ("RECENT_ORDERS_KEY".into(), format!("{db}:recent")),
+            ("BIND_ADDR".into(), "127.0.0.1".into()),
+            ("NOTIFY_CHANNELS".into(), "log".into()),
+            ("PAYMENT_LATENCY".into(), "1ms".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        common.extend(
+            TOPICS
+                .iter()
+                .map(|t| (t.env.to_owned(), topics.name(t.role).to_owned())),
+        );
+        common.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Stack {
+            common,
+            logs: TempDir::new("stack-logs"),
+            processes: Vec::new(),
+        }
+    }
+
+    /// Starts `binary` as `service` with `extra` environment; its output
+    /// goes to a log file ([`Stack::log`]).
+    pub fn spawn(&mut self, binary_name: &str, service: &str, extra: &[(&str, String)]) {
+        let log = std::fs::File::create(self.logs.0.join(format!("{service}.log"))).unwrap();
+        let mut cmd = Command::new(binary(binary_name));
+        // No exporter unless the stack's environment names one.
+        cmd.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .envs(self.common.iter().map(|(k, v)| (k, v)))
+            .env("OTEL_SERVICE_NAME", service)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {service}: {e}"));
+        self.processes.push((service.to_owned(), child));
+    }
+
+    /// The four stages, each in a consumer group of this test's own.
+    pub fn spawn_stages(&mut self) {
+        for stage in orderflow_platform::topology::STAGES.iter().map(|s| s.name) {
+            self.spawn(
+                "consumer",
+                stage,
+                &[
+                    ("STAGE", stage.into()),
+                    ("CONSUMER_PORT", free_port().to_string()),
+                    ("CONSUMER_GROUP", crate::unique(stage)),
+                ],
+            );
+        }
+    }
+
+    /// What `service` printed so far.
+    pub fn log(&self, service: &str) -> String {
+        std::fs::read_to_string(self.logs.0.join(format!("{service}.log"))).unwrap_or_default()
+    }
+
+    /// Every process still runs (else: which one exited, and its log).
+    pub fn assert_running(&mut self) {
+        for (service, child) in &mut self.processes {
+            if let Some(status) = child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(self.logs.0.join(format!("{service}.log")))
+                    .unwrap_or_default();
+                panic!("{service} exited ({status}): {log}");
+            }
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.processes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
