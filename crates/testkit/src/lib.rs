@@ -467,6 +467,18 @@ pub struct Mail {
 pub fn spawn_smtp() -> SmtpSink {
     let port = free_port();
     let maildir = TempDir::new("maildir");
+    let child = aiosmtpd(port, &maildir);
+    SmtpSink {
+        server: Server {
+            child,
+            port,
+            _dir: None,
+        },
+        maildir,
+    }
+}
+
+fn aiosmtpd(port: u16, maildir: &TempDir) -> Child {
     let child = Command::new(required("ORDERFLOW_TEST_AIOSMTPD"))
         .args([
             "-n",
@@ -481,17 +493,20 @@ pub fn spawn_smtp() -> SmtpSink {
         .spawn()
         .expect("starting aiosmtpd");
     wait_listening(port, "aiosmtpd");
-    SmtpSink {
-        server: Server {
-            child,
-            port,
-            _dir: None,
-        },
-        maildir,
-    }
+    child
 }
 
 impl SmtpSink {
+    /// SIGKILL: connections are refused until [`SmtpSink::restart`].
+    pub fn stop(&mut self) {
+        self.server.kill();
+    }
+
+    /// The server back on the same port, with the same mailbox.
+    pub fn restart(&mut self) {
+        self.server.child = aiosmtpd(self.server.port, &self.maildir);
+    }
+
     pub fn url(&self) -> String {
         format!("smtp://127.0.0.1:{}", self.server.port)
     }

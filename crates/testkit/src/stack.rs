@@ -78,6 +78,39 @@ impl Stack {
         }
     }
 
+    /// SIGTERM to every process, then a clean exit from each (which
+    /// includes their telemetry's flush) within 15 s.
+    pub async fn terminate(&mut self) {
+        for (service, child) in &mut self.processes {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let mut exited = None;
+            for _ in 0..300 {
+                exited = child.try_wait().unwrap();
+                if exited.is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            let status =
+                exited.unwrap_or_else(|| panic!("{service} did not stop within 15 s of SIGTERM"));
+            assert!(status.success(), "{service} exited with {status}");
+        }
+    }
+
+    /// The last lines each service printed, newest first, for a failure's
+    /// diagnosis.
+    pub fn print_log_tails(&self) {
+        for (service, _) in &self.processes {
+            let log = self.log(service);
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            eprintln!(
+                "--- {service} (last lines, newest first):\n{}",
+                tail.join("\n")
+            );
+        }
+    }
+
     /// What `service` printed so far.
     pub fn log(&self, service: &str) -> String {
         std::fs::read_to_string(self.logs.0.join(format!("{service}.log"))).unwrap_or_default()

@@ -3,8 +3,17 @@
 //! channel — SMTP, an HMAC-signed webhook, the log — with retries and
 //! exponential backoff, and records each delivery in `notifications`
 //! (`_id` = `<key>/<channel>`), so a redelivered or replayed event is not
-//! delivered again. After the configured attempts the delivery is recorded
-//! as failed and the message goes to the DLQ.
+//! delivered again. Only a *delivered* record counts: a failed one is
+//! tried again on redelivery or re-drive.
+//!
+//! A permanent failure (a malformed recipient, a 4xx answer) sends the
+//! message to the DLQ at once. A transient one is retried with backoff;
+//! after the configured attempts the delivery is recorded as failed, the
+//! message goes to the DLQ, and the channel's breaker opens: while it is
+//! open, what needs the channel is tried once per batch retry and the
+//! batch waits (a transient failure of the stage), so an outage costs one
+//! dead letter, not the retries of every message queued behind it. The
+//! first delivery that succeeds closes the breaker.
 //!
 //! The one window left is a crash after the receiver accepted and before
 //! the record was written; a redelivery then sends again, with the same
@@ -12,6 +21,7 @@
 //! (ADR 0004).
 
 use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bson::doc;
@@ -90,6 +100,16 @@ pub struct Notify {
     smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
     http: reqwest::Client,
     mail_from: Option<Mailbox>,
+    /// Channels whose last delivery ran out of retries on transient
+    /// failures: an outage until a delivery succeeds.
+    down: Mutex<HashSet<Channel>>,
+}
+
+/// How one delivery ended.
+enum Delivery {
+    Delivered,
+    /// Permanent, or transient with every attempt used: dead-letter it.
+    Failed(String),
 }
 
 /// A failed delivery attempt; a permanent one is not retried.
@@ -136,6 +156,7 @@ impl Notify {
             smtp,
             http,
             mail_from,
+            down: Mutex::new(HashSet::new()),
         })
     }
 
@@ -143,9 +164,39 @@ impl Notify {
         self.db.collection(NOTIFICATIONS)
     }
 
+    /// Of `ids`, the deliveries that succeeded (a failed one is retried).
     async fn delivered(&self, ids: Vec<String>) -> Result<HashSet<String>, Transient> {
         let found = find_by_ids(&self.deliveries(), ids, |d| d.id.clone(), "deliveries").await?;
-        Ok(found.into_keys().collect())
+        Ok(found
+            .into_iter()
+            .filter(|(_, d)| d.status == DeliveryStatus::Delivered)
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    fn is_down(&self, channel: Channel) -> bool {
+        self.down.lock().expect("breaker").contains(&channel)
+    }
+
+    /// Opens or closes the channel's breaker; whether this call changed it.
+    fn set_down(&self, channel: Channel, down: bool) -> bool {
+        let mut set = self.down.lock().expect("breaker");
+        let changed = if down {
+            set.insert(channel)
+        } else {
+            set.remove(&channel)
+        };
+        if changed {
+            if down {
+                tracing::warn!(
+                    channel = channel.as_str(),
+                    "channel down: deliveries wait until it answers"
+                );
+            } else {
+                tracing::info!(channel = channel.as_str(), "channel back");
+            }
+        }
+        changed
     }
 
     fn customer_address(&self, customer_id: &str) -> String {
@@ -306,21 +357,47 @@ impl Notify {
         })
     }
 
-    /// Delivers over one channel with retries; records the result.
+    /// Delivers over one channel with retries and records the result. With
+    /// the channel's breaker open, one attempt, and a failure is transient
+    /// for the whole batch (nothing recorded, nothing dead-lettered).
     async fn deliver(
         &self,
         channel: Channel,
         n: &Notification,
         payload: &[u8],
-    ) -> Result<Result<(), String>, Transient> {
+    ) -> Result<Delivery, Transient> {
+        let probing = self.is_down(channel);
+        let attempts_allowed = if probing {
+            1
+        } else {
+            self.config.attempts.max(1)
+        };
         let mut backoff = Backoff::starting_at(self.config.backoff, self.config.backoff * 32);
         let mut attempts = 0;
         let result = loop {
             attempts += 1;
             match self.send(channel, n, payload).await {
                 Ok(()) => break Ok(()),
-                Err(f) if f.permanent || attempts >= self.config.attempts.max(1) => {
-                    break Err(f.error)
+                Err(f) if f.permanent => break Err(f.error),
+                Err(f) if probing => {
+                    return Err(Transient(format!(
+                        "{} is down: {}",
+                        channel.as_str(),
+                        f.error
+                    )))
+                }
+                Err(f) if attempts >= attempts_allowed => {
+                    // Every attempt used on transient failures: an outage.
+                    // The delivery that found it is dead-lettered; those
+                    // that ran out of retries beside it wait.
+                    if !self.set_down(channel, true) {
+                        return Err(Transient(format!(
+                            "{} is down: {}",
+                            channel.as_str(),
+                            f.error
+                        )));
+                    }
+                    break Err(f.error);
                 }
                 Err(f) => {
                     let wait = backoff.next_wait();
@@ -329,6 +406,9 @@ impl Notify {
                 }
             }
         };
+        if result.is_ok() {
+            self.set_down(channel, false);
+        }
         let record = DeliveryDocument {
             id: delivery_id(&n.key, channel),
             key: n.key.clone(),
@@ -352,7 +432,10 @@ impl Notify {
             .upsert(true)
             .await
             .map_err(transient("recording a delivery"))?;
-        Ok(result)
+        Ok(match result {
+            Ok(()) => Delivery::Delivered,
+            Err(e) => Delivery::Failed(e),
+        })
     }
 }
 
@@ -411,7 +494,7 @@ impl Notify {
                 .deliver(*channel, &n, payload)
                 .instrument(span.clone())
                 .await?;
-            if let Err(e) = delivered {
+            if let Delivery::Failed(e) = delivered {
                 failures.push(format!("{}: {e}", channel.as_str()));
             }
         }

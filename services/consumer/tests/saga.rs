@@ -935,3 +935,96 @@ async fn failing_webhooks_are_retried_then_dead_lettered_and_recorded_once() {
         1
     );
 }
+
+/// Issue 14, defect 1: an SMTP outage longer than the retries. At most one
+/// notification is dead-lettered (the one that found the outage); the rest
+/// wait and are delivered once the server is back; the dead-lettered one is
+/// delivered when re-driven, because a failed delivery is not "done".
+#[tokio::test]
+async fn an_smtp_outage_delays_mail_but_loses_none_and_a_redriven_failure_is_delivered() {
+    let _turn = one_at_a_time().await;
+    kit::telemetry();
+    let mut saga = Saga::new(&kit::kafka(), "outage", &[]).await;
+    saga.seed(&[("a", 100, 100)]).await;
+    saga.smtp.stop();
+    saga.start_all();
+    let ids: Vec<String> = (1..=5).map(|i| format!("m-{i}")).collect();
+    let orders: Vec<_> = ids
+        .iter()
+        .map(|id| order(id.clone(), "c-1".into(), &[("a", 1)]))
+        .collect();
+    saga.send(&orders).await;
+    // Refused for 15 s: longer than the retries (4 attempts from 50 ms).
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(saga.smtp.mails().is_empty());
+    saga.smtp.restart();
+    saga.settle(5, Duration::from_secs(120)).await;
+
+    let parked: Vec<_> = kit::consume(&saga.brokers, &saga.topics.dlq, 5, Duration::from_secs(10))
+        .await
+        .into_iter()
+        .filter(|m| kit::header(m, dlq::STAGE) == Some("notify"))
+        .collect();
+    assert!(
+        parked.len() <= 1,
+        "the outage cost {} dead letters",
+        parked.len()
+    );
+    let mails_of = |saga: &Saga, id: &str| {
+        saga.smtp
+            .mails()
+            .iter()
+            .filter(|m| m.subject.contains(&format!("order {id} ")))
+            .count()
+    };
+    let confirmed: Vec<&String> = ids.iter().filter(|id| mails_of(&saga, id) == 1).collect();
+    assert_eq!(
+        confirmed.len() + parked.len(),
+        5,
+        "each confirmation once, or dead-lettered: {:?}",
+        saga.smtp.mails()
+    );
+
+    // Re-drive the dead letter (its bytes and event headers, back to its
+    // topic): its e-mail arrives, once.
+    if let Some(letter) = parked.first() {
+        use rdkafka::message::{Headers, OwnedHeaders};
+        use rdkafka::producer::FutureRecord;
+        let mut headers = OwnedHeaders::new();
+        for h in rdkafka::Message::headers(letter).unwrap().iter() {
+            if !h.key.starts_with("dlq_") {
+                headers = headers.insert(rdkafka::message::Header {
+                    key: h.key,
+                    value: h.value,
+                });
+            }
+        }
+        let source = kit::header(letter, dlq::TOPIC).unwrap().to_owned();
+        let key = rdkafka::Message::key(letter).unwrap_or_default().to_vec();
+        let payload = rdkafka::Message::payload(letter)
+            .unwrap_or_default()
+            .to_vec();
+        kit::producer(&saga.brokers)
+            .send(
+                FutureRecord::to(&source)
+                    .key(&key)
+                    .payload(&payload)
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        saga.settle(5, Duration::from_secs(60)).await;
+    }
+    for id in &ids {
+        assert_eq!(mails_of(&saga, id), 1, "{id}: {:?}", saga.smtp.mails());
+    }
+    let deliveries = all::<DeliveryDocument>(&saga.db, "notifications").await;
+    for id in &ids {
+        let smtp = deliveries
+            .iter()
+            .find(|d| d.id == format!("order_confirmed:{id}/smtp"))
+            .unwrap();
+        assert_eq!(smtp.status, DeliveryStatus::Delivered, "{id}");
+    }
+}

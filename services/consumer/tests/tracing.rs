@@ -7,7 +7,6 @@
 //! so the spans arrive only because each process flushes on SIGTERM.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use axum::Router;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use orderflow_testkit as kit;
+use orderflow_testkit::stack::Stack;
 use prost::Message;
 
 #[derive(Debug, Clone)]
@@ -86,43 +86,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-struct Process(Child);
-
-impl Process {
-    /// SIGTERM, then wait for a clean exit (which includes the span flush).
-    async fn terminate(&mut self) {
-        let pid = self.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        for _ in 0..300 {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                assert!(status.success(), "process {pid} exited with {status}");
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("process {pid} did not stop within 15 s of SIGTERM");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// What each service logged last, for a failure's diagnosis.
-fn print_log_tails(dir: &std::path::Path) {
-    for service in ["producer", "persist", "inventory", "payment", "notify"] {
-        let log = std::fs::read_to_string(dir.join(format!("{service}.log"))).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(15).collect();
-        eprintln!(
-            "--- {service} (last lines, newest first):\n{}",
-            tail.join("\n")
-        );
-    }
-}
-
 // Multi-threaded: the receiver must answer while the test waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_order_is_one_trace_across_every_service() {
@@ -138,56 +101,23 @@ async fn one_order_is_one_trace_across_every_service() {
     let topics = kit::topics("trace");
     kit::create_topics(&brokers, &topics).await;
     let db_name = kit::unique("trace");
-    let common: Vec<(&str, String)> = vec![
-        ("KAFKA_BROKERS", brokers.clone()),
-        ("KAFKA_TOPIC", topics.orders.clone()),
-        ("KAFKA_TOPIC_VALIDATED", topics.validated.clone()),
-        ("KAFKA_TOPIC_INVENTORY", topics.inventory.clone()),
-        ("KAFKA_TOPIC_PAYMENT", topics.payment.clone()),
-        ("KAFKA_TOPIC_NOTIFICATIONS", topics.notifications.clone()),
-        ("KAFKA_TOPIC_DLQ", topics.dlq.clone()),
-        ("MONGO_URL", kit::mongo_url(&db_name)),
-        ("REDIS_URL", kit::redis_url()),
-        ("RECENT_ORDERS_KEY", format!("{db_name}:recent")),
-        ("BIND_ADDR", "127.0.0.1".into()),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.clone()),
-        // Nothing is exported before shutdown: the flush on SIGTERM is what
-        // delivers the spans.
-        ("OTEL_BSP_SCHEDULE_DELAY", "60000".into()),
-        ("PAYMENT_LATENCY", "1ms".into()),
-        ("NOTIFY_CHANNELS", "log".into()),
-        ("RUST_LOG", "info".into()),
-    ];
-    let logs = kit::TempDir::new("trace-logs");
-    let spawn = |binary_name: &str, service: &str, extra: Vec<(&str, String)>| {
-        let mut cmd = Command::new(kit::binary(binary_name));
-        let log = std::fs::File::create(logs.0.join(format!("{service}.log"))).unwrap();
-        cmd.envs(common.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("OTEL_SERVICE_NAME", service)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log));
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        Process(cmd.spawn().unwrap())
-    };
+    let mut stack = Stack::new(
+        &topics,
+        &db_name,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.as_str()),
+            // Nothing is exported before shutdown: the flush on SIGTERM is
+            // what delivers the spans.
+            ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+        ],
+    );
     let producer_port = kit::free_port();
-    let mut processes = vec![spawn(
+    stack.spawn(
         "producer",
         "producer",
-        vec![("API_PORT", producer_port.to_string())],
-    )];
-    for stage in ["persist", "inventory", "payment", "notify"] {
-        processes.push(spawn(
-            "consumer",
-            stage,
-            vec![
-                ("STAGE", stage.into()),
-                ("CONSUMER_PORT", kit::free_port().to_string()),
-                ("CONSUMER_GROUP", kit::unique(stage)),
-            ],
-        ));
-    }
+        &[("API_PORT", producer_port.to_string())],
+    );
+    stack.spawn_stages();
     let client = reqwest::Client::new();
     let producer = format!("http://127.0.0.1:{producer_port}");
     kit::eventually(
@@ -230,19 +160,17 @@ async fn one_order_is_one_trace_across_every_service() {
     })
     .await;
     if delivered.is_err() {
-        print_log_tails(&logs.0);
+        stack.print_log_tails();
         panic!("the order's confirmation was not delivered within 90 s");
     }
     assert!(
         spans.lock().unwrap().is_empty(),
         "spans arrived before shutdown: the schedule delay did not apply"
     );
-    for p in &mut processes {
-        p.terminate().await;
-    }
+    stack.terminate().await;
 
     if spans.lock().unwrap().is_empty() {
-        print_log_tails(&logs.0);
+        stack.print_log_tails();
         panic!("no span arrived at all");
     }
     let everything = spans.lock().unwrap().clone();
@@ -309,7 +237,7 @@ async fn one_order_is_one_trace_across_every_service() {
         ("payment", "payment settled"),
         ("notify", "notification"),
     ] {
-        let log = std::fs::read_to_string(logs.0.join(format!("{service}.log"))).unwrap();
+        let log = stack.log(service);
         let line: serde_json::Value = log
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

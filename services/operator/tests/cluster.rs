@@ -18,14 +18,13 @@ use orderflow_testkit::cluster::{self, Kube};
 use serde_json::{json, Value};
 
 mod support;
-use support::{leading, spawn_operator, Operator};
+use support::{install_crd, leading, spawn_operator, Operator};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../charts/orderflow");
 const SAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../k8s/sample-orderpipeline.yaml"
 );
-const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../k8s/crd.yaml");
 
 fn helm(kube: &Kube, args: &[&str]) -> String {
     let out = Command::new(kit::helm())
@@ -1039,15 +1038,7 @@ fn the_operator_rides_out_an_api_server_outage_and_reconciles_after_it() {
     // A control plane of this test's own: its API server goes away.
     let plane = cluster::spawn_control_plane(true);
     let kube = &plane.kube;
-    kube.ok(&["apply", "--server-side", "-f", CRD]);
-    kube.wait_for(Duration::from_secs(30), "the CRD to be Established", |k| {
-        let crd = k.get(&["crd", "orderpipelines.orderflow.dev"])?;
-        crd["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .any(|c| c["type"] == "Established" && c["status"] == "True")
-            .then_some(())
-    });
+    install_crd(kube);
     kube.ok(&["create", "namespace", "shop"]);
     sample_secrets(kube, "shop");
     let prefix = kit::unique("outage");

@@ -20,7 +20,7 @@ use orderflow_testkit::stack::Stack;
 use serde_json::{json, Value};
 
 mod support;
-use support::spawn_operator;
+use support::{install_crd, spawn_operator};
 
 const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
 const HOST: &str = "orders.example.com";
@@ -159,7 +159,24 @@ fn pipeline(ns: &str, topics: &TopicArgs, exposure: Exposure) -> Value {
     })
 }
 
-fn endpoint_slice(ns: &str, service: &str, port: u16) -> Value {
+/// This machine's first non-loopback IPv4 address: EndpointSlices refuse
+/// loopback ones, so the local services listen here.
+fn host_ip() -> String {
+    let out = Command::new("hostname")
+        .arg("-I")
+        .output()
+        .expect("hostname -I");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|a| {
+            a.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| !ip.is_loopback() && !ip.is_link_local())
+        })
+        .unwrap_or_else(|| panic!("no non-loopback IPv4 address on this machine (hostname -I)"))
+        .to_owned()
+}
+
+fn endpoint_slice(ns: &str, service: &str, ip: &str, port: u16) -> Value {
     json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": format!("{service}-local"), "namespace": ns, "labels": {
@@ -168,7 +185,7 @@ fn endpoint_slice(ns: &str, service: &str, port: u16) -> Value {
         }},
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true, "serving": true}}],
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true, "serving": true}}],
     })
 }
 
@@ -194,6 +211,7 @@ fn wait_ready(url: &str, what: &str) {
 impl Routed {
     fn start(exposure: Exposure) -> Routed {
         let kube = cluster::cluster();
+        install_crd(&kube);
         let ns = kube.namespace("routed");
         let dir = kit::TempDir::new("routed");
         let (ca, crt, key) = certificates(&dir.0);
@@ -228,7 +246,8 @@ impl Routed {
         // orderflow itself, local, on this test's topics and database.
         let topics = kit::topics("routed");
         let db = kit::unique("routed");
-        let mut stack = Stack::new(&topics, &db, &[]);
+        let ip = host_ip();
+        let mut stack = Stack::new(&topics, &db, &[("BIND_ADDR", ip.as_str())]);
         let ports = [kit::free_port(), kit::free_port(), kit::free_port()];
         stack.spawn(
             "producer",
@@ -244,7 +263,7 @@ impl Routed {
             // the producer through orders-api (ADR 0006). With the Gateway
             // route orders-api gets no producer, so an accepted order
             // proves the route sent it to the producer.
-            api_env.push(("PRODUCER_URL", format!("http://127.0.0.1:{}", ports[0])));
+            api_env.push(("PRODUCER_URL", format!("http://{ip}:{}", ports[0])));
         }
         stack.spawn("orders-api", "orders-api", &api_env);
         stack.spawn(
@@ -300,11 +319,11 @@ impl Routed {
             ("shop-orders-api", ports[1]),
             ("shop-analytics", ports[2]),
         ] {
-            kube.apply(&endpoint_slice(&ns, service, port).to_string())
+            kube.apply(&endpoint_slice(&ns, service, &ip, port).to_string())
                 .expect("an EndpointSlice");
         }
         for port in ports {
-            wait_ready(&format!("http://127.0.0.1:{port}/readyz"), "a service");
+            wait_ready(&format!("http://{ip}:{port}/readyz"), "a service");
         }
         let mut routed = Routed {
             kube,
@@ -360,7 +379,13 @@ impl Routed {
         std::fs::write(&token_file, token.trim()).unwrap();
         let mut args = vec![
             "--entryPoints.websecure.address=127.0.0.1:443".to_owned(),
+            // TLS on every router of the entrypoint (an Ingress's spec.tls
+            // only gives Traefik the certificate).
+            "--entryPoints.websecure.http.tls=true".to_owned(),
             "--log.level=INFO".to_owned(),
+            // No network here, and none wanted from a test.
+            "--global.checkNewVersion=false".to_owned(),
+            "--global.sendAnonymousUsage=false".to_owned(),
         ];
         // Only the provider under test: the Gateway one stalls where its
         // CRDs are not installed.
@@ -388,10 +413,14 @@ impl Routed {
         let traefik = Killed(child);
         // Routed once the dashboard answers through it.
         let started = Instant::now();
-        while self.curl(&format!("curl https://{HOST}/")).0 != 200 {
+        loop {
+            let (status, body) = self.curl(&format!("curl https://{HOST}/"));
+            if status == 200 {
+                break;
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(60),
-                "traefik routed nothing: {}",
+                "traefik routed nothing (last answer {status}: {body}): {}",
                 std::fs::read_to_string(self.dir.0.join("traefik.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(500));
@@ -416,7 +445,13 @@ impl Routed {
             .trim()
             .parse()
             .unwrap_or(0);
-        (status, std::fs::read_to_string(&body).unwrap_or_default())
+        let mut text = std::fs::read_to_string(&body).unwrap_or_default();
+        let _ = std::fs::remove_file(&body);
+        if status == 0 {
+            // No answer: what curl said instead.
+            text = String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        (status, text)
     }
 }
 
@@ -560,5 +595,13 @@ fn real_gateway_routes_post_orders_to_the_producer_and_switches_with_the_ingress
     };
     switch(true);
     switch(false);
-    assert!(routed.curl(&format!("curl https://{HOST}/inventory")).0 == 200);
+    // The route is back, and served once Traefik has seen it again.
+    let started = Instant::now();
+    while routed.curl(&format!("curl https://{HOST}/inventory")).0 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the route did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use orderflow_testkit as kit;
+use orderflow_testkit::cluster::Kube;
 
 pub struct Operator {
     pub child: Child,
@@ -84,4 +85,23 @@ pub async fn leading(client: &reqwest::Client, port: u16) -> Option<bool> {
         .lines()
         .find(|l| l.starts_with("orderflow_operator_leader "))?;
     Some(line.ends_with(" 1"))
+}
+
+/// Applies k8s/crd.yaml (server-side, so repeating it is harmless) and
+/// waits until the API server serves OrderPipelines.
+pub fn install_crd(kube: &Kube) {
+    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/../../k8s/crd.yaml");
+    kube.ok(&["apply", "--server-side", "--force-conflicts", "-f", crd]);
+    kube.wait_for(
+        std::time::Duration::from_secs(30),
+        "the CRD to be Established",
+        |k| {
+            let crd = k.get(&["crd", "orderpipelines.orderflow.dev"])?;
+            crd["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Established" && c["status"] == "True")
+                .then_some(())
+        },
+    );
 }
