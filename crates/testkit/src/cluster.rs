@@ -83,6 +83,25 @@ impl Kube {
         }
     }
 
+    /// A JSON merge patch of `resource`/`name` in `ns`: Ok, or the API
+    /// server's refusal.
+    pub fn merge_patch(
+        &self,
+        ns: &str,
+        resource: &str,
+        name: &str,
+        patch: &str,
+    ) -> Result<(), String> {
+        let out = self.run(&[
+            "-n", ns, "patch", resource, name, "--type", "merge", "-p", patch,
+        ]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     /// `kubectl get ARGS -o json`, or `None` when it is not found.
     pub fn get(&self, args: &[&str]) -> Option<Value> {
         let mut all = vec!["get"];

@@ -468,6 +468,36 @@ fn change_of(meta: &ObjectMeta, since: Timestamp) -> Option<(&'static str, Times
     Some((if created { "Created" } else { "Updated" }, stamp))
 }
 
+/// Deletes an owned object the spec no longer asks for, with an Event. A
+/// 404 is the usual answer (nothing there, or no Gateway API installed).
+async fn remove_unwanted<K>(
+    pipeline: &OrderPipeline,
+    ctx: &Context,
+    api: Api<K>,
+    kind: &str,
+    name: &str,
+    why: &str,
+) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {
+            ctx.publish(
+                pipeline,
+                EventType::Normal,
+                &format!("{kind}Deleted"),
+                "Delete",
+                format!("deleted {kind}/{name}: {why}"),
+            )
+            .await;
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Step: the owned ConfigMap, Deployments, Services and Ingress or
 /// HTTPRoute, applied; the exposure no longer wanted, deleted. Each change
 /// is an Event. Returns the Deployments as the API server holds them.
@@ -528,49 +558,24 @@ async fn apply_workloads(
             .await;
         }
     }
-    // Exposure switched off: remove what an earlier spec made. A 404 is the
-    // usual answer (nothing there, or no Gateway API in the cluster).
-    let removed = |r: Result<(), kube::Error>| match r {
-        Ok(()) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-        Err(e) => Err(e),
-    };
+    // Exposure switched off: remove what an earlier spec made.
     if resources::ingress(pipeline).is_none() {
-        let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), ns);
+        let api: Api<Ingress> = Api::namespaced(ctx.client.clone(), ns);
         let name = resources::object_name(pipeline, "ingress");
-        if removed(
-            ingresses
-                .delete(&name, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-        )? {
-            ctx.publish(
-                pipeline,
-                EventType::Normal,
-                "IngressDeleted",
-                "Delete",
-                format!("deleted Ingress/{name}: spec.ingress is off"),
-            )
-            .await;
-        }
+        remove_unwanted(pipeline, ctx, api, "Ingress", &name, "spec.ingress is off").await?;
     }
     if resources::http_route(pipeline).is_none() {
         let name = resources::object_name(pipeline, "route");
-        if removed(
-            http_routes(&ctx.client, ns)
-                .delete(&name, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-        )? {
-            ctx.publish(
-                pipeline,
-                EventType::Normal,
-                "HTTPRouteDeleted",
-                "Delete",
-                format!("deleted HTTPRoute/{name}: spec.gateway is off"),
-            )
-            .await;
-        }
+        let api = http_routes(&ctx.client, ns);
+        remove_unwanted(
+            pipeline,
+            ctx,
+            api,
+            "HTTPRoute",
+            &name,
+            "spec.gateway is off",
+        )
+        .await?;
     }
     Ok(deployments)
 }

@@ -312,6 +312,20 @@ fn events(kube: &Kube, ns: &str, name: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `kubectl delete` of the pipeline, waiting until it is gone (its
+/// finalizer done).
+fn delete_pipeline(kube: &Kube, ns: &str) {
+    kube.ok(&[
+        "-n",
+        ns,
+        "delete",
+        "opl",
+        "shop",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+}
+
 fn topic_exists(brokers: &str, topic: &str) -> bool {
     kit::kafka_tool(&[
         "org.apache.kafka.tools.TopicCommand",
@@ -563,17 +577,13 @@ fn the_sample_pipeline_reconciles_under_the_charts_service_account() {
     );
 
     // A workload change is an Event too, once.
-    kube.ok(&[
-        "-n",
+    kube.merge_patch(
         &app,
-        "patch",
         "opl",
         "shop",
-        "--type",
-        "merge",
-        "-p",
         r#"{"spec":{"services":{"producer":{"replicas":3}}}}"#,
-    ]);
+    )
+    .unwrap();
     kube.wait_for(Duration::from_secs(30), "the producer at 3 replicas", |k| {
         let d = k.get(&["-n", &app, "deployment", "shop-producer"])?;
         (d["spec"]["replicas"] == 3).then_some(())
@@ -596,26 +606,20 @@ fn the_sample_pipeline_reconciles_under_the_charts_service_account() {
             "bootstrapServers must not be empty",
         ),
     ] {
-        let out = kube.run(&[
-            "-n", &app, "patch", "opl", "shop", "--type", "merge", "-p", patch,
-        ]);
-        assert!(!out.status.success(), "{patch} was accepted");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = kube
+            .merge_patch(&app, "opl", "shop", patch)
+            .expect_err("an invalid spec is refused");
         assert!(err.contains(message), "{patch}: {err}");
     }
 
     // A partition decrease is reported as NotSupported and left alone.
-    kube.ok(&[
-        "-n",
+    kube.merge_patch(
         &app,
-        "patch",
         "opl",
         "shop",
-        "--type",
-        "merge",
-        "-p",
         r#"{"spec":{"topics":{"orders":{"partitions":3}}}}"#,
-    ]);
+    )
+    .unwrap();
     let refused = kube.wait_for(Duration::from_secs(30), "NotSupported", |k| {
         let p = pipeline(k, &app, "shop")?;
         let c = condition(&p, "TopicsReady").clone();
@@ -633,15 +637,7 @@ fn the_sample_pipeline_reconciles_under_the_charts_service_account() {
 
     // Deleting it: the garbage collector removes the owned objects; with
     // topicDeletionPolicy Retain the topics stay.
-    kube.ok(&[
-        "-n",
-        &app,
-        "delete",
-        "opl",
-        "shop",
-        "--wait=true",
-        "--timeout=60s",
-    ]);
+    delete_pipeline(&kube, &app);
     kube.wait_for(
         Duration::from_secs(90),
         "the owned objects to be collected",
@@ -669,6 +665,16 @@ fn the_sample_pipeline_reconciles_under_the_charts_service_account() {
     );
     drop(operator);
     release.uninstall(&kube);
+}
+
+/// The chart installed, its operator running under its ServiceAccount, and
+/// the Secrets a pipeline names in the served namespace.
+fn served() -> (Kube, String, Release, Operator) {
+    let kube = cluster::cluster();
+    let release = install(&kube);
+    let operator = release.spawn_operator(&kube, "op-0", &[]);
+    sample_secrets(&kube, &release.app);
+    (kube, kit::kafka(), release, operator)
 }
 
 /// A pipeline of the test's own: unique topic names, fast autoscaling.
@@ -730,12 +736,8 @@ fn merge(into: &mut Value, from: Value) {
 
 #[test]
 fn topic_deletion_policy_delete_removes_the_pipelines_topics_and_no_other() {
-    let kube = cluster::cluster();
-    let brokers = kit::kafka();
-    let release = install(&kube);
+    let (kube, brokers, release, _operator) = served();
     let app = release.app.clone();
-    let _operator = release.spawn_operator(&kube, "op-0", &[]);
-    sample_secrets(&kube, &app);
     let prefix = kit::unique("deleted");
     let (object, names) = own_pipeline(
         &app,
@@ -771,15 +773,7 @@ fn topic_deletion_policy_delete_removes_the_pipelines_topics_and_no_other() {
     for topic in names.values() {
         assert!(topic_exists(&brokers, topic), "{topic}");
     }
-    kube.ok(&[
-        "-n",
-        &app,
-        "delete",
-        "opl",
-        "shop",
-        "--wait=true",
-        "--timeout=60s",
-    ]);
+    delete_pipeline(&kube, &app);
     assert!(
         pipeline(&kube, &app, "shop").is_none(),
         "the finalizer was removed"
@@ -853,12 +847,8 @@ fn persist_replicas(kube: &Kube, ns: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persist_scales_on_real_lag_capped_by_partitions_and_back_without_flapping() {
-    let kube = cluster::cluster();
-    let brokers = kit::kafka();
-    let release = install(&kube);
+    let (kube, brokers, release, _operator) = served();
     let app = release.app.clone();
-    let _operator = release.spawn_operator(&kube, "op-0", &[]);
-    sample_secrets(&kube, &app);
     let prefix = kit::unique("scaled");
     let (object, topics) = own_pipeline(
         &app,
@@ -1072,17 +1062,13 @@ fn the_operator_rides_out_an_api_server_outage_and_reconciles_after_it() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     plane.up();
-    kube.ok(&[
-        "-n",
+    kube.merge_patch(
         "shop",
-        "patch",
         "opl",
         "shop",
-        "--type",
-        "merge",
-        "-p",
         r#"{"spec":{"services":{"producer":{"replicas":3}}}}"#,
-    ]);
+    )
+    .unwrap();
     kube.wait_for(
         Duration::from_secs(90),
         "the change reconciled after the outage",

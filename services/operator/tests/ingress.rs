@@ -576,21 +576,12 @@ fn real_gateway_routes_post_orders_to_the_producer_and_switches_with_the_ingress
     let switch = |ingress: bool| {
         let patch =
             json!({"spec": {"ingress": {"enabled": ingress}, "gateway": {"enabled": !ingress}}});
-        kube.ok(&[
-            "-n",
-            &ns,
-            "patch",
-            "opl",
-            "shop",
-            "--type",
-            "merge",
-            "-p",
-            &patch.to_string(),
-        ]);
+        kube.merge_patch(&ns, "opl", "shop", &patch.to_string())
+            .unwrap();
         kube.wait_for(Duration::from_secs(30), "the switch", |k| {
             let has_ingress = k.get(&["-n", &ns, "ingress", "shop-ingress"]).is_some();
             let has_route = k.get(&["-n", &ns, "httproute", "shop-route"]).is_some();
-            (has_ingress == ingress && has_route == !ingress).then_some(())
+            (has_ingress == ingress && has_route != ingress).then_some(())
         });
     };
     switch(true);
