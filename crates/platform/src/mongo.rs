@@ -85,6 +85,77 @@ pub async fn ping(db: &Database) -> Result<(), String> {
         .map_err(|e| format!("mongodb: {e}"))
 }
 
+/// Whether [`ensure_order_indexes`] has succeeded in this process; a
+/// readiness check until it has.
+#[derive(Clone, Default)]
+pub struct Indexes(std::sync::Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Indexes {
+    pub fn ready(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// `indexes`: fails until the indexes exist.
+    pub fn readiness(&self) -> crate::http::ReadinessCheck {
+        let this = self.clone();
+        (
+            "indexes",
+            std::sync::Arc::new(move || {
+                let ready = this.ready();
+                Box::pin(async move {
+                    if ready {
+                        Ok(())
+                    } else {
+                        Err("the unique indexes are not created yet (MongoDB unreachable?)".into())
+                    }
+                })
+            }),
+        )
+    }
+
+    /// Until the indexes exist (`true`), or `shutdown` (`false`).
+    pub async fn wait(&self, shutdown: &crate::shutdown::CancellationToken) -> bool {
+        let mut rx = self.0.subscribe();
+        tokio::select! {
+            r = rx.wait_for(|ready| *ready) => r.is_ok(),
+            _ = shutdown.cancelled() => false,
+        }
+    }
+
+    /// Creates the indexes, retrying with backoff (0.5 s doubling to 30 s)
+    /// while MongoDB is unreachable, until they exist or `shutdown`. A cold
+    /// start on Kubernetes often finds MongoDB not up yet: without the
+    /// unique `orderId` index a re-post would store a second order.
+    pub async fn ensure(&self, db: &Database, shutdown: &crate::shutdown::CancellationToken) {
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match ensure_order_indexes(db).await {
+                Ok(()) => {
+                    self.0.send_replace(true);
+                    tracing::info!("indexes ensured");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?wait, "indexes not ensured yet; not ready");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// [`Indexes::ensure`] in the background.
+    pub fn spawn(db: &Database, shutdown: &crate::shutdown::CancellationToken) -> Indexes {
+        let indexes = Indexes::default();
+        let (this, db, shutdown) = (indexes.clone(), db.clone(), shutdown.clone());
+        tokio::spawn(async move { this.ensure(&db, &shutdown).await });
+        indexes
+    }
+}
+
 /// The indexes every reader and writer of `orders` relies on.
 pub async fn ensure_order_indexes(db: &Database) -> anyhow::Result<()> {
     let unique = IndexOptions::builder().unique(true).build();

@@ -133,9 +133,7 @@ async fn dashboard() -> Response {
 
 pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let db = orderflow_platform::mongo::connect(&args.mongo, SERVICE).await?;
-    if let Err(e) = orderflow_platform::mongo::ensure_order_indexes(&db).await {
-        tracing::warn!(error = %e, "indexes not ensured at start-up");
-    }
+    let indexes = orderflow_platform::mongo::Indexes::spawn(&db, &shutdown);
     let redis = std::sync::Arc::new(LazyRedis::new(&args.redis, Duration::from_millis(500))?);
     let live = live::LiveMetrics::new(args.orders_window);
     let client_id = format!("orderflow-analytics-{}", std::process::id());
@@ -166,6 +164,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     );
     let checks = vec![
         orderflow_platform::mongo::readiness(&db),
+        indexes.readiness(),
         orderflow_platform::kafka::readiness(consumer),
         redis_check,
     ];

@@ -231,8 +231,12 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         batch_timeout: args.batch_timeout,
     };
 
+    // The stage consumes nothing, and is not ready, until the indexes it
+    // relies on (the unique orderId above all) exist.
+    let indexes = orderflow_platform::mongo::Indexes::spawn(&db, &shutdown);
     let checks = vec![
         orderflow_platform::mongo::readiness(&db),
+        indexes.readiness(),
         orderflow_platform::kafka::readiness(std::sync::Arc::new(producer.clone())),
     ];
     let app = http::with_ops(
@@ -248,11 +252,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     let addr = listener.local_addr()?;
     let grace = args.http.shutdown_grace;
 
-    if let Err(e) = orderflow_platform::mongo::ensure_order_indexes(&db).await {
-        // Keep going: the server may come up later; writes retry.
-        tracing::warn!(error = %e, "indexes not ensured at start-up");
-    }
-    consumer.subscribe(&[args.stage.input(&args.topics)])?;
+    let input = args.stage.input(&args.topics).to_owned();
     let topics = &args.topics;
     let token = shutdown.clone();
     macro_rules! run {
@@ -264,7 +264,13 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
                 config,
                 metrics,
             };
-            tokio::spawn(async move { runner.run(token).await })
+            tokio::spawn(async move {
+                if !indexes.wait(&token).await {
+                    return Ok(());
+                }
+                runner.consumer.subscribe(&[input.as_str()])?;
+                runner.run(token).await
+            })
         }};
     }
     let worker = match args.stage {

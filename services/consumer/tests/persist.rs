@@ -723,3 +723,83 @@ async fn a_member_joining_and_leaving_mid_stream_loses_and_doubles_nothing() {
         keys.len()
     );
 }
+
+/// Issue 14, defect 2: MongoDB is not up when the stage starts (a cold
+/// start on Kubernetes). The stage is not ready and consumes nothing until
+/// its indexes exist; once MongoDB is there it creates them (the unique
+/// `orderId` among them), so an order posted twice is stored once.
+#[tokio::test]
+async fn a_stage_started_before_mongodb_waits_for_its_indexes_then_stores_each_order_once() {
+    let _turn = one_at_a_time().await;
+    kit::telemetry();
+    let brokers = kit::kafka();
+    let topics = kit::topics("cold");
+    kit::create_topics(&brokers, &topics).await;
+    let port = kit::free_port();
+    let url = format!("mongodb://127.0.0.1:{port}/cold");
+    let argv = persist_args(&topics, &url, &brokers, &[]);
+    let group = argv[argv.iter().position(|a| a == "--group").unwrap() + 1].clone();
+    let shutdown = CancellationToken::new();
+    let stage = orderflow_consumer::start(
+        orderflow_consumer::Args::try_parse_from(argv).unwrap(),
+        shutdown.clone(),
+    )
+    .await
+    .expect("the stage starts without MongoDB");
+    let ready = format!("http://{}/readyz", stage.addr);
+    let producer = kit::producer(&brokers);
+    let payload = placed(0);
+    for _ in 0..2 {
+        kit::produce(&producer, &topics.orders, "stream-0", &payload).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = reqwest::get(&ready).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let checks: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        checks["checks"]["indexes"]
+            .as_str()
+            .is_some_and(|c| c != "ok"),
+        "{checks}"
+    );
+    let (committed, _) = kit::group_position(&brokers, &group, &topics.orders);
+    assert!(
+        committed <= 0,
+        "consumed before its indexes existed: {committed}"
+    );
+
+    let dir = kit::TempDir::new("cold-mongo");
+    let _mongo = kit::spawn_mongo(port, &dir.0);
+    kit::eventually(Duration::from_secs(60), "the stage to be ready", || async {
+        let r = reqwest::get(&ready).await.ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    kit::eventually(
+        Duration::from_secs(60),
+        "both messages consumed",
+        || async {
+            let (committed, end) = kit::group_position(&brokers, &group, &topics.orders);
+            (committed == end && end == 2).then_some(())
+        },
+    )
+    .await;
+    let db = mongodb::Client::with_uri_str(&url)
+        .await
+        .unwrap()
+        .default_database()
+        .unwrap();
+    let stored = db
+        .collection::<Document>("orders")
+        .count_documents(doc! {"orderId": "stream-0"})
+        .await
+        .unwrap();
+    assert_eq!(stored, 1, "the unique index makes the second copy harmless");
+    let indexes = db
+        .collection::<Document>("orders")
+        .list_index_names()
+        .await
+        .unwrap();
+    assert!(indexes.iter().any(|i| i.contains("orderId")), "{indexes:?}");
+    shutdown.cancel();
+}

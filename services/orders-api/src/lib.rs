@@ -80,15 +80,17 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         tracing::warn!("no API tokens configured: every mutating request will be refused");
     }
     let db = orderflow_platform::mongo::connect(&args.mongo, SERVICE).await?;
-    if let Err(e) = orderflow_platform::mongo::ensure_order_indexes(&db).await {
-        tracing::warn!(error = %e, "indexes not ensured at start-up");
-    }
+    // Not ready (and no re-post is safe) until the unique indexes exist.
+    let indexes = orderflow_platform::mongo::Indexes::spawn(&db, &shutdown);
     let state = AppState {
         db: db.clone(),
         orders: db.collection(orderflow_platform::mongo::ORDERS),
         inventory: db.collection(orderflow_platform::mongo::INVENTORY),
     };
-    let checks = vec![orderflow_platform::mongo::readiness(&db)];
+    let checks = vec![
+        orderflow_platform::mongo::readiness(&db),
+        indexes.readiness(),
+    ];
     // Mutations (PATCH, DELETE, PUT, POST seed) need a bearer token.
     let mutations = Router::new()
         .route(
