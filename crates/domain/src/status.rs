@@ -41,6 +41,12 @@ impl OrderStatus {
         Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
+    /// Still being worked on by the pipeline (its stock may be reserved
+    /// and its payment pending): the stages will move it on.
+    pub fn in_flight(self) -> bool {
+        matches!(self, OrderStatus::Placed | OrderStatus::Reserved)
+    }
+
     /// A status no pipeline stage moves the order out of.
     pub fn is_final(self) -> bool {
         matches!(

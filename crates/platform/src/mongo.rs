@@ -122,36 +122,44 @@ impl Indexes {
         }
     }
 
-    /// Creates the indexes, retrying with backoff (0.5 s doubling to 30 s)
-    /// while MongoDB is unreachable, until they exist or `shutdown`. A cold
-    /// start on Kubernetes often finds MongoDB not up yet: without the
-    /// unique `orderId` index a re-post would store a second order.
-    pub async fn ensure(&self, db: &Database, shutdown: &crate::shutdown::CancellationToken) {
-        let mut wait = Duration::from_millis(500);
-        loop {
-            match ensure_order_indexes(db).await {
-                Ok(()) => {
-                    self.0.send_replace(true);
-                    tracing::info!("indexes ensured");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?wait, "indexes not ensured yet; not ready");
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            wait = (wait * 2).min(Duration::from_secs(30));
-        }
-    }
-
-    /// [`Indexes::ensure`] in the background.
-    pub fn spawn(db: &Database, shutdown: &crate::shutdown::CancellationToken) -> Indexes {
+    /// Creates the indexes: one attempt now (so that, with MongoDB up, they
+    /// exist before the service serves or consumes anything), then retries
+    /// in the background with backoff (0.5 s doubling to 30 s) until they
+    /// exist or `shutdown`. A cold start on Kubernetes often finds MongoDB
+    /// not up yet: without the unique `orderId` index a re-post would store
+    /// a second order.
+    pub async fn ensure(db: &Database, shutdown: &crate::shutdown::CancellationToken) -> Indexes {
         let indexes = Indexes::default();
+        match ensure_order_indexes(db).await {
+            Ok(()) => {
+                indexes.0.send_replace(true);
+                return indexes;
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "indexes not ensured yet; not ready until they are");
+            }
+        }
         let (this, db, shutdown) = (indexes.clone(), db.clone(), shutdown.clone());
-        tokio::spawn(async move { this.ensure(&db, &shutdown).await });
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(500);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                match ensure_order_indexes(&db).await {
+                    Ok(()) => {
+                        this.0.send_replace(true);
+                        tracing::info!("indexes ensured");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), retry_in = ?wait, "indexes not ensured yet; not ready");
+                    }
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        });
         indexes
     }
 }

@@ -133,7 +133,7 @@ async fn dashboard() -> Response {
 
 pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let db = orderflow_platform::mongo::connect(&args.mongo, SERVICE).await?;
-    let indexes = orderflow_platform::mongo::Indexes::spawn(&db, &shutdown);
+    let indexes = orderflow_platform::mongo::Indexes::ensure(&db, &shutdown).await;
     let redis = std::sync::Arc::new(LazyRedis::new(&args.redis, Duration::from_millis(500))?);
     let live = live::LiveMetrics::new(args.orders_window);
     let client_id = format!("orderflow-analytics-{}", std::process::id());

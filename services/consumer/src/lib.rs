@@ -233,7 +233,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
 
     // The stage consumes nothing, and is not ready, until the indexes it
     // relies on (the unique orderId above all) exist.
-    let indexes = orderflow_platform::mongo::Indexes::spawn(&db, &shutdown);
+    let indexes = orderflow_platform::mongo::Indexes::ensure(&db, &shutdown).await;
     let checks = vec![
         orderflow_platform::mongo::readiness(&db),
         indexes.readiness(),

@@ -81,7 +81,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     }
     let db = orderflow_platform::mongo::connect(&args.mongo, SERVICE).await?;
     // Not ready (and no re-post is safe) until the unique indexes exist.
-    let indexes = orderflow_platform::mongo::Indexes::spawn(&db, &shutdown);
+    let indexes = orderflow_platform::mongo::Indexes::ensure(&db, &shutdown).await;
     let state = AppState {
         db: db.clone(),
         orders: db.collection(orderflow_platform::mongo::ORDERS),

@@ -315,20 +315,44 @@ fn respond(doc: OrderDocument, wait_applied: bool) -> Response {
     response
 }
 
+/// Deletes an order the pipeline is done with. An order still in flight
+/// (placed, or reserved with its payment pending) is refused with 409: the
+/// stages would go on working on it, and the stock it holds would never be
+/// released. The filter makes the check and the delete one step.
 pub(crate) async fn delete_one(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
+    let in_flight: Vec<&str> = OrderStatus::ALL
+        .into_iter()
+        .filter(|s| s.in_flight())
+        .map(OrderStatus::as_str)
+        .collect();
     let result = state
         .orders
-        .delete_one(doc! {"orderId": &id})
+        .delete_one(doc! {"orderId": &id, "status": {"$nin": &in_flight}})
         .await
         .map_err(internal)?;
-    if result.deleted_count == 0 {
-        return Err(Problem::not_found(format!("no order with id '{id}'")));
+    if result.deleted_count == 1 {
+        tracing::info!(order_id = %id, "order deleted");
+        return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    tracing::info!(order_id = %id, "order deleted");
-    Ok(StatusCode::NO_CONTENT.into_response())
+    match state
+        .orders
+        .find_one(doc! {"orderId": &id})
+        .await
+        .map_err(internal)?
+    {
+        None => Err(Problem::not_found(format!("no order with id '{id}'"))),
+        Some(order) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "order-in-flight",
+            format!(
+                "order '{id}' is {}: the pipeline is still working on it (its stock may be reserved); delete it once it is final (GET /orders/{id}?waitFor=final)",
+                order.status.as_str()
+            ),
+        )),
+    }
 }
 
 #[derive(Serialize)]

@@ -352,8 +352,14 @@ async fn stats_match_an_independent_computation() {
 #[tokio::test]
 async fn delete_needs_a_valid_bearer_token() {
     let api = Api::start().await;
-    api.insert(vec![order("d-1", "c", OrderStatus::Placed, 100, now_ms())])
-        .await;
+    api.insert(vec![order(
+        "d-1",
+        "c",
+        OrderStatus::Confirmed,
+        100,
+        now_ms(),
+    )])
+    .await;
     let delete = |auth: Option<&'static str>| {
         let mut req = api.client.delete(format!("{}/orders/d-1", api.base));
         if let Some(a) = auth {
@@ -947,4 +953,49 @@ async fn post_orders_without_a_producer_url_is_method_not_allowed() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+/// Issue 14, defect 7: deleting an order in flight would leak the stock it
+/// holds (and the stages would go on with it): 409 until it is final.
+#[tokio::test]
+async fn an_order_in_flight_is_not_deleted_until_it_is_final() {
+    let api = Api::start().await;
+    api.insert(vec![
+        order("f-1", "c", OrderStatus::Reserved, 100, now_ms()),
+        order("f-2", "c", OrderStatus::Placed, 100, now_ms()),
+    ])
+    .await;
+    let delete = |id: &str| {
+        api.client
+            .delete(format!("{}/orders/{id}", api.base))
+            .header("authorization", "Bearer token-one")
+            .send()
+    };
+    for id in ["f-1", "f-2"] {
+        let body = problem(delete(id).await.unwrap(), StatusCode::CONFLICT).await;
+        assert!(
+            body["detail"].as_str().unwrap().contains("waitFor=final"),
+            "{body}"
+        );
+        assert_eq!(
+            api.get(&format!("/orders/{id}")).await.status(),
+            StatusCode::OK,
+            "{id} is kept"
+        );
+    }
+    // Once the pipeline is done with it (here: rejected, its stock released
+    // by the saga), it goes.
+    api.db
+        .collection::<bson::Document>("orders")
+        .update_one(
+            bson::doc! {"orderId": "f-1"},
+            bson::doc! {"$set": {"status": "rejected"}},
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        delete("f-1").await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    problem(api.get("/orders/f-1").await, StatusCode::NOT_FOUND).await;
 }
