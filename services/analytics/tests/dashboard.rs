@@ -3,6 +3,7 @@
 //! load with no console error, and its live chart must change after orders
 //! are posted. Screenshots are saved to `target/artifacts/`.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,10 +22,34 @@ struct Driver {
 }
 
 impl Drop for Driver {
+    /// chromedriver runs in a process group of its own, and Chromium with
+    /// it: SIGKILL to the group ends the browser too, on a failed test as
+    /// well (a plain kill of chromedriver left Chromium running).
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The processes whose command line names `needle`.
+fn processes_naming(needle: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(needle))
+        .collect()
 }
 
 impl Driver {
@@ -34,6 +59,7 @@ impl Driver {
             std::env::var("ORDERFLOW_TEST_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into()),
         )
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -285,4 +311,24 @@ async fn the_dashboard_loads_cleanly_and_its_live_chart_moves_with_orders() {
         .collect();
     assert!(errors.is_empty(), "console errors: {errors:?}");
     shutdown.cancel();
+
+    // Issue 14, defect 11: every process the test started ends with it.
+    let profile = driver._profile.0.display().to_string();
+    assert!(
+        !processes_naming(&profile).is_empty(),
+        "Chromium runs with the test's profile"
+    );
+    drop(driver);
+    let started = Instant::now();
+    loop {
+        let left = processes_naming(&profile);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "left running: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -69,6 +69,8 @@ struct Memory {
     /// a restarted operator starts fresh and `decide` never scales down on
     /// a fresh start).
     histories: BTreeMap<String, History>,
+    /// Per stage: the status this operator last wrote.
+    stages: BTreeMap<String, StageStatus>,
     /// Per owned object (`Kind/name`): when our apply last changed it.
     stamps: HashMap<String, Timestamp>,
 }
@@ -756,7 +758,14 @@ async fn autoscale_stage(
         max_replicas: stage_spec.max_replicas.max(1) as u32,
         lag_per_replica: stage_spec.lag_per_replica.max(1) as u64,
     };
-    let before = pass.previous.stages.iter().find(|s| s.name == stage);
+    // What this operator last decided for the stage; the status read with
+    // the pipeline only after a restart (a reconcile triggered by a
+    // Deployment change may see a pipeline whose newest status is not in
+    // the cache yet).
+    let remembered = ctx.remember(&pass.key, |m| m.stages.get(stage).cloned());
+    let before = remembered
+        .as_ref()
+        .or_else(|| pass.previous.stages.iter().find(|s| s.name == stage));
     let measured = match measure {
         Some(conn) => match ctx.brokers.offsets(conn, entry.group, topic).await {
             Ok(partitions) => Some(ctx.remember(&pass.key, |m| {
@@ -867,18 +876,19 @@ async fn autoscale_stage(
         .desired_replicas
         .get_or_create(&labels)
         .set(i64::from(desired));
-    Ok(StageOutcome {
-        status: StageStatus {
-            name: stage.to_owned(),
-            replicas: replicas as i32,
-            desired_replicas: desired as i32,
-            lag,
-            last_scale_time,
-            reason,
-            stuck_partitions: stuck,
-        },
-        scaled,
-    })
+    let status = StageStatus {
+        name: stage.to_owned(),
+        replicas: replicas as i32,
+        desired_replicas: desired as i32,
+        lag,
+        last_scale_time,
+        reason,
+        stuck_partitions: stuck,
+    };
+    ctx.remember(&pass.key, |m| {
+        m.stages.insert(stage.to_owned(), status.clone())
+    });
+    Ok(StageOutcome { status, scaled })
 }
 
 fn scaling_condition(pass: &Pass<'_>, outcomes: &[StageOutcome]) -> Condition {

@@ -411,8 +411,15 @@ async fn tokens_come_from_a_mounted_secret_file_and_none_means_closed() {
     let file = dir.0.join("tokens");
     std::fs::write(&file, "from-secret\n").unwrap();
     let api = Api::start_with(&["--api-tokens-file", file.to_str().unwrap()]).await;
-    api.insert(vec![order("f-1", "c", OrderStatus::Placed, 100, now_ms())])
-        .await;
+    // A final order: only the token is under test here.
+    api.insert(vec![order(
+        "f-1",
+        "c",
+        OrderStatus::Confirmed,
+        100,
+        now_ms(),
+    )])
+    .await;
     let resp = api
         .client
         .delete(format!("{}/orders/f-1", api.base))
