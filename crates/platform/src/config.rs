@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use clap::Args;
+pub use secrecy::{ExposeSecret, SecretString};
 
 use crate::topology::{TopicRole, TOPICS};
 
@@ -18,8 +19,14 @@ pub struct KafkaArgs {
     )]
     pub brokers: String,
     /// Extra librdkafka properties, `key=value` comma-separated (SASL, TLS…).
-    #[arg(long = "kafka-config", env = "KAFKA_CONFIG", default_value = "")]
-    pub extra: String,
+    /// It may hold a password: it never prints (Debug shows `[REDACTED]`,
+    /// `--help` hides the variable's value).
+    #[arg(long = "kafka-config", env = "KAFKA_CONFIG", default_value = "", hide_env_values = true, value_parser = secret)]
+    pub extra: SecretString,
+}
+
+fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value.to_owned()))
 }
 
 /// The topics' names; their defaults and variables are [`TOPICS`]'s, in its order.

@@ -11,6 +11,7 @@ use rdkafka::consumer::{
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
+use secrecy::ExposeSecret;
 
 use crate::config::KafkaArgs;
 
@@ -30,15 +31,18 @@ fn config(
     for (k, v) in defaults {
         cfg.set(*k, v);
     }
-    for pair in args
+    for (n, pair) in args
         .extra
+        .expose_secret()
         .split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
+        .enumerate()
     {
-        let (k, v) = pair
-            .split_once('=')
-            .with_context(|| format!("KAFKA_CONFIG entry '{pair}' is not key=value"))?;
+        // Never echo the entry: it may be a password with its `=` mistyped.
+        let (k, v) = pair.split_once('=').with_context(|| {
+            format!("KAFKA_CONFIG entry {} is not key=value (its text is not shown: it may hold a credential)", n + 1)
+        })?;
         cfg.set(k.trim(), v.trim());
     }
     // Kafka 4's group protocol (KIP-848) keeps session and heartbeat on the
@@ -317,7 +321,7 @@ mod tests {
     fn operator_settings_override_the_defaults() {
         let args = KafkaArgs {
             brokers: "b:9092".into(),
-            extra: "linger.ms=50, security.protocol=SASL_SSL".into(),
+            extra: "linger.ms=50, security.protocol=SASL_SSL".to_owned().into(),
         };
         let cfg = config(
             &args,
@@ -339,7 +343,7 @@ mod tests {
         ];
         let args = |extra: &str| KafkaArgs {
             brokers: "b".into(),
-            extra: extra.into(),
+            extra: extra.to_owned().into(),
         };
         let cfg = config(&args(""), "id", &classic).unwrap();
         assert_eq!(cfg.get("session.timeout.ms"), Some("10000"));
@@ -357,11 +361,14 @@ mod tests {
     }
 
     #[test]
-    fn malformed_extras_are_refused() {
+    fn malformed_extras_are_refused_without_echoing_them() {
         let args = KafkaArgs {
             brokers: "b".into(),
-            extra: "linger.ms".into(),
+            extra: "linger.ms=5,sasl.password:hunter2".to_owned().into(),
         };
-        assert!(config(&args, "id", &[]).is_err());
+        let err = format!("{:#}", config(&args, "id", &[]).unwrap_err());
+        assert!(err.contains("entry 2"), "{err}");
+        assert!(!err.contains("hunter2"), "the credential is echoed: {err}");
+        assert!(!format!("{args:?}").contains("hunter2"), "Debug prints it");
     }
 }

@@ -45,7 +45,7 @@ pub fn kafka() -> String {
 pub fn kafka_args(brokers: &str) -> KafkaArgs {
     KafkaArgs {
         brokers: brokers.to_owned(),
-        extra: String::new(),
+        extra: String::new().into(),
     }
 }
 

@@ -201,11 +201,29 @@ pub async fn delete_topics(
 }
 
 /// Where a pipeline's brokers are: bootstrap servers and extra librdkafka
-/// settings (`key=value,…`, from the pipeline's config Secret).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// settings (`key=value,…`, from the pipeline's config Secret). A key of
+/// the operator's client cache, hence a plain string; its Debug never
+/// shows the settings, which may hold a password.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Connection {
     pub bootstrap_servers: String,
     pub extra: String,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field(
+                "extra",
+                &if self.extra.is_empty() {
+                    ""
+                } else {
+                    "[REDACTED]"
+                },
+            )
+            .finish()
+    }
 }
 
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
@@ -270,7 +288,7 @@ impl KafkaBrokers {
     fn args(conn: &Connection) -> orderflow_platform::config::KafkaArgs {
         orderflow_platform::config::KafkaArgs {
             brokers: conn.bootstrap_servers.clone(),
-            extra: conn.extra.clone(),
+            extra: conn.extra.clone().into(),
         }
     }
 
