@@ -31,6 +31,15 @@ fn script() -> PathBuf {
 }
 
 impl Kube {
+    /// The same cluster through other credentials (a ServiceAccount's
+    /// kubeconfig), so that RBAC checks what it runs.
+    pub fn as_account(&self, kubeconfig: &Path) -> Kube {
+        Kube {
+            kubeconfig: kubeconfig.to_owned(),
+            kubectl: self.kubectl.clone(),
+        }
+    }
+
     /// `kubectl ARGS` with this cluster's admin kubeconfig.
     pub fn run(&self, args: &[&str]) -> Output {
         self.run_with(args, None)
@@ -178,10 +187,10 @@ impl Kube {
 /// stopped when dropped.
 pub struct ControlPlane {
     pub kube: Kube,
-    pub dir: PathBuf,
+    /// Its certificates, logs, pids and kubeconfig.
+    pub dir: TempDir,
     port: u16,
     api_only: bool,
-    _dir: TempDir,
 }
 
 pub fn spawn_control_plane(api_only: bool) -> ControlPlane {
@@ -191,10 +200,9 @@ pub fn spawn_control_plane(api_only: bool) -> ControlPlane {
             kubeconfig: dir.0.join("kubeconfig"),
             kubectl: required("ORDERFLOW_TEST_KUBECTL"),
         },
-        dir: dir.0.clone(),
         port: free_port(),
         api_only,
-        _dir: dir,
+        dir,
     };
     cp.up();
     cp
@@ -204,7 +212,7 @@ impl ControlPlane {
     fn script(&self, command: &str) -> Output {
         Command::new(script())
             .arg(command)
-            .env("ORDERFLOW_CLUSTER_DIR", &self.dir)
+            .env("ORDERFLOW_CLUSTER_DIR", &self.dir.0)
             .env("ORDERFLOW_CLUSTER_PORT", self.port.to_string())
             .env(
                 "ORDERFLOW_CLUSTER_API_ONLY",
@@ -226,7 +234,7 @@ impl ControlPlane {
 
     /// SIGKILLs one component (`apiserver`, `etcd`, …).
     pub fn kill(&self, component: &str) {
-        let pid = std::fs::read_to_string(self.dir.join(format!("{component}.pid")))
+        let pid = std::fs::read_to_string(self.dir.0.join(format!("{component}.pid")))
             .expect("the component's pid file");
         let status = Command::new("kill")
             .args(["-9", pid.trim()])

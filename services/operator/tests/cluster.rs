@@ -6,7 +6,7 @@
 //! Each test has namespaces, a Helm release and topics of its own.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -153,23 +153,15 @@ impl Release {
     }
 }
 
-/// (resource.group, verbs) of `kubectl auth can-i --list` in `ns`, as the
-/// holder of `kubeconfig` sees them (resource rules only).
-fn can_i_list(kube: &Kube, kubeconfig: &Path, ns: &str) -> BTreeMap<String, BTreeSet<String>> {
-    let out = Command::new(kubectl_path())
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["auth", "can-i", "--list", "-n", ns])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _ = kube;
+/// (resource.group, verbs) of `kubectl auth can-i --list` in `ns`, as
+/// `account` sees them (resource rules only).
+fn can_i_list(account: &Kube, ns: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut rules: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for line in String::from_utf8(out.stdout).unwrap().lines().skip(1) {
+    for line in account
+        .ok(&["auth", "can-i", "--list", "-n", ns])
+        .lines()
+        .skip(1)
+    {
         // Non-resource URLs are indented (no resource).
         if line.starts_with(' ') {
             continue;
@@ -182,10 +174,6 @@ fn can_i_list(kube: &Kube, kubeconfig: &Path, ns: &str) -> BTreeMap<String, BTre
             .extend(verbs.split_whitespace().map(str::to_owned));
     }
     rules
-}
-
-fn kubectl_path() -> String {
-    std::env::var("ORDERFLOW_TEST_KUBECTL").expect("ORDERFLOW_TEST_KUBECTL")
 }
 
 /// rbac.rs's rules in can-i's notation (`deployments.apps`, `configmaps`).
@@ -210,16 +198,11 @@ fn expected(rules: &[Rule]) -> BTreeMap<String, BTreeSet<String>> {
     out
 }
 
-/// What `kubeconfig` may do in `ns` beyond what every authenticated account
-/// may (a ServiceAccount without bindings gives that baseline).
-fn granted(
-    kube: &Kube,
-    kubeconfig: &Path,
-    baseline: &Path,
-    ns: &str,
-) -> BTreeMap<String, BTreeSet<String>> {
-    let base = can_i_list(kube, baseline, ns);
-    can_i_list(kube, kubeconfig, ns)
+/// What `account` may do in `ns` beyond what every authenticated account
+/// may (`baseline`, a ServiceAccount without bindings).
+fn granted(account: &Kube, baseline: &Kube, ns: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let base = can_i_list(baseline, ns);
+    can_i_list(account, ns)
         .into_iter()
         .filter_map(|(resource, verbs)| {
             let extra: BTreeSet<String> = match base.get(&resource) {
@@ -413,22 +396,23 @@ fn helm_install_runs_the_operator_under_kwok_and_uninstall_leaves_nothing() {
 fn the_service_account_is_granted_exactly_the_rules_of_rbac_rs() {
     let kube = cluster::cluster();
     let release = install(&kube);
-    let operator = release.operator_kubeconfig(&kube);
+    let operator = kube.as_account(&release.operator_kubeconfig(&kube));
     kube.ok(&["-n", &release.app, "create", "serviceaccount", "nobody"]);
-    let baseline = kube.service_account_kubeconfig(&release.app, "nobody", &release.dir.0);
+    let baseline =
+        kube.as_account(&kube.service_account_kubeconfig(&release.app, "nobody", &release.dir.0));
     assert_eq!(
-        granted(&kube, &operator, &baseline, &release.app),
+        granted(&operator, &baseline, &release.app),
         expected(PIPELINE_RULES),
         "in the served namespace"
     );
     assert_eq!(
-        granted(&kube, &operator, &baseline, &release.system),
+        granted(&operator, &baseline, &release.system),
         expected(NAMESPACE_RULES),
         "in its own namespace: the leader Lease only"
     );
     let elsewhere = kube.namespace("of-other");
     assert_eq!(
-        granted(&kube, &operator, &baseline, &elsewhere),
+        granted(&operator, &baseline, &elsewhere),
         BTreeMap::new(),
         "nothing in a namespace it does not serve"
     );
@@ -437,12 +421,7 @@ fn the_service_account_is_granted_exactly_the_rules_of_rbac_rs() {
         (&elsewhere, "no"),
         (&"default".to_owned(), "no"),
     ] {
-        let out = Command::new(kubectl_path())
-            .arg("--kubeconfig")
-            .arg(&operator)
-            .args(["auth", "can-i", "get", "secrets", "-n", ns])
-            .output()
-            .unwrap();
+        let out = operator.run(&["auth", "can-i", "get", "secrets", "-n", ns]);
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
             allowed,

@@ -17,10 +17,6 @@ pub struct Operator {
 }
 
 impl Operator {
-    pub fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
     /// Still running?
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
