@@ -16,6 +16,8 @@ use orderflow_domain::intake::FieldError;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
+pub mod auth;
+
 use crate::metrics::HttpMetrics;
 use crate::shutdown::CancellationToken;
 

@@ -16,6 +16,7 @@ use secrecy::ExposeSecret;
 use crate::config::KafkaArgs;
 
 pub mod headers;
+pub mod offsets;
 
 /// A client configuration: brokers and client id, then the role's
 /// `defaults`, then the `KAFKA_CONFIG` extras (security, tuning), which win.

@@ -13,54 +13,11 @@ use rdkafka::admin::{
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use orderflow_platform::kafka::offsets::PartitionOffsets;
 
-use crate::scaling::PartitionOffsets;
 use crate::topics::{ObservedTopic, TopicAction};
 
-/// Watermarks and `reader`'s group's committed offsets of every partition
-/// of `topic`.
-pub fn partition_offsets(
-    reader: &BaseConsumer,
-    topic: &str,
-    timeout: Duration,
-) -> anyhow::Result<Vec<PartitionOffsets>> {
-    let metadata = reader
-        .fetch_metadata(Some(topic), timeout)
-        .context("reading topic metadata")?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions");
-    let mut wanted = TopicPartitionList::new();
-    for p in &partitions {
-        wanted.add_partition(topic, *p);
-    }
-    let committed = reader
-        .committed_offsets(wanted, timeout)
-        .context("reading committed offsets")?;
-    partitions
-        .iter()
-        .map(|p| {
-            let (low, high) = reader
-                .fetch_watermarks(topic, *p, timeout)
-                .context("reading watermarks")?;
-            let committed = match committed.find_partition(topic, *p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => Some(o),
-                _ => None,
-            };
-            Ok(PartitionOffsets {
-                partition: *p,
-                low,
-                high,
-                committed,
-            })
-        })
-        .collect()
-}
+pub use orderflow_platform::kafka::offsets::partition_offsets;
 
 /// The topics that exist, with their partition counts; their configs are
 /// filled in by [`describe_configs`].

@@ -362,22 +362,45 @@ pub fn service(pipeline: &OrderPipeline, c: &Component) -> Service {
     }
 }
 
-/// One host for every endpoint (SPEC §2): `/orders` and `/inventory` go to
-/// orders-api, which hands `POST /orders` to the producer (a plain Ingress
-/// cannot route by method, ADR 0006); `/analytics` and the dashboard at `/`
-/// (exactly) go to analytics. Nothing else is routed, so no service's
-/// operational endpoints are public.
+/// Every public route on the one host (SPEC §2): path, match, component.
+/// `/orders` and `/inventory` go to orders-api, which hands `POST /orders`
+/// to the producer (a plain Ingress cannot route by method, ADR 0006);
+/// `/analytics`, the console under `/pipeline` and the dashboard at `/`
+/// (exactly) go to analytics; the compatibility routes of the replaced
+/// systems (docs/compatibility.md) go where their handlers are. Nothing else
+/// is routed, so no service's operational endpoints are public.
+pub const ROUTES: [(&str, PathMatch, &str); 8] = [
+    ("/orders", PathMatch::Prefix, "orders-api"),
+    ("/inventory", PathMatch::Prefix, "orders-api"),
+    ("/analytics", PathMatch::Prefix, "analytics"),
+    ("/pipeline", PathMatch::Prefix, "analytics"),
+    ("/api/v1", PathMatch::Prefix, "producer"),
+    ("/order", PathMatch::Exact, "producer"),
+    ("/order/seed", PathMatch::Exact, "orders-api"),
+    // `/` exactly: a `/` prefix would publish /metrics, /readyz and
+    // /openapi.json too.
+    ("/", PathMatch::Exact, "analytics"),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    Prefix,
+    Exact,
+}
+
 pub fn ingress(pipeline: &OrderPipeline) -> Option<Ingress> {
     let spec = &pipeline.spec.ingress;
     if !spec.enabled {
         return None;
     }
     let name = object_name(pipeline, "ingress");
-    let path = |path: &str, component: &str| HTTPIngressPath {
-        path: Some(path.into()),
-        // The dashboard is `/` exactly: a `/` prefix would publish the
-        // operational endpoints (/metrics, /readyz, /openapi.json) too.
-        path_type: if path == "/" { "Exact" } else { "Prefix" }.into(),
+    let path = |(path, kind, component): &(&str, PathMatch, &str)| HTTPIngressPath {
+        path: Some((*path).into()),
+        path_type: match kind {
+            PathMatch::Exact => "Exact",
+            PathMatch::Prefix => "Prefix",
+        }
+        .into(),
         backend: IngressBackend {
             service: Some(IngressServiceBackend {
                 name: object_name(pipeline, component),
@@ -406,12 +429,7 @@ pub fn ingress(pipeline: &OrderPipeline) -> Option<Ingress> {
             rules: Some(vec![IngressRule {
                 host: Some(spec.host.clone()),
                 http: Some(HTTPIngressRuleValue {
-                    paths: vec![
-                        path("/orders", "orders-api"),
-                        path("/inventory", "orders-api"),
-                        path("/analytics", "analytics"),
-                        path("/", "analytics"),
-                    ],
+                    paths: ROUTES.iter().map(path).collect(),
                 }),
             }]),
             tls,
@@ -440,7 +458,6 @@ pub fn http_route(pipeline: &OrderPipeline) -> Option<DynamicObject> {
     let parent = spec.parent_ref.as_ref().filter(|_| spec.enabled)?;
     let name = object_name(pipeline, "route");
     let backend = |component: &str| json!([{"name": object_name(pipeline, component), "port": 80}]);
-    let prefix = |path: &str| json!({"path": {"type": "PathPrefix", "value": path}});
     let mut parent_ref = json!({"name": parent.name});
     if let Some(ns) = &parent.namespace {
         parent_ref["namespace"] = json!(ns);
@@ -448,14 +465,22 @@ pub fn http_route(pipeline: &OrderPipeline) -> Option<DynamicObject> {
     if let Some(section) = &parent.section_name {
         parent_ref["sectionName"] = json!(section);
     }
-    let mut route_spec = json!({
-        "parentRefs": [parent_ref],
-        "rules": [
-            {"matches": [{"path": {"type": "Exact", "value": "/orders"}, "method": "POST"}], "backendRefs": backend("producer")},
-            {"matches": [prefix("/orders"), prefix("/inventory")], "backendRefs": backend("orders-api")},
-            {"matches": [prefix("/analytics"), {"path": {"type": "Exact", "value": "/"}}], "backendRefs": backend("analytics")},
-        ],
-    });
+    // `POST /orders` first, then one rule per route of [`ROUTES`].
+    let mut rules = vec![json!({
+        "matches": [{"path": {"type": "Exact", "value": "/orders"}, "method": "POST"}],
+        "backendRefs": backend("producer"),
+    })];
+    rules.extend(ROUTES.iter().map(|(path, kind, component)| {
+        let kind = match kind {
+            PathMatch::Exact => "Exact",
+            PathMatch::Prefix => "PathPrefix",
+        };
+        json!({
+            "matches": [{"path": {"type": kind, "value": path}}],
+            "backendRefs": backend(component),
+        })
+    }));
+    let mut route_spec = json!({"parentRefs": [parent_ref], "rules": rules});
     if !spec.hostnames.is_empty() {
         route_spec["hostnames"] = json!(spec.hostnames);
     }
@@ -661,7 +686,19 @@ spec:
             json!([{"name": "main-producer", "port": 80}])
         );
         assert_eq!(rules[1]["backendRefs"][0]["name"], "main-orders-api");
-        assert_eq!(rules[2]["backendRefs"][0]["name"], "main-analytics");
+        assert_eq!(rules.len(), 1 + ROUTES.len());
+        let find = |path: &str| {
+            rules
+                .iter()
+                .find(|r| r["matches"][0]["path"]["value"] == path && r["matches"][0].get("method").is_none())
+                .unwrap_or_else(|| panic!("no rule for {path}"))
+        };
+        assert_eq!(find("/analytics")["backendRefs"][0]["name"], "main-analytics");
+        assert_eq!(find("/pipeline")["backendRefs"][0]["name"], "main-analytics");
+        assert_eq!(find("/api/v1")["backendRefs"][0]["name"], "main-producer");
+        assert_eq!(find("/order")["matches"][0]["path"]["type"], "Exact");
+        assert_eq!(find("/order/seed")["backendRefs"][0]["name"], "main-orders-api");
+        assert_eq!(find("/")["matches"][0]["path"]["type"], "Exact");
         assert_eq!(owned_json(&p).last().unwrap()["kind"], "HTTPRoute");
     }
 
@@ -690,6 +727,10 @@ spec:
                 ("/orders".to_string(), "main-orders-api".to_string()),
                 ("/inventory".into(), "main-orders-api".into()),
                 ("/analytics".into(), "main-analytics".into()),
+                ("/pipeline".into(), "main-analytics".into()),
+                ("/api/v1".into(), "main-producer".into()),
+                ("/order".into(), "main-producer".into()),
+                ("/order/seed".into(), "main-orders-api".into()),
                 ("/".into(), "main-analytics".into()),
             ]
         );
@@ -701,7 +742,7 @@ spec:
             .collect();
         assert_eq!(
             types,
-            ["Prefix", "Prefix", "Prefix", "Exact"],
+            ["Prefix", "Prefix", "Prefix", "Prefix", "Prefix", "Exact", "Exact", "Exact"],
             "/ exactly: /metrics stays private"
         );
         assert_eq!(ingress["spec"]["tls"][0]["secretName"], "orders-tls");

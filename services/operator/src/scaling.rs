@@ -26,22 +26,7 @@ pub struct Bounds {
     pub lag_per_replica: u64,
 }
 
-/// What the broker says about one partition of the stage's input topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartitionOffsets {
-    pub partition: i32,
-    pub low: i64,
-    pub high: i64,
-    /// The group's committed offset; `None` before its first commit.
-    pub committed: Option<i64>,
-}
-
-impl PartitionOffsets {
-    pub fn lag(&self) -> u64 {
-        let from = self.committed.unwrap_or(self.low).max(self.low);
-        (self.high - from).max(0) as u64
-    }
-}
+pub use orderflow_platform::kafka::offsets::PartitionOffsets;
 
 /// Σ lag over the partitions.
 pub fn total_lag(partitions: &[PartitionOffsets]) -> u64 {

@@ -7,10 +7,10 @@ use clap::Parser;
 use orderflow_platform::config::{HttpArgs, MongoArgs};
 pub use orderflow_platform::http::Running;
 use orderflow_platform::http::{self, Ops};
+use orderflow_platform::http::auth::TokenArgs;
 use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::registry::Registry;
 
-mod auth;
 mod intake;
 mod inventory;
 mod orders;
@@ -50,17 +50,8 @@ pub struct Args {
     pub http: HttpArgs,
     #[command(flatten)]
     pub mongo: MongoArgs,
-    /// Bearer tokens accepted on mutating endpoints, comma-separated.
-    #[arg(
-        long = "api-tokens",
-        env = "API_TOKENS",
-        default_value = "",
-        hide_env_values = true
-    )]
-    pub api_tokens: String,
-    /// A file with one accepted token per line (a mounted Secret).
-    #[arg(long = "api-tokens-file", env = "API_TOKENS_FILE")]
-    pub api_tokens_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
     /// The producer's base URL: `POST /orders` is handed to it (for an
     /// Ingress that cannot route by method). Unset: POST /orders is 405.
     #[arg(long = "producer-url", env = "PRODUCER_URL")]
@@ -75,7 +66,7 @@ pub(crate) struct AppState {
 }
 
 pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let tokens = auth::Tokens::load(&args.api_tokens, args.api_tokens_file.as_deref())?;
+    let tokens = args.tokens.load()?;
     if tokens.is_empty() {
         tracing::warn!("no API tokens configured: every mutating request will be refused");
     }
@@ -99,9 +90,11 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         )
         .route("/inventory/{id}", put(inventory::put_one))
         .route("/inventory/seed", post(inventory::seed))
+        // Compatibility route of reference 004 (docs/compatibility.md).
+        .route("/order/seed", post(inventory::seed))
         .route_layer(axum::middleware::from_fn_with_state(
             tokens,
-            auth::require_token,
+            orderflow_platform::http::auth::require_token,
         ));
     let reads = Router::new()
         .route("/orders", get(orders::list))

@@ -684,6 +684,20 @@ async fn inventory_endpoints_validate_and_seed_is_idempotent() {
     assert_eq!(mug["stock"], 4);
     let again: Value = seed().await.json().await.unwrap();
     assert_eq!(again["created"], 0, "seeding twice adds nothing");
+    // Reference 004's seed path reaches the same handler, token and all.
+    problem(
+        api.send(reqwest::Method::POST, "/order/seed", None, &[], None)
+            .await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    let compat = api
+        .send(reqwest::Method::POST, "/order/seed", Some("token-one"), &[], None)
+        .await;
+    assert_eq!(compat.status(), StatusCode::OK);
+    let compat: Value = compat.json().await.unwrap();
+    assert_eq!(compat["created"], 0);
+    assert_eq!(compat["items"], again["items"]);
     let listed = api.get("/inventory").await.text().await.unwrap();
     assert!(
         listed.contains(r#""unitPrice":12.10"#),

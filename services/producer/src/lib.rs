@@ -16,6 +16,7 @@ use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::registry::Registry;
 use rdkafka::producer::{FutureProducer, Producer};
 
+mod compat;
 mod orders;
 mod recent;
 
@@ -92,6 +93,9 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     ))];
     let app = Router::new()
         .route("/orders", post(orders::create_order))
+        .route("/api/v1/orders", post(compat::express))
+        .route("/api/v1/order", post(compat::express))
+        .route("/order", post(compat::nest))
         .layer(DefaultBodyLimit::max(args.body_limit))
         .with_state(state);
     let app = http::with_ops(

@@ -97,7 +97,28 @@ pub(crate) async fn create_order(
     request_headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    if !is_json(&request_headers) {
+    let event = accept(&state, &request_headers, body).await?;
+    let body = Accepted {
+        status: "queued",
+        order_id: &event.order_id,
+        total_amount: event.total_amount,
+    };
+    Ok((StatusCode::ACCEPTED, location(&event), Json(body)).into_response())
+}
+
+pub(crate) fn location(event: &OrderPlaced) -> [(header::HeaderName, String); 1] {
+    [(header::LOCATION, format!("/orders/{}", event.order_id))]
+}
+
+/// Validates, publishes (waiting for the broker's acknowledgement) and
+/// records one order: what every intake route shares. The routes differ
+/// only in the answer's shape.
+pub(crate) async fn accept(
+    state: &AppState,
+    request_headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<OrderPlaced, Problem> {
+    if !is_json(request_headers) {
         state.metrics.count("unsupported_media_type");
         return Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -150,7 +171,7 @@ pub(crate) async fn create_order(
         messaging.kafka.message.key = %order_id,
         order_id = %order_id,
     );
-    publish(&state, &event).instrument(span.clone()).await?;
+    publish(state, &event).instrument(span.clone()).await?;
 
     if let Err(e) = state
         .recent
@@ -162,17 +183,7 @@ pub(crate) async fn create_order(
         tracing::warn!(order_id = %order_id, error = %e, "recent-orders list not updated");
     }
     state.metrics.count("accepted");
-    let body = Accepted {
-        status: "queued",
-        order_id: &event.order_id,
-        total_amount: event.total_amount,
-    };
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, format!("/orders/{}", event.order_id))],
-        Json(body),
-    )
-        .into_response())
+    Ok(event)
 }
 
 /// Sends the event and waits for the broker's acknowledgement, for at most

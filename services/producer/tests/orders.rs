@@ -446,3 +446,84 @@ async fn operational_endpoints() {
     )
     .await;
 }
+
+/// The intake paths of the systems orderflow replaces (SPEC §2, issue 15),
+/// with the bodies their READMEs document: each is published like
+/// `POST /orders` and answered in the shape that system's clients read.
+#[tokio::test]
+async fn compatibility_routes_accept_the_replaced_systems_bodies() {
+    let brokers = kit::kafka();
+    let p = Producer::start(&brokers, &kit::redis_url(), &[]).await;
+    let post = |path: &'static str, body: &'static str| {
+        p.client
+            .post(format!("{}{path}", p.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // Reference 002 (Express): its README's request, verbatim.
+    let express = r#"{"customerId": "customer-123", "productId": "product-A", "quantity": 2}"#;
+    let mut ids = Vec::new();
+    for path in ["/api/v1/orders", "/api/v1/order"] {
+        let resp = post(path, express).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED, "{path}");
+        let location = resp.headers()["location"].to_str().unwrap().to_owned();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["message"], "Order event sent", "{body}");
+        let event = &body["event"];
+        let id = event["id"].as_str().unwrap().to_owned();
+        assert_eq!(location, format!("/orders/{id}"));
+        assert_eq!(event["customerId"], "customer-123");
+        assert_eq!(event["productId"], "product-A");
+        assert_eq!(event["quantity"], 2);
+        assert_eq!(event["status"], "pending");
+        time::OffsetDateTime::parse(
+            event["createdAt"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("createdAt is RFC 3339");
+        ids.push(id);
+    }
+    // Reference 004 (NestJS): POST /order answers 201 with the Order.
+    let resp = post(
+        "/order",
+        r#"{"orderId":"nest-1","userId":"u-7","products":[{"id":"beans","name":"Beans","price":24.00,"quantity":1}],"totalAmount":24.00}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let text = resp.text().await.unwrap();
+    let order: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(order["id"], "nest-1");
+    assert_eq!(order["customerId"], "u-7");
+    assert_eq!(order["items"][0]["productId"], "beans");
+    assert!(text.contains(r#""totalAmount":24.00"#), "{text}");
+    ids.push("nest-1".into());
+
+    // Bad input is orderflow's problem on every path, and nothing is sent.
+    for path in ["/api/v1/orders", "/order"] {
+        problem(post(path, "{").await.unwrap(), StatusCode::BAD_REQUEST).await;
+        let invalid = problem(
+            post(path, r#"{"customerId":"","productId":"x","quantity":0}"#)
+                .await
+                .unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        assert!(!invalid["errors"].as_array().unwrap().is_empty());
+    }
+
+    let msgs = kit::consume(&brokers, &p.topics.orders, 3, Duration::from_secs(20)).await;
+    let mut published: Vec<String> = msgs
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<OrderPlaced>(m.payload().unwrap())
+                .unwrap()
+                .order_id
+        })
+        .collect();
+    published.sort();
+    ids.sort();
+    assert_eq!(published, ids, "exactly the accepted orders were published");
+    assert_eq!(kit::message_count(&brokers, &p.topics.orders), 3);
+}

@@ -1,4 +1,5 @@
-//! Bearer-token authentication of the mutating endpoints. Tokens come from
+//! Bearer-token authentication of the mutating endpoints (orders-api's
+//! mutations, analytics' dead-letter re-drive). Tokens come from
 //! `API_TOKENS` (comma-separated) and/or `API_TOKENS_FILE` (a mounted
 //! Secret, one token per line). With no token configured every mutation is
 //! refused: an unconfigured service is closed, not open.
@@ -9,8 +10,44 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use orderflow_platform::http::Problem;
+use crate::http::Problem;
 use subtle::ConstantTimeEq;
+
+/// Where the accepted tokens come from.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TokenArgs {
+    /// Bearer tokens accepted on mutating endpoints, comma-separated.
+    #[arg(
+        long = "api-tokens",
+        env = "API_TOKENS",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub api_tokens: String,
+    /// A file with one accepted token per line (a mounted Secret).
+    #[arg(long = "api-tokens-file", env = "API_TOKENS_FILE")]
+    pub api_tokens_file: Option<std::path::PathBuf>,
+}
+
+impl TokenArgs {
+    pub fn load(&self) -> anyhow::Result<Tokens> {
+        Tokens::load(&self.api_tokens, self.api_tokens_file.as_deref())
+    }
+}
+
+/// Who made an authenticated request: a fingerprint of the token (the first
+/// 12 hex digits of its SHA-256), never the token itself. Handlers behind
+/// [`require_token`] read it as a request extension.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller(pub String);
+
+impl Caller {
+    pub fn of(token: &[u8]) -> Caller {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(token);
+        Caller(format!("token:{}", &hex::encode(digest)[..12]))
+    }
+}
 
 #[derive(Clone, Default)]
 pub struct Tokens(Arc<Vec<Vec<u8>>>);
@@ -60,7 +97,7 @@ fn unauthorized(detail: &str) -> Response {
 }
 
 /// Middleware: 401 without a bearer token, 403 with one that is not valid.
-pub async fn require_token(State(tokens): State<Tokens>, req: Request, next: Next) -> Response {
+pub async fn require_token(State(tokens): State<Tokens>, mut req: Request, next: Next) -> Response {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         return unauthorized("this endpoint requires Authorization: Bearer <token>");
     };
@@ -84,6 +121,8 @@ pub async fn require_token(State(tokens): State<Tokens>, req: Request, next: Nex
         )
         .into_response();
     }
+    let caller = Caller::of(token.as_bytes());
+    req.extensions_mut().insert(caller);
     next.run(req).await
 }
 
@@ -105,5 +144,9 @@ mod tests {
         }
         assert!(Tokens::load("", Some(std::path::Path::new("/nonexistent/tokens"))).is_err());
         assert!(Tokens::load("", None).unwrap().is_empty());
+        let caller = Caller::of(b"a");
+        assert_eq!(caller, Caller::of(b"a"));
+        assert_ne!(caller, Caller::of(b"b"));
+        assert!(caller.0.starts_with("token:") && caller.0.len() == 18, "{caller:?}");
     }
 }
