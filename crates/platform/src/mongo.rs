@@ -22,6 +22,11 @@ pub const RESERVATIONS: &str = "reservations";
 pub const PAYMENTS: &str = "payments";
 /// Notification deliveries (`_id` = notification key / channel).
 pub const NOTIFICATIONS: &str = "notifications";
+/// One document per running stage process: its counters, refreshed every
+/// few seconds (the console's retries).
+pub const STAGE_STATS: &str = "stage_stats";
+/// One document per re-driven dead letter: who, when, what.
+pub const REDRIVES: &str = "redrives";
 
 /// Server error code of a unique-index violation: the document is already there.
 pub const DUPLICATE_KEY: i32 = 11000;

@@ -86,7 +86,13 @@ pub struct Stage {
     pub input: TopicRole,
     /// Its consumer group.
     pub group: &'static str,
+    /// The topics it emits to (besides the dead-letter topic, which every
+    /// stage may write): the edges of the console's flow diagram.
+    pub outputs: &'static [TopicRole],
 }
+
+/// Who writes `orders`: the producer, outside any stage.
+pub const INTAKE: &str = "producer";
 
 /// Every stage, in pipeline order.
 pub const STAGES: [Stage; 4] = [
@@ -94,21 +100,25 @@ pub const STAGES: [Stage; 4] = [
         name: "persist",
         input: TopicRole::Orders,
         group: "orderflow-persist",
+        outputs: &[TopicRole::Validated, TopicRole::Notifications],
     },
     Stage {
         name: "inventory",
         input: TopicRole::Validated,
         group: "orderflow-inventory",
+        outputs: &[TopicRole::Inventory, TopicRole::Notifications],
     },
     Stage {
         name: "payment",
         input: TopicRole::Inventory,
         group: "orderflow-payment",
+        outputs: &[TopicRole::Payment, TopicRole::Notifications],
     },
     Stage {
         name: "notify",
         input: TopicRole::Notifications,
         group: "orderflow-notify",
+        outputs: &[],
     },
 ];
 
@@ -131,6 +141,7 @@ mod tests {
             assert_eq!(s.group, format!("orderflow-{}", s.name), "SPEC §4");
             assert_eq!(stage(s.name).unwrap().input, s.input);
             assert_ne!(s.input, TopicRole::Dlq);
+            assert!(!s.outputs.contains(&TopicRole::Dlq) && !s.outputs.contains(&s.input));
         }
         assert_eq!(topic(TopicRole::Notifications).partitions, 3);
     }

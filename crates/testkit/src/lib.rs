@@ -2,6 +2,7 @@
 //! starts. Each test gets its own topics and its own database, so tests run
 //! in parallel without seeing each other's data.
 
+pub mod browser;
 pub mod cluster;
 pub mod stack;
 
@@ -590,4 +591,12 @@ fn try_group_position(
         }
     }
     Ok((done, end))
+}
+
+/// Where tests leave what a person may want to look at (screenshots):
+/// `target/artifacts/`.
+pub fn artifacts_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/artifacts");
+    std::fs::create_dir_all(&dir).expect("creating target/artifacts");
+    dir
 }

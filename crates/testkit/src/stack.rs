@@ -14,6 +14,8 @@ pub struct Stack {
     common: Vec<(String, String)>,
     logs: TempDir,
     processes: Vec<(String, Child)>,
+    /// Each stage's consumer group, this stack's own.
+    groups: Vec<(&'static str, String)>,
 }
 
 impl Stack {
@@ -40,13 +42,21 @@ impl Stack {
             common,
             logs: TempDir::new("stack-logs"),
             processes: Vec::new(),
+            groups: orderflow_platform::topology::STAGES
+                .iter()
+                .map(|s| (s.name, crate::unique(s.name)))
+                .collect(),
         }
     }
 
     /// Starts `binary` as `service` with `extra` environment; its output
     /// goes to a log file ([`Stack::log`]).
     pub fn spawn(&mut self, binary_name: &str, service: &str, extra: &[(&str, String)]) {
-        let log = std::fs::File::create(self.logs.0.join(format!("{service}.log"))).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.0.join(format!("{service}.log")))
+            .unwrap();
         let mut cmd = Command::new(binary(binary_name));
         // No exporter unless the stack's environment names one.
         cmd.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -66,16 +76,61 @@ impl Stack {
     /// The four stages, each in a consumer group of this test's own.
     pub fn spawn_stages(&mut self) {
         for stage in orderflow_platform::topology::STAGES.iter().map(|s| s.name) {
-            self.spawn(
-                "consumer",
-                stage,
-                &[
-                    ("STAGE", stage.into()),
-                    ("CONSUMER_PORT", free_port().to_string()),
-                    ("CONSUMER_GROUP", crate::unique(stage)),
-                ],
-            );
+            self.spawn_stage(stage, &[]);
         }
+    }
+
+    /// One stage in this stack's group for it (the same on a restart).
+    pub fn spawn_stage(&mut self, stage: &str, extra: &[(&str, String)]) {
+        let mut env = vec![
+            ("STAGE", stage.to_owned()),
+            ("CONSUMER_PORT", free_port().to_string()),
+            ("CONSUMER_GROUP", self.group(stage).to_owned()),
+        ];
+        env.extend(extra.iter().cloned());
+        self.spawn("consumer", stage, &env);
+    }
+
+    /// The stage's consumer group in this stack.
+    pub fn group(&self, stage: &str) -> &str {
+        &self
+            .groups
+            .iter()
+            .find(|(s, _)| *s == stage)
+            .unwrap_or_else(|| panic!("{stage} is not a stage"))
+            .1
+    }
+
+    /// `STAGE_GROUPS` for analytics: this stack's groups.
+    pub fn stage_groups(&self) -> String {
+        self.groups
+            .iter()
+            .map(|(s, g)| format!("{s}={g}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// SIGTERM to `service` and its exit; it can be spawned again (its log
+    /// carries on).
+    pub async fn stop(&mut self, service: &str) {
+        let at = self
+            .processes
+            .iter()
+            .position(|(s, _)| s == service)
+            .unwrap_or_else(|| panic!("{service} does not run"));
+        let (_, mut child) = self.processes.remove(at);
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        for _ in 0..300 {
+            if child.try_wait().unwrap().is_some() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{service} did not stop within 15 s of SIGTERM");
     }
 
     /// SIGTERM to every process, then a clean exit from each (which

@@ -10,11 +10,12 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
 use futures::{Stream, StreamExt};
 use orderflow_platform::config::{HttpArgs, KafkaArgs, MongoArgs, RedisArgs, TopicArgs};
+use orderflow_platform::http::auth::TokenArgs;
 pub use orderflow_platform::http::Running;
 use orderflow_platform::http::{self, Ops, Problem};
 use orderflow_platform::redis::LazyRedis;
@@ -22,8 +23,13 @@ use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::Consumer;
 
+pub mod cli;
+pub mod console;
 pub mod daily;
+pub mod dlq;
 pub mod live;
+pub mod pipeline;
+pub mod timeline;
 
 pub const SERVICE: &str = "analytics";
 
@@ -58,6 +64,22 @@ pub struct Args {
     /// How often `/analytics/stream` sends the live figures.
     #[arg(long, env = "STREAM_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub stream_interval: Duration,
+    /// How often the pipeline console samples lag, groups and topics.
+    #[arg(long, env = "PIPELINE_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub pipeline_interval: Duration,
+    /// Most Server-Sent Event streams open at once (both streams); past it,
+    /// 503 with Retry-After.
+    #[arg(long, env = "STREAM_CLIENTS", default_value_t = 256)]
+    pub stream_clients: usize,
+    /// The stages' consumer groups where they are not `orderflow-<stage>`
+    /// (a stage run with `CONSUMER_GROUP`): `persist=g1,notify=g2`.
+    #[arg(long = "stage-groups", env = "STAGE_GROUPS", default_value = "")]
+    pub stage_groups: String,
+    /// Tokens for the dead-letter re-drive.
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+    #[command(subcommand)]
+    pub command: Option<cli::Command>,
 }
 
 #[derive(Clone)]
@@ -67,7 +89,23 @@ pub(crate) struct AppState {
     recent_key: String,
     live: live::LiveMetrics,
     stream_interval: Duration,
+    streams: std::sync::Arc<tokio::sync::Semaphore>,
+    console: std::sync::Arc<console::Console>,
     shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// A place among the open streams, or 503 when they are all taken.
+    pub(crate) fn stream_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Problem> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too-many-streams",
+                "every event stream is taken; retry shortly",
+            )
+            .with_retry_after(Duration::from_secs(5))
+        })
+    }
 }
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> Problem {
@@ -108,7 +146,8 @@ async fn live_now(State(state): State<AppState>) -> Json<live::Live> {
 
 async fn stream(
     State(state): State<AppState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+    let permit = state.stream_permit()?;
     let ticks = tokio::time::interval(state.stream_interval);
     let live = state.live.clone();
     let events = futures::stream::unfold((ticks, live), |(mut ticks, live)| async move {
@@ -119,8 +158,12 @@ async fn stream(
             .unwrap_or_else(|_| Event::default().comment("encoding failed"));
         Some((Ok(event), (ticks, live)))
     })
-    .take_until(state.shutdown.clone().cancelled_owned());
-    Sse::new(events).keep_alive(KeepAlive::default())
+    .take_until(state.shutdown.clone().cancelled_owned())
+    .map(move |e| {
+        let _held = &permit;
+        e
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
 async fn dashboard() -> Response {
@@ -147,12 +190,45 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         shutdown.clone(),
     ));
 
+    let tokens = args.tokens.load()?;
+    if tokens.is_empty() {
+        tracing::warn!("no API tokens configured: every re-drive will be refused");
+    }
+    let console = std::sync::Arc::new(console::Console::new(&args, &db)?);
+    tokio::task::spawn_blocking({
+        let (index, shutdown) = (console.index.clone(), shutdown.clone());
+        let reader = orderflow_platform::kafka::group_reader(
+            &args.kafka,
+            "orderflow-analytics-dlq",
+            "orderflow-analytics-dlq",
+        )?;
+        let topic = args.topics.dlq.clone();
+        move || index.follow(reader, &topic, shutdown)
+    });
+    tokio::spawn({
+        let sampler = console.sampler.clone().run(
+            args.kafka.clone(),
+            pipeline::stage_groups(&args.stage_groups)?,
+            args.topics.clone(),
+            db.collection(orderflow_platform::mongo::STAGE_STATS),
+            console.index.clone(),
+            args.pipeline_interval.max(Duration::from_millis(200)),
+            shutdown.clone(),
+        );
+        async move {
+            if let Err(e) = sampler.await {
+                tracing::error!(error = %format!("{e:#}"), "the pipeline sampler stopped");
+            }
+        }
+    });
     let state = AppState {
         orders: db.collection(orderflow_platform::mongo::ORDERS),
         redis: redis.clone(),
         recent_key: args.recent_key.clone(),
         live,
         stream_interval: args.stream_interval.max(Duration::from_millis(100)),
+        streams: std::sync::Arc::new(tokio::sync::Semaphore::new(args.stream_clients.max(1))),
+        console,
         shutdown: shutdown.clone(),
     };
     let redis_check: http::ReadinessCheck = (
@@ -174,6 +250,24 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         .route("/analytics/recent-orders", get(recent_orders))
         .route("/analytics/live", get(live_now))
         .route("/analytics/stream", get(stream))
+        .route("/pipeline", get(console::page))
+        .route("/pipeline/orders/{id}", get(console::timeline_page))
+        .route("/analytics/pipeline", get(console::pipeline))
+        .route("/analytics/pipeline/stream", get(console::pipeline_stream))
+        .route("/analytics/dlq", get(console::list))
+        .route("/analytics/dlq/{partition}/{offset}", get(console::show))
+        .route(
+            "/analytics/orders/{id}/timeline",
+            get(console::order_timeline),
+        )
+        .merge(
+            Router::new()
+                .route("/analytics/dlq/redrive", post(console::redrive_handler))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    tokens,
+                    orderflow_platform::http::auth::require_token,
+                )),
+        )
         .with_state(state);
     let app = http::with_ops(
         app,

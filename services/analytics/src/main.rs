@@ -1,9 +1,12 @@
 use clap::Parser;
-use orderflow_analytics::{start, Args};
+use orderflow_analytics::{cli, start, Args};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(command) = &args.command {
+        return cli::run(&args, command).await;
+    }
     let telemetry = orderflow_platform::telemetry::init("analytics");
     let running = start(args, orderflow_platform::shutdown::on_signal()).await?;
     let result = running.task.await?;

@@ -3,164 +3,13 @@
 //! load with no console error, and its live chart must change after orders
 //! are posted. Screenshots are saved to `target/artifacts/`.
 
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use clap::Parser;
+use kit::browser::{processes_naming, Driver};
 use orderflow_platform::shutdown::CancellationToken;
 use orderflow_testkit as kit;
 use serde_json::{json, Value};
-
-struct Driver {
-    child: Child,
-    base: String,
-    session: String,
-    http: reqwest::Client,
-    _profile: kit::TempDir,
-}
-
-impl Drop for Driver {
-    /// chromedriver runs in a process group of its own, and Chromium with
-    /// it: SIGKILL to the group ends the browser too, on a failed test as
-    /// well (a plain kill of chromedriver left Chromium running).
-    fn drop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The processes whose command line names `needle`.
-fn processes_naming(needle: &str) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .chars()
-                .all(|c| c.is_ascii_digit())
-        })
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(needle))
-        .collect()
-}
-
-impl Driver {
-    async fn start() -> Driver {
-        let port = kit::free_port();
-        let child = Command::new(
-            std::env::var("ORDERFLOW_TEST_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into()),
-        )
-        .arg(format!("--port={port}"))
-        .process_group(0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting chromedriver (Debian chromium-driver)");
-        let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let started = Instant::now();
-        while http.get(format!("{base}/status")).send().await.is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "chromedriver did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let profile = kit::TempDir::new("chromium-profile");
-        let capabilities = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:loggingPrefs": {"browser": "ALL"},
-            "goog:chromeOptions": {
-                "binary": std::env::var("ORDERFLOW_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                    "--window-size=1280,900",
-                    format!("--user-data-dir={}", profile.0.display()),
-                ]
-            }
-        }}});
-        let created: Value = http
-            .post(format!("{base}/session"))
-            .json(&capabilities)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let session = created["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no session: {created}"))
-            .to_owned();
-        Driver {
-            child,
-            base,
-            session,
-            http,
-            _profile: profile,
-        }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let url = format!("{}/session/{}{path}", self.base, self.session);
-        let mut req = self.http.request(method, url);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let v: Value = req.send().await.unwrap().json().await.unwrap();
-        assert!(v["value"]["error"].is_null(), "{path}: {v}");
-        v["value"].clone()
-    }
-
-    async fn goto(&self, url: &str) {
-        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})))
-            .await;
-    }
-
-    async fn eval(&self, script: &str) -> Value {
-        self.call(
-            reqwest::Method::POST,
-            "/execute/sync",
-            Some(json!({"script": script, "args": []})),
-        )
-        .await
-    }
-
-    async fn screenshot(&self, name: &str) -> std::path::PathBuf {
-        let b64 = self.call(reqwest::Method::GET, "/screenshot", None).await;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(b64.as_str().unwrap())
-            .unwrap();
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/artifacts");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, png).unwrap();
-        path
-    }
-
-    /// Browser console entries so far (chromedriver's log endpoint).
-    async fn console(&self) -> Vec<Value> {
-        self.call(
-            reqwest::Method::POST,
-            "/se/log",
-            Some(json!({"type": "browser"})),
-        )
-        .await
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-    }
-}
 
 #[tokio::test]
 async fn the_dashboard_loads_cleanly_and_its_live_chart_moves_with_orders() {
@@ -313,7 +162,7 @@ async fn the_dashboard_loads_cleanly_and_its_live_chart_moves_with_orders() {
     shutdown.cancel();
 
     // Issue 14, defect 11: every process the test started ends with it.
-    let profile = driver._profile.0.display().to_string();
+    let profile = driver.profile.0.display().to_string();
     assert!(
         !processes_naming(&profile).is_empty(),
         "Chromium runs with the test's profile"

@@ -81,6 +81,10 @@ pub struct Args {
     /// Longest a stage may spend on one batch before retrying it.
     #[arg(long, env = "BATCH_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub batch_timeout: Duration,
+    /// How often the stage writes its counters to MongoDB (`stage_stats`,
+    /// read by the pipeline console).
+    #[arg(long, env = "STATS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub stats_interval: Duration,
     /// Reject products the catalogue does not know (persist).
     #[arg(long, env = "STRICT_CATALOGUE", default_value_t = false, action = clap::ArgAction::Set)]
     pub strict_catalogue: bool,
@@ -222,6 +226,20 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     let consumer = orderflow_platform::kafka::consumer(&args.kafka, &client_id, &group)?;
     let mut registry = Registry::with_prefix(format!("orderflow_{stage}"));
     let metrics = RunnerMetrics::register(&mut registry, &consumer);
+    // One stats document per process: the pod name where there is one.
+    let member = format!(
+        "{stage}/{}/{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into()),
+        std::process::id()
+    );
+    tokio::spawn(metrics.clone().report(
+        db.clone(),
+        stage,
+        member,
+        consumer.context().commit_failures.clone(),
+        args.stats_interval,
+        shutdown.clone(),
+    ));
     let config = RunnerConfig {
         stage,
         dlq_topic: args.topics.dlq.clone(),

@@ -114,6 +114,54 @@ impl RunnerMetrics {
     }
 }
 
+impl RunnerMetrics {
+    fn outcome(&self, outcome: &'static str) -> u64 {
+        self.messages
+            .get_or_create(&OutcomeLabels { outcome })
+            .get()
+    }
+
+    /// Writes this process's counters to MongoDB's `stage_stats` every
+    /// `every` until shutdown: the console sums them over the replicas seen
+    /// recently (a Service in front of several replicas could not be
+    /// scraped for a sum). A failed write is retried at the next tick.
+    pub async fn report(
+        self,
+        db: mongodb::Database,
+        stage: &'static str,
+        member: String,
+        consumer_failures: Counter,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let stats = db.collection::<bson::Document>(orderflow_platform::mongo::STAGE_STATS);
+        let started = bson::DateTime::now();
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticks.tick() => {}
+            }
+            let update = bson::doc! {"$set": {
+                "stage": stage,
+                "startedAt": started,
+                "seenAt": bson::DateTime::now(),
+                "done": self.outcome("done") as i64,
+                "deadLettered": self.outcome("dead_lettered") as i64,
+                "retries": self.retries.get() as i64,
+                "commitFailures": consumer_failures.get() as i64,
+            }};
+            if let Err(e) = stats
+                .update_one(bson::doc! {"_id": &member}, update)
+                .upsert(true)
+                .await
+            {
+                tracing::debug!(error = %e, "stage stats not written");
+            }
+        }
+    }
+}
+
 pub struct Runner<S> {
     pub stage: S,
     pub consumer: StageConsumer,

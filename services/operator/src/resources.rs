@@ -690,14 +690,26 @@ spec:
         let find = |path: &str| {
             rules
                 .iter()
-                .find(|r| r["matches"][0]["path"]["value"] == path && r["matches"][0].get("method").is_none())
+                .find(|r| {
+                    r["matches"][0]["path"]["value"] == path
+                        && r["matches"][0].get("method").is_none()
+                })
                 .unwrap_or_else(|| panic!("no rule for {path}"))
         };
-        assert_eq!(find("/analytics")["backendRefs"][0]["name"], "main-analytics");
-        assert_eq!(find("/pipeline")["backendRefs"][0]["name"], "main-analytics");
+        assert_eq!(
+            find("/analytics")["backendRefs"][0]["name"],
+            "main-analytics"
+        );
+        assert_eq!(
+            find("/pipeline")["backendRefs"][0]["name"],
+            "main-analytics"
+        );
         assert_eq!(find("/api/v1")["backendRefs"][0]["name"], "main-producer");
         assert_eq!(find("/order")["matches"][0]["path"]["type"], "Exact");
-        assert_eq!(find("/order/seed")["backendRefs"][0]["name"], "main-orders-api");
+        assert_eq!(
+            find("/order/seed")["backendRefs"][0]["name"],
+            "main-orders-api"
+        );
         assert_eq!(find("/")["matches"][0]["path"]["type"], "Exact");
         assert_eq!(owned_json(&p).last().unwrap()["kind"], "HTTPRoute");
     }

@@ -5,9 +5,9 @@ use axum::routing::{get, patch, post, put};
 use axum::Router;
 use clap::Parser;
 use orderflow_platform::config::{HttpArgs, MongoArgs};
+use orderflow_platform::http::auth::TokenArgs;
 pub use orderflow_platform::http::Running;
 use orderflow_platform::http::{self, Ops};
-use orderflow_platform::http::auth::TokenArgs;
 use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::registry::Registry;
 

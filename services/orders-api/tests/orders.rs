@@ -692,7 +692,13 @@ async fn inventory_endpoints_validate_and_seed_is_idempotent() {
     )
     .await;
     let compat = api
-        .send(reqwest::Method::POST, "/order/seed", Some("token-one"), &[], None)
+        .send(
+            reqwest::Method::POST,
+            "/order/seed",
+            Some("token-one"),
+            &[],
+            None,
+        )
         .await;
     assert_eq!(compat.status(), StatusCode::OK);
     let compat: Value = compat.json().await.unwrap();

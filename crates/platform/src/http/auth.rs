@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
+use crate::http::Problem;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use crate::http::Problem;
 use subtle::ConstantTimeEq;
 
 /// Where the accepted tokens come from.
@@ -147,6 +147,9 @@ mod tests {
         let caller = Caller::of(b"a");
         assert_eq!(caller, Caller::of(b"a"));
         assert_ne!(caller, Caller::of(b"b"));
-        assert!(caller.0.starts_with("token:") && caller.0.len() == 18, "{caller:?}");
+        assert!(
+            caller.0.starts_with("token:") && caller.0.len() == 18,
+            "{caller:?}"
+        );
     }
 }

@@ -76,4 +76,3 @@ pub fn partition_offsets(
         })
         .collect()
 }
-
