@@ -174,6 +174,16 @@ impl Driver {
         }
     }
 
+    /// Resizes the window (a taller one shows a whole page in a screenshot).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await;
+    }
+
     /// Console entries at level SEVERE.
     pub async fn errors(&self) -> Vec<Value> {
         self.console()

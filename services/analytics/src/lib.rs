@@ -207,11 +207,13 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     });
     tokio::spawn({
         let sampler = console.sampler.clone().run(
-            args.kafka.clone(),
-            pipeline::stage_groups(&args.stage_groups)?,
-            args.topics.clone(),
-            db.collection(orderflow_platform::mongo::STAGE_STATS),
-            console.index.clone(),
+            pipeline::Sources {
+                kafka: args.kafka.clone(),
+                groups: pipeline::stage_groups(&args.stage_groups)?,
+                topics: args.topics.clone(),
+                stats: db.collection(orderflow_platform::mongo::STAGE_STATS),
+                dlq: console.index.clone(),
+            },
             args.pipeline_interval.max(Duration::from_millis(200)),
             shutdown.clone(),
         );

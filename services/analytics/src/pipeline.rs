@@ -25,6 +25,9 @@ use time::OffsetDateTime;
 use crate::dlq;
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(5);
+/// Rates are measured over about this long (commits come in bursts, once
+/// a second per member).
+pub const RATE_WINDOW: Duration = Duration::from_secs(5);
 /// A stage process whose stats are older than this is not counted.
 pub const STATS_FRESH: Duration = Duration::from_secs(60);
 
@@ -135,6 +138,17 @@ impl Default for Sampler {
     }
 }
 
+/// What the sampler reads.
+pub struct Sources {
+    pub kafka: KafkaArgs,
+    /// Each stage's consumer group, in [`STAGES`] order ([`stage_groups`]).
+    pub groups: Vec<String>,
+    pub topics: TopicArgs,
+    /// The stages' counters (`stage_stats`).
+    pub stats: mongodb::Collection<bson::Document>,
+    pub dlq: dlq::Index,
+}
+
 /// The clients one sample needs: a group reader per stage (committed
 /// offsets are read as the group itself), one for everything else.
 struct Readers {
@@ -142,8 +156,8 @@ struct Readers {
     other: BaseConsumer,
 }
 
-/// What the previous sample saw, for the rates.
-#[derive(Default)]
+/// What an earlier sample saw, for the rates.
+#[derive(Default, Clone)]
 struct Previous {
     at: Option<Instant>,
     committed: BTreeMap<&'static str, i64>,
@@ -159,17 +173,20 @@ impl Sampler {
         self.changed.subscribe()
     }
 
-    /// Samples every `every` until shutdown.
+    /// Samples `sources` every `every` until shutdown.
     pub async fn run(
         self,
-        kafka: KafkaArgs,
-        groups: Vec<String>,
-        topics: TopicArgs,
-        stats: mongodb::Collection<bson::Document>,
-        dlq: dlq::Index,
+        sources: Sources,
         every: Duration,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
+        let Sources {
+            kafka,
+            groups,
+            topics,
+            stats,
+            dlq,
+        } = sources;
         let readers = Arc::new(Readers {
             stages: groups
                 .iter()
@@ -189,7 +206,9 @@ impl Sampler {
         });
         let topics = Arc::new(topics);
         let groups = Arc::new(groups);
-        let mut previous = Previous::default();
+        // Recent samples' counters, oldest first: rates are taken against
+        // the oldest one within RATE_WINDOW.
+        let mut history: std::collections::VecDeque<Previous> = Default::default();
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -209,18 +228,33 @@ impl Sampler {
                     r.map_err(|e| tracing::debug!(error = %e, "stage stats"))
                         .ok()
                 });
-            let sample = assemble(&topics, &groups, observed, retries, &dlq, &mut previous);
+            while history.len() > 1
+                && history[1]
+                    .at
+                    .is_some_and(|at| observed.at.duration_since(at) >= RATE_WINDOW)
+            {
+                history.pop_front();
+            }
+            let base = history.front().cloned().unwrap_or_default();
+            let (sample, seen) = assemble(&topics, &groups, observed, retries, &dlq, &base);
+            history.push_back(seen);
             *self.latest.write().expect("pipeline sample") = Some(Arc::new(sample));
             self.changed.send_modify(|n| *n += 1);
         }
     }
 }
 
+struct StageObserved {
+    offsets: Vec<PartitionOffsets>,
+    group_state: String,
+    members: Vec<Member>,
+}
+
 /// What the brokers said in one sample.
 struct Observed {
     at: Instant,
-    /// Per stage: its input's offsets, its group, or why not.
-    stages: Vec<Result<(Vec<PartitionOffsets>, String, Vec<Member>), String>>,
+    /// Per stage: its input's offsets and its group, or why not.
+    stages: Vec<Result<StageObserved, String>>,
     /// Per topic of TOPICS: its partitions' offsets, or `None`.
     topics: Vec<Option<Vec<PartitionOffsets>>>,
 }
@@ -254,7 +288,11 @@ fn observe(readers: &Readers, names: &TopicArgs, groups: &[String]) -> Observed 
                     .unwrap_or_else(|| ("Dead".into(), Vec::new())),
                 Err(e) => (format!("unknown: {e}"), Vec::new()),
             };
-            Ok((offsets, state, members))
+            Ok(StageObserved {
+                offsets,
+                group_state: state,
+                members,
+            })
         })
         .collect();
     let topics = TOPICS
@@ -332,8 +370,8 @@ fn assemble(
     observed: Observed,
     retries: Option<BTreeMap<String, u64>>,
     dlq: &dlq::Index,
-    previous: &mut Previous,
-) -> Pipeline {
+    previous: &Previous,
+) -> (Pipeline, Previous) {
     let seconds = previous
         .at
         .map(|at| observed.at.duration_since(at).as_secs_f64())
@@ -365,7 +403,7 @@ fn assemble(
         .zip(groups)
         .map(|((s, observed), group)| {
             let (offsets, group_state, members, error) = match observed {
-                Ok((o, state, m)) => (o, state, m, None),
+                Ok(o) => (o.offsets, o.group_state, o.members, None),
                 Err(e) => (Vec::new(), "unknown".into(), Vec::new(), Some(e)),
             };
             let committed: i64 = offsets
@@ -425,8 +463,7 @@ fn assemble(
             });
         }
     }
-    *previous = next;
-    Pipeline {
+    let sample = Pipeline {
         at: OffsetDateTime::now_utc()
             .format(&Rfc3339)
             .unwrap_or_default(),
@@ -435,7 +472,8 @@ fn assemble(
         edges,
         dead_letters: dlq.total(),
         dead_letters_complete: dlq.caught_up(),
-    }
+    };
+    (sample, next)
 }
 
 #[cfg(test)]

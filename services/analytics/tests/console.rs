@@ -13,134 +13,17 @@ use std::time::Duration;
 use base64::Engine;
 use orderflow_platform::kafka::headers::dlq;
 use orderflow_testkit as kit;
-use orderflow_testkit::stack::Stack;
 use rdkafka::Message;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 
-const TOKEN: &str = "console-token";
+mod support;
 
-struct Console {
-    stack: Stack,
-    topics: orderflow_platform::config::TopicArgs,
-    db: String,
-    env: Vec<(String, String)>,
-    producer: String,
-    analytics: String,
-    http: reqwest::Client,
-}
-
-async fn healthy(url: &str) {
-    let http = reqwest::Client::new();
-    kit::eventually(Duration::from_secs(30), url, || async {
-        let r = http.get(format!("{url}/readyz")).send().await.ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await;
-}
-
-impl Console {
-    async fn start(name: &str) -> Console {
-        kit::telemetry();
-        let topics = kit::topics(name);
-        kit::create_topics(&kit::kafka(), &topics).await;
-        let db = kit::unique(name);
-        let mut stack = Stack::new(&topics, &db, &[("API_TOKENS", TOKEN)]);
-        stack.spawn_stages();
-        let (producer_port, analytics_port) = (kit::free_port(), kit::free_port());
-        stack.spawn(
-            "producer",
-            "producer",
-            &[("API_PORT", producer_port.to_string())],
-        );
-        let env = vec![
-            ("ANALYTICS_PORT".to_string(), analytics_port.to_string()),
-            ("STAGE_GROUPS".into(), stack.stage_groups()),
-            ("ANALYTICS_GROUP".into(), kit::unique("analytics")),
-            ("PIPELINE_INTERVAL".into(), "500ms".into()),
-        ];
-        let as_ref: Vec<(&str, String)> =
-            env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        stack.spawn("analytics", "analytics", &as_ref);
-        let producer = format!("http://127.0.0.1:{producer_port}");
-        let analytics = format!("http://127.0.0.1:{analytics_port}");
-        healthy(&producer).await;
-        healthy(&analytics).await;
-        Console {
-            stack,
-            topics,
-            db,
-            env,
-            producer,
-            analytics,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.analytics))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn redrive(&self, token: Option<&str>, body: &str) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .post(format!("{}/analytics/dlq/redrive", self.analytics))
-            .header("content-type", "application/json")
-            .body(body.to_owned());
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let r = req.send().await.unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    /// `analytics dlq …` with the stack's settings; its JSON answer.
-    fn cli(&self, args: &[&str]) -> Value {
-        let mut cmd = std::process::Command::new(kit::binary("analytics"));
-        cmd.env("KAFKA_BROKERS", kit::kafka())
-            .env("MONGO_URL", kit::mongo_url(&self.db))
-            .env("KAFKA_TOPIC_DLQ", &self.topics.dlq)
-            .env("RUST_LOG", "warn")
-            .env("USER", "ci");
-        for t in orderflow_platform::topology::TOPICS.iter() {
-            cmd.env(t.env, self.topics.name(t.role));
-        }
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        let out = cmd.arg("dlq").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "analytics dlq {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("{e}: {}", String::from_utf8_lossy(&out.stdout));
-        })
-    }
-
-    /// The dead letters listed now (newest first), once there are `n`.
-    async fn letters(&self, n: usize) -> Vec<Value> {
-        kit::eventually(Duration::from_secs(60), "dead letters listed", || async {
-            let (status, page) = self.get("/analytics/dlq").await;
-            let items = page["items"].as_array()?.clone();
-            (status == StatusCode::OK && items.len() >= n).then_some(items)
-        })
-        .await
-    }
-}
+use support::{Console, TOKEN};
 
 #[tokio::test]
 async fn dead_letters_are_listed_shown_and_redriven_once_over_http_and_the_command_line() {
-    let c = Console::start("console").await;
+    let c = Console::start("console", &[]).await;
     let brokers = kit::kafka();
     let poison = b"{not json at all";
     kit::produce(
