@@ -103,4 +103,16 @@ pub struct HttpArgs {
     /// Time given to in-flight requests after SIGTERM.
     #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Longest a request may take to get its answer (an event stream's
+    /// body is not limited); past it, 503. Above the longest `waitFor`
+    /// (30 s).
+    #[arg(long = "request-timeout", env = "REQUEST_TIMEOUT", default_value = "35s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Most requests served at once; past it, 503 with Retry-After at once.
+    #[arg(
+        long = "max-concurrency",
+        env = "MAX_CONCURRENCY",
+        default_value_t = 1024
+    )]
+    pub max_concurrency: usize,
 }

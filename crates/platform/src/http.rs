@@ -256,9 +256,9 @@ pub async fn launch(
     let listener = bind(&args.bind, port).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "{service} listening");
-    let grace = args.shutdown_grace;
     let token = shutdown.clone();
-    let task = tokio::spawn(async move { serve(listener, app, token, grace).await });
+    let args = args.clone();
+    let task = tokio::spawn(async move { serve(listener, app, token, &args).await });
     Ok(Running {
         addr,
         shutdown,
@@ -271,14 +271,64 @@ pub async fn bind(bind: &str, port: u16) -> anyhow::Result<tokio::net::TcpListen
     Ok(tokio::net::TcpListener::bind(addr).await?)
 }
 
-/// Serves until `shutdown` trips, then lets in-flight requests finish for
-/// at most `grace`.
+/// Bounds every service (issue 14, defect 4): at most `MAX_CONCURRENCY`
+/// requests at once, the rest shed at once with 503 and `Retry-After`
+/// (tower's load-shed and concurrency limit), and each answered within
+/// `REQUEST_TIMEOUT` (tower-http's timeout), else 503. Both are problem
+/// documents.
+pub fn with_limits(app: Router, args: &crate::config::HttpArgs) -> Router {
+    use tower::ServiceBuilder;
+    let shed = ServiceBuilder::new()
+        .layer(axum::error_handling::HandleErrorLayer::new(
+            |_: tower::BoxError| async {
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "the service is serving as many requests as it may; retry shortly",
+                )
+                .with_retry_after(Duration::from_secs(1))
+            },
+        ))
+        .load_shed()
+        // Global: Router::layer wraps each route on its own, and a plain
+        // concurrency limit would then be one per route.
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            args.max_concurrency.max(1),
+        ));
+    app.layer(shed)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            args.request_timeout,
+        ))
+        .layer(axum::middleware::map_response(timeout_problem))
+}
+
+/// tower-http's timeout answers with an empty 503; make it a problem.
+async fn timeout_problem(response: Response) -> Response {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && !response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request took longer than the service allows",
+        )
+        .with_retry_after(Duration::from_secs(1))
+        .into_response();
+    }
+    response
+}
+
+/// Serves `app` within [`with_limits`] until `shutdown` trips, then lets
+/// in-flight requests finish for at most `SHUTDOWN_GRACE`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: CancellationToken,
-    grace: Duration,
+    args: &crate::config::HttpArgs,
 ) -> anyhow::Result<()> {
+    let app = with_limits(app, args);
+    let grace = args.shutdown_grace;
     let stop = shutdown.clone();
     let server =
         axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });

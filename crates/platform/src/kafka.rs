@@ -202,18 +202,19 @@ pub fn consumer(args: &KafkaArgs, client_id: &str, group: &str) -> anyhow::Resul
     )
 }
 
-/// A group consumer that only watches the live stream (analytics): starts
-/// at the end of the topics, commits as it goes, never replays history.
+/// A consumer that only watches the live stream (analytics): it is given
+/// its partitions (`assign`), never joins a group and never commits, so
+/// every replica reads the whole stream. `group` is librdkafka's required
+/// `group.id`, unused on the broker.
 pub fn observer(args: &KafkaArgs, client_id: &str, group: &str) -> anyhow::Result<StreamConsumer> {
     build(
         args,
         client_id,
         &[
             ("group.id", group.into()),
-            ("enable.auto.commit", "true".into()),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
             ("auto.offset.reset", "latest".into()),
-            ("session.timeout.ms", "10000".into()),
-            ("heartbeat.interval.ms", "2000".into()),
             ("enable.partition.eof", "false".into()),
         ],
     )

@@ -21,7 +21,6 @@ use orderflow_platform::http::{self, Ops, Problem};
 use orderflow_platform::redis::LazyRedis;
 use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::registry::Registry;
-use rdkafka::consumer::Consumer;
 
 pub mod cli;
 pub mod console;
@@ -55,7 +54,8 @@ pub struct Args {
         default_value = "orders:recent"
     )]
     pub recent_key: String,
-    /// Consumer group of the live figures.
+    /// The live reader's `group.id` (librdkafka requires one; no group
+    /// forms on the broker: the partitions are assigned, ADR 0005).
     #[arg(long, env = "ANALYTICS_GROUP", default_value = "orderflow-analytics")]
     pub group: String,
     /// Window of the orders/second figure.
@@ -181,12 +181,11 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     let live = live::LiveMetrics::new(args.orders_window);
     let client_id = format!("orderflow-analytics-{}", std::process::id());
     let consumer = orderflow_platform::kafka::observer(&args.kafka, &client_id, &args.group)?;
-    consumer.subscribe(&[args.topics.orders.as_str(), args.topics.payment.as_str()])?;
     // One client for the live stream and the readiness check.
     let consumer = std::sync::Arc::new(consumer);
     tokio::spawn(live.clone().run(
         consumer.clone(),
-        args.topics.orders.clone(),
+        vec![args.topics.orders.clone(), args.topics.payment.clone()],
         shutdown.clone(),
     ));
 

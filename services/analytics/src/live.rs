@@ -1,7 +1,13 @@
-//! Live figures from analytics' own consumer group: orders/second over the
-//! last `orders_window` from `orders`, revenue/minute over the last minute
-//! from approved payments on `payment.events`. Per-second buckets, summed
-//! over a sliding window when asked.
+//! Live figures from the event stream: orders/second over the last
+//! `orders_window` from `orders`, revenue/minute over the last minute from
+//! approved payments on `payment.events`. Per-second buckets, summed over a
+//! sliding window when asked.
+//!
+//! Every analytics replica reads every partition itself (assigned, never in
+//! a group, never committing), from [`HISTORY_SECS`] ago: replicas agree,
+//! and a restarted one has its window at once. Each order and each
+//! approved payment is counted once, by orderId: a redelivered event and a
+//! re-posted order are the same fact ([`Seen`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -19,6 +25,46 @@ use time::OffsetDateTime;
 
 /// How far back buckets are kept.
 pub const HISTORY_SECS: i64 = 120;
+/// How long an order already counted is remembered (a re-post within it is
+/// not counted again), and how many are remembered at most.
+pub const SEEN_SECS: i64 = 3600;
+pub const SEEN_CAP: usize = 200_000;
+
+/// The facts already counted: (kind, orderId) → when first seen (Unix s).
+#[derive(Debug, Default)]
+pub struct Seen {
+    at: std::collections::HashMap<(Kind, String), i64>,
+    order: VecDeque<(i64, Kind, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Order,
+    Payment,
+}
+
+impl Seen {
+    /// True the first time (`kind`, `id`) is seen within [`SEEN_SECS`].
+    pub fn first(&mut self, kind: Kind, id: &str, now: i64) -> bool {
+        while let Some((t, k, i)) = self.order.front() {
+            if *t > now - SEEN_SECS && self.order.len() < SEEN_CAP {
+                break;
+            }
+            let key = (*k, i.clone());
+            if self.at.get(&key) == Some(t) {
+                self.at.remove(&key);
+            }
+            self.order.pop_front();
+        }
+        let key = (kind, id.to_owned());
+        if self.at.contains_key(&key) {
+            return false;
+        }
+        self.at.insert(key, now);
+        self.order.push_back((now, kind, id.to_owned()));
+        true
+    }
+}
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Bucket {
@@ -107,7 +153,7 @@ pub struct Live {
 
 #[derive(Clone)]
 pub struct LiveMetrics {
-    window: Arc<Mutex<Window>>,
+    window: Arc<Mutex<(Window, Seen)>>,
     orders_window: i64,
 }
 
@@ -122,7 +168,8 @@ impl LiveMetrics {
     pub fn snapshot(&self) -> Live {
         let now = OffsetDateTime::now_utc();
         let second = now.unix_timestamp();
-        let window = self.window.lock().expect("window lock");
+        let guard = self.window.lock().expect("window lock");
+        let window = &guard.0;
         let (orders, _, _) = window.sum(second, self.orders_window);
         let (orders_minute, payments_minute, cents) = window.sum(second, 60);
         Live {
@@ -148,29 +195,112 @@ impl LiveMetrics {
             return;
         };
         let ce_type = headers::get(msg.headers(), headers::TYPE);
-        let mut window = self.window.lock().expect("window lock");
-        if msg.topic() == orders_topic {
-            if serde_json::from_slice::<OrderPlaced>(payload).is_ok() {
-                window.order(second);
+        self.count(msg.topic() == orders_topic, ce_type, payload, second);
+    }
+
+    /// Counts one event of `orders` (`is_order`) or `payment.events`, once
+    /// per orderId.
+    pub fn count(&self, is_order: bool, ce_type: Option<&str>, payload: &[u8], second: i64) {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let mut guard = self.window.lock().expect("window lock");
+        let (window, seen) = &mut *guard;
+        if is_order {
+            if let Ok(o) = serde_json::from_slice::<OrderPlaced>(payload) {
+                if seen.first(Kind::Order, &o.order_id, now) {
+                    window.order(second);
+                }
             }
         } else if ce_type == Some(types::PAYMENT_APPROVED) {
             if let Ok(p) = serde_json::from_slice::<PaymentProcessed>(payload) {
-                if p.approved {
+                if p.approved && seen.first(Kind::Payment, &p.order_id, now) {
                     window.payment(second, p.amount);
                 }
             }
         }
     }
 
-    /// Feeds the window from the stream until shutdown. Undecodable
-    /// messages are skipped: live figures are best effort, the stages own
-    /// the dead-letter queue.
+    /// Assigns the partitions of `topics` not read yet, each from
+    /// [`HISTORY_SECS`] ago (its end when nothing is that recent). Blocking.
+    fn assign_new(
+        consumer: &StreamConsumer,
+        topics: &[String],
+        assigned: &mut std::collections::HashSet<(String, i32)>,
+    ) -> anyhow::Result<()> {
+        use rdkafka::consumer::Consumer;
+        use rdkafka::{Offset, TopicPartitionList};
+        let timeout = Duration::from_secs(5);
+        let since = (OffsetDateTime::now_utc().unix_timestamp() - HISTORY_SECS) * 1000;
+        let mut query = TopicPartitionList::new();
+        for topic in topics {
+            let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+            for t in metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic && t.error().is_none())
+            {
+                for p in t.partitions() {
+                    if !assigned.contains(&(topic.clone(), p.id())) {
+                        query.add_partition_offset(topic, p.id(), Offset::Offset(since))?;
+                    }
+                }
+            }
+        }
+        if query.count() == 0 {
+            return Ok(());
+        }
+        let found = consumer.offsets_for_times(query, timeout)?;
+        let mut assign = TopicPartitionList::new();
+        for e in found.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::End,
+            };
+            assign.add_partition_offset(e.topic(), e.partition(), offset)?;
+        }
+        consumer.incremental_assign(&assign)?;
+        for e in assign.elements() {
+            assigned.insert((e.topic().to_owned(), e.partition()));
+        }
+        Ok(())
+    }
+
+    /// Feeds the window from `topics` (orders first) until shutdown,
+    /// picking up new partitions every 10 s. Undecodable messages are
+    /// skipped: live figures are best effort, the stages own the
+    /// dead-letter queue.
     pub async fn run(
         self,
         consumer: std::sync::Arc<StreamConsumer>,
-        orders_topic: String,
+        topics: Vec<String>,
         shutdown: CancellationToken,
     ) {
+        let orders_topic = topics[0].clone();
+        let assigned = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let refresh = {
+            let (consumer, topics, assigned, shutdown) = (
+                consumer.clone(),
+                topics.clone(),
+                assigned.clone(),
+                shutdown.clone(),
+            );
+            async move {
+                loop {
+                    let (c, t, a) = (consumer.clone(), topics.clone(), assigned.clone());
+                    let result = tokio::task::spawn_blocking(move || {
+                        Self::assign_new(&c, &t, &mut a.lock().expect("assigned"))
+                    })
+                    .await;
+                    if let Ok(Err(e)) = result {
+                        tracing::warn!(error = %e, "assigning the live topics");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    }
+                }
+            }
+        };
+        tokio::spawn(refresh);
         let mut stream = consumer.stream();
         loop {
             tokio::select! {
@@ -207,5 +337,54 @@ mod tests {
         assert_eq!(w.sum(300, HISTORY_SECS), (1, 0, 0));
         w.order(100); // far too old: ignored
         assert_eq!(w.sum(300, 1000), (1, 0, 0));
+    }
+
+    #[test]
+    fn each_order_and_payment_counts_once_however_often_it_arrives() {
+        let live = LiveMetrics::new(Duration::from_secs(10));
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let order = |id: &str| {
+            format!(
+                r#"{{"orderId":"{id}","customerId":"c","currency":"USD","items":[{{"productId":"p","quantity":1}}],"placedAt":"2026-12-02T10:00:00Z"}}"#
+            )
+        };
+        let payment = |id: &str, approved: bool| {
+            format!(
+                r#"{{"orderId":"{id}","customerId":"c","currency":"USD","amount":4.50,"approved":{approved},"processedAt":"2026-12-02T10:00:00Z"}}"#
+            )
+        };
+        for _ in 0..3 {
+            // a redelivery, and a re-post of the same orderId
+            live.count(true, None, order("o-1").as_bytes(), now);
+        }
+        live.count(true, None, order("o-2").as_bytes(), now);
+        live.count(true, None, b"not json", now);
+        let approved = Some(types::PAYMENT_APPROVED);
+        for _ in 0..2 {
+            live.count(false, approved, payment("o-1", true).as_bytes(), now);
+        }
+        live.count(false, approved, payment("o-2", false).as_bytes(), now);
+        let snapshot = live.snapshot();
+        assert_eq!(snapshot.orders_last_minute, 2);
+        assert_eq!(snapshot.payments_last_minute, 1);
+        assert_eq!(snapshot.revenue_per_minute.minor(), 450);
+    }
+
+    #[test]
+    fn what_was_seen_is_forgotten_after_its_time_or_past_the_cap() {
+        let mut seen = Seen::default();
+        assert!(seen.first(Kind::Order, "a", 0));
+        assert!(!seen.first(Kind::Order, "a", 10));
+        assert!(seen.first(Kind::Payment, "a", 10), "kinds apart");
+        assert!(
+            seen.first(Kind::Order, "a", SEEN_SECS + 1),
+            "forgotten after SEEN_SECS"
+        );
+        let mut seen = Seen::default();
+        for i in 0..SEEN_CAP + 10 {
+            seen.first(Kind::Order, &i.to_string(), 5);
+        }
+        assert!(seen.at.len() <= SEEN_CAP);
+        assert!(seen.first(Kind::Order, "0", 5), "the oldest went first");
     }
 }

@@ -538,3 +538,123 @@ async fn bad_ranges_are_422_recent_orders_keep_exact_money_and_a_missing_redis_i
     assert_eq!(r.status(), StatusCode::OK);
     shutdown.cancel();
 }
+
+/// Issue 14, defect 5: replicas in one `ANALYTICS_GROUP` each see the whole
+/// stream, and count each order once however often its event arrives (a
+/// re-post of the orderId, a redelivery of the same record). A replica
+/// started later has the last minute's figures at once.
+#[tokio::test]
+async fn analytics_replicas_agree_and_count_each_order_once() {
+    kit::telemetry();
+    let brokers = kit::kafka();
+    let topics = kit::topics("livecount");
+    kit::create_topics(&brokers, &topics).await;
+    let shutdown = CancellationToken::new();
+    let recent_key = format!("{}:recent", topics.orders);
+    let producer = orderflow_producer::Args::try_parse_from([
+        "producer",
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--kafka-brokers",
+        &brokers,
+        "--topic-orders",
+        &topics.orders,
+        "--redis-url",
+        &kit::redis_url(),
+        "--recent-orders-key",
+        &recent_key,
+    ])
+    .unwrap();
+    let producer = orderflow_producer::start(producer, shutdown.clone())
+        .await
+        .unwrap();
+    let group = kit::unique("analytics");
+    let mongo = kit::mongo_url(&kit::unique("livecount"));
+    let analytics = |shutdown: CancellationToken| {
+        let args = orderflow_analytics::Args::try_parse_from(argv(
+            &["analytics", "--port", "0", "--bind", "127.0.0.1"],
+            &[
+                vec!["--kafka-brokers".into(), brokers.clone()],
+                vec!["--mongo-url".into(), mongo.clone()],
+                topic_args(&topics),
+                vec![
+                    "--redis-url".into(),
+                    kit::redis_url(),
+                    "--group".into(),
+                    group.clone(),
+                ],
+            ]
+            .concat(),
+        ))
+        .unwrap();
+        async move { orderflow_analytics::start(args, shutdown).await.unwrap() }
+    };
+    let replicas = [
+        analytics(shutdown.clone()).await,
+        analytics(shutdown.clone()).await,
+    ];
+    let client = reqwest::Client::new();
+    let post = |id: String| {
+        client
+            .post(format!("http://{}/orders", producer.addr))
+            .json(&json!({"orderId": id, "customerId": "c-1",
+                          "items": [{"productId": "coffee", "quantity": 1, "unitPrice": 4.50}]}))
+            .send()
+    };
+    for i in 1..=5 {
+        assert_eq!(post(format!("live-{i}")).await.unwrap().status(), 202);
+    }
+    // Re-posts of one order, and a redelivery of the same record.
+    for _ in 0..2 {
+        assert_eq!(post("live-1".into()).await.unwrap().status(), 202);
+    }
+    let first = kit::consume(&brokers, &topics.orders, 1, Duration::from_secs(10)).await;
+    let record = rdkafka::Message::payload(&first[0]).unwrap().to_vec();
+    let key = rdkafka::Message::key(&first[0]).unwrap().to_vec();
+    kit::produce(
+        &kit::producer(&brokers),
+        &topics.orders,
+        std::str::from_utf8(&key).unwrap(),
+        &record,
+    )
+    .await;
+    assert_eq!(kit::message_count(&brokers, &topics.orders), 8);
+
+    let seen = |addr: std::net::SocketAddr| {
+        let client = client.clone();
+        async move {
+            let live: Value = client
+                .get(format!("http://{addr}/analytics/live"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            live["ordersLastMinute"].as_i64().unwrap()
+        }
+    };
+    for r in &replicas {
+        kit::eventually(
+            Duration::from_secs(30),
+            "every order on every replica",
+            || async { (seen(r.addr).await >= 5).then_some(()) },
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for r in &replicas {
+        assert_eq!(seen(r.addr).await, 5, "each order once, on each replica");
+    }
+    // A replica started now reads the last minute from the log.
+    let late = analytics(shutdown.clone()).await;
+    kit::eventually(
+        Duration::from_secs(15),
+        "the late replica's window",
+        || async { (seen(late.addr).await == 5).then_some(()) },
+    )
+    .await;
+    shutdown.cancel();
+}

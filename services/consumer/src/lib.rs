@@ -268,7 +268,6 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     );
     let listener = http::bind(&args.http.bind, args.port).await?;
     let addr = listener.local_addr()?;
-    let grace = args.http.shutdown_grace;
 
     let input = args.stage.input(&args.topics).to_owned();
     let topics = &args.topics;
@@ -326,7 +325,9 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
 
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
-        let http_task = tokio::spawn(http::serve(listener, app, token.clone(), grace));
+        let (http_args, http_token) = (args.http.clone(), token.clone());
+        let http_task =
+            tokio::spawn(async move { http::serve(listener, app, http_token, &http_args).await });
         let worked = worker.await?;
         // The worker only ends on shutdown or a fatal error; stop HTTP too.
         token.cancel();

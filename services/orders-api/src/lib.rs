@@ -16,6 +16,7 @@ mod inventory;
 mod orders;
 mod update;
 mod view;
+pub mod watch;
 
 pub const SERVICE: &str = "orders-api";
 
@@ -52,6 +53,10 @@ pub struct Args {
     pub mongo: MongoArgs,
     #[command(flatten)]
     pub tokens: TokenArgs,
+    /// Most `waitFor` long-polls waiting at once; past it, 503 with
+    /// Retry-After.
+    #[arg(long = "wait-clients", env = "WAIT_CLIENTS", default_value_t = 1024)]
+    pub wait_clients: usize,
     /// The producer's base URL: `POST /orders` is handed to it (for an
     /// Ingress that cannot route by method). Unset: POST /orders is 405.
     #[arg(long = "producer-url", env = "PRODUCER_URL")]
@@ -63,6 +68,7 @@ pub(crate) struct AppState {
     db: mongodb::Database,
     orders: mongodb::Collection<orderflow_platform::mongo::documents::OrderDocument>,
     inventory: mongodb::Collection<orderflow_platform::mongo::documents::InventoryDocument>,
+    watcher: std::sync::Arc<watch::Watcher>,
 }
 
 pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Running> {
@@ -73,10 +79,17 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     let db = orderflow_platform::mongo::connect(&args.mongo, SERVICE).await?;
     // Not ready (and no re-post is safe) until the unique indexes exist.
     let indexes = orderflow_platform::mongo::Indexes::ensure(&db, &shutdown).await;
+    let mut registry = Registry::with_prefix("orderflow_orders_api");
+    let watcher = watch::Watcher::new(args.wait_clients, &mut registry);
+    tokio::spawn(watcher.clone().run(
+        db.collection(orderflow_platform::mongo::ORDERS),
+        shutdown.clone(),
+    ));
     let state = AppState {
         db: db.clone(),
         orders: db.collection(orderflow_platform::mongo::ORDERS),
         inventory: db.collection(orderflow_platform::mongo::INVENTORY),
+        watcher,
     };
     let checks = vec![
         orderflow_platform::mongo::readiness(&db),
@@ -122,7 +135,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
             service: SERVICE,
             openapi: include_str!("../openapi.json"),
             checks,
-            registry: Registry::with_prefix("orderflow_orders_api"),
+            registry,
         },
     );
     http::launch(SERVICE, &args.http, args.port, app, shutdown).await

@@ -280,23 +280,38 @@ pub(crate) async fn get_one(
         return Ok(respond(doc, false));
     };
     // Long-poll: the order may not even be stored yet right after the POST.
+    // One look first; then the process's one watcher tells this waiter of
+    // every change (watch.rs), and one last look at the deadline.
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut pause = Duration::from_millis(50);
-    loop {
-        let doc = find().await?;
-        if let Some(d) = &doc {
-            if target.reached(d.status) || target.unreachable(d.status) {
-                let reached = target.reached(d.status);
-                return Ok(respond(doc.expect("checked"), reached));
-            }
+    let decided = |d: &OrderDocument| target.reached(d.status) || target.unreachable(d.status);
+    if let Some(d) = find().await? {
+        if decided(&d) {
+            let reached = target.reached(d.status);
+            return Ok(respond(d, reached));
         }
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return doc.map(|d| respond(d, false)).ok_or_else(not_found);
+    }
+    let mut waiter = state.watcher.wait_for(&id).map_err(|_| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too-many-waiters",
+            "every waitFor place is taken; retry shortly, or ask without waitFor",
+        )
+        .with_retry_after(Duration::from_secs(1))
+    })?;
+    while let Ok(Ok(())) = tokio::time::timeout_at(deadline, waiter.latest.changed()).await {
+        let latest = waiter.latest.borrow_and_update().clone();
+        if let Some(d) = latest.filter(|d| decided(d)) {
+            let reached = target.reached(d.status);
+            return Ok(respond(OrderDocument::clone(&d), reached));
         }
-        // The last pause ends at the deadline, with one more look then.
-        tokio::time::sleep(pause.min(deadline - now)).await;
-        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+    drop(waiter);
+    match find().await? {
+        Some(d) => {
+            let reached = target.reached(d.status);
+            Ok(respond(d, reached))
+        }
+        None => Err(not_found()),
     }
 }
 

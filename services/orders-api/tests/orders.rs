@@ -1026,3 +1026,143 @@ async fn an_order_in_flight_is_not_deleted_until_it_is_final() {
     );
     problem(api.get("/orders/f-1").await, StatusCode::NOT_FOUND).await;
 }
+
+/// The `orderflow_orders_api_wait_polls_total` counter.
+async fn wait_polls(api: &Api) -> u64 {
+    let text = api.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with("orderflow_orders_api_wait_polls_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no wait_polls counter: {text}"))
+}
+
+/// Issue 14, defect 4: every waitFor long-poll is served by the process's
+/// one watcher (one query per round for all of them, not one loop each),
+/// the waiters are capped with 503 and Retry-After, and an update reaches
+/// its waiters at once.
+#[tokio::test]
+async fn long_polls_share_one_watcher_and_are_capped() {
+    let api = std::sync::Arc::new(Api::start_with(&["--wait-clients", "20"]).await);
+    let docs: Vec<OrderDocument> = (0..20)
+        .map(|i| order(&format!("w-{i}"), "c", OrderStatus::Placed, 100, now_ms()))
+        .collect();
+    api.insert(docs).await;
+    let before = wait_polls(&api).await;
+    let started = std::time::Instant::now();
+    let waits: Vec<_> = (0..20)
+        .map(|i| {
+            let api = api.clone();
+            tokio::spawn(async move {
+                let r = api
+                    .get(&format!("/orders/w-{i}?waitFor=confirmed&timeout=3"))
+                    .await;
+                let applied = r.headers().contains_key("preference-applied");
+                let body: Value = r.json().await.unwrap();
+                (applied, body["status"].as_str().unwrap().to_owned())
+            })
+        })
+        .collect();
+    // Every place is taken: one more waiter is refused at once.
+    kit::eventually(std::time::Duration::from_secs(5), "20 waiters", || async {
+        let text = api.get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .any(|l| l == "orderflow_orders_api_waiters 20")
+            .then_some(())
+    })
+    .await;
+    let refused = api.get("/orders/w-0?waitFor=confirmed&timeout=3").await;
+    assert!(refused.headers().contains_key("retry-after"));
+    let p = problem(refused, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(
+        p["type"].as_str().unwrap().ends_with("too-many-waiters"),
+        "{p}"
+    );
+    // A plain read is not a waiter.
+    assert_eq!(api.get("/orders/w-0").await.status(), StatusCode::OK);
+
+    // One order confirmed: its waiter answers at once.
+    api.db
+        .collection::<bson::Document>("orders")
+        .update_one(
+            bson::doc! {"orderId": "w-7"},
+            bson::doc! {"$set": {"status": "confirmed"}, "$inc": {"version": 1}},
+        )
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    for w in waits {
+        answers.push(w.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= std::time::Duration::from_secs(3),
+        "the others waited"
+    );
+    for (i, (applied, status)) in answers.iter().enumerate() {
+        if i == 7 {
+            assert!(*applied && status == "confirmed", "{i}: {status}");
+        } else {
+            assert!(!*applied && status == "placed", "{i}: {status}");
+        }
+    }
+    // One watcher: at most one query per 100 ms round over the whole wait
+    // (20 loops of their own would have made ~20 times as many).
+    let polls = wait_polls(&api).await - before;
+    let rounds = elapsed.as_millis() as u64 / 100 + 5;
+    assert!(
+        polls <= rounds,
+        "{polls} queries in {elapsed:?} for 20 waiters"
+    );
+    assert!(polls >= 1);
+    // The places are free again: a waiter is taken, and times out.
+    let r = api.get("/orders/w-0?waitFor=confirmed&timeout=1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(!r.headers().contains_key("preference-applied"));
+}
+
+/// Issue 14, defect 4: every service sheds requests past MAX_CONCURRENCY at
+/// once (503, Retry-After) and answers 503 past REQUEST_TIMEOUT, both as
+/// problems.
+#[tokio::test]
+async fn requests_past_the_concurrency_limit_or_the_timeout_get_503() {
+    let api = std::sync::Arc::new(
+        Api::start_with(&["--max-concurrency", "2", "--request-timeout", "1s"]).await,
+    );
+    api.insert(vec![order(
+        "slow-1",
+        "c",
+        OrderStatus::Placed,
+        100,
+        now_ms(),
+    )])
+    .await;
+    let started = std::time::Instant::now();
+    let waits: Vec<_> = (0..2)
+        .map(|_| {
+            let api = api.clone();
+            tokio::spawn(async move { api.get("/orders/slow-1?waitFor=confirmed&timeout=5").await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let shed = api.get("/orders").await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "shed at once"
+    );
+    assert!(shed.headers().contains_key("retry-after"));
+    let p = problem(shed, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(p["type"].as_str().unwrap().ends_with("overloaded"), "{p}");
+    for w in waits {
+        let r = w.await.unwrap();
+        let p = problem(r, StatusCode::SERVICE_UNAVAILABLE).await;
+        assert!(p["type"].as_str().unwrap().ends_with("timeout"), "{p}");
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= std::time::Duration::from_secs(1) && elapsed < std::time::Duration::from_secs(3),
+        "cut at the request timeout: {elapsed:?}"
+    );
+    // Free again: served.
+    assert_eq!(api.get("/orders").await.status(), StatusCode::OK);
+}

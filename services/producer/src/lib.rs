@@ -110,10 +110,10 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     let listener = http::bind(&args.http.bind, args.port).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, topic = %args.topics.orders, "producer listening");
-    let grace = args.http.shutdown_grace;
+    let http_args = args.http.clone();
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
-        let served = http::serve(listener, app, token, grace).await;
+        let served = http::serve(listener, app, token, &http_args).await;
         // Whatever was acknowledged is already durable; flush the rest.
         let flushed =
             tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
