@@ -198,9 +198,28 @@ ensure_cluster() {
   touch "$K8S_BIN/.complete"
 }
 
+# cargo-fuzz (scripts/fuzz), built once into $TOOLS.
+CARGO_FUZZ_VERSION=0.13.2
+ensure_cargo_fuzz() {
+  [ -x "$TOOLS/bin/cargo-fuzz" ] && return 0
+  log "building cargo-fuzz $CARGO_FUZZ_VERSION once into $TOOLS (about 2 minutes)"
+  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$TOOLS" --quiet \
+    || die "building cargo-fuzz failed"
+}
+
+# schemathesis (PyPI) for the contract tests (crates/testkit/tests/contract.rs).
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis() {
+  "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION" && return 0
+  log "installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV" || die "python3 -m venv failed"
+  "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" || die "pip install schemathesis failed"
+}
+
 ensure_tools() {
   apt_install redis-server mold chromium chromium-driver unzip
   ensure_packaging_tools
+  ensure_schemathesis
   ensure_mongo
   ensure_kafka
 }
