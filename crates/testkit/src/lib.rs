@@ -231,6 +231,16 @@ where
     }
 }
 
+/// Waits until `{url}/readyz` answers 2xx, for at most a minute.
+pub async fn ready(url: &str) {
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(60), url, || async {
+        let r = http.get(format!("{url}/readyz")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+}
+
 /// Another crate's binary of this workspace (`producer`, `consumer`, …):
 /// scripts/test builds them all before the tests run.
 pub fn binary(name: &str) -> std::path::PathBuf {

@@ -7,21 +7,11 @@
 //! the document does not list.
 
 use std::process::Command;
-use std::time::Duration;
 
 use orderflow_testkit as kit;
 use orderflow_testkit::stack::Stack;
 
 const TOKEN: &str = "contract-token";
-
-async fn ready(url: &str) {
-    let http = reqwest::Client::new();
-    kit::eventually(Duration::from_secs(60), url, || async {
-        let r = http.get(format!("{url}/readyz")).send().await.ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await;
-}
 
 #[tokio::test]
 async fn every_service_answers_within_its_openapi_document() {
@@ -67,7 +57,7 @@ async fn every_service_answers_within_its_openapi_document() {
         ("consumer", format!("http://127.0.0.1:{consumer_port}")),
     ];
     for (_, url) in &services {
-        ready(url).await;
+        kit::ready(url).await;
     }
     let seeded = reqwest::Client::new()
         .post(format!("{}/inventory/seed", services[1].1))

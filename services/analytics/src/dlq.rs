@@ -280,15 +280,8 @@ impl Index {
         topic: &str,
         assigned: &mut HashSet<i32>,
     ) -> anyhow::Result<()> {
-        let metadata = reader
-            .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
-            .context("reading the dead-letter topic's metadata")?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
+        let partitions =
+            orderflow_platform::kafka::offsets::partitions(reader, topic, KAFKA_TIMEOUT)?;
         let mut new = TopicPartitionList::new();
         for p in partitions {
             let (low, high) = reader

@@ -232,16 +232,9 @@ impl LiveMetrics {
         let since = (OffsetDateTime::now_utc().unix_timestamp() - HISTORY_SECS) * 1000;
         let mut query = TopicPartitionList::new();
         for topic in topics {
-            let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-            for t in metadata
-                .topics()
-                .iter()
-                .filter(|t| t.name() == topic && t.error().is_none())
-            {
-                for p in t.partitions() {
-                    if !assigned.contains(&(topic.clone(), p.id())) {
-                        query.add_partition_offset(topic, p.id(), Offset::Offset(since))?;
-                    }
+            for p in orderflow_platform::kafka::offsets::partitions(consumer, topic, timeout)? {
+                if !assigned.contains(&(topic.clone(), p)) {
+                    query.add_partition_offset(topic, p, Offset::Offset(since))?;
                 }
             }
         }

@@ -104,22 +104,13 @@ pub fn read(
     let mut query = TopicPartitionList::new();
     let mut ends = std::collections::BTreeMap::new();
     for topic in topics {
-        let metadata = reader
-            .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
-            .with_context(|| format!("reading the metadata of {topic}"))?;
-        for t in metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-        {
-            for p in t.partitions() {
-                let (_, high) = reader
-                    .fetch_watermarks(topic, p.id(), KAFKA_TIMEOUT)
-                    .context("reading watermarks")?;
-                if high > 0 {
-                    ends.insert((topic.clone(), p.id()), high);
-                    query.add_partition_offset(topic, p.id(), Offset::Offset(from))?;
-                }
+        for p in orderflow_platform::kafka::offsets::partitions(reader, topic, KAFKA_TIMEOUT)? {
+            let (_, high) = reader
+                .fetch_watermarks(topic, p, KAFKA_TIMEOUT)
+                .context("reading watermarks")?;
+            if high > 0 {
+                ends.insert((topic.clone(), p), high);
+                query.add_partition_offset(topic, p, Offset::Offset(from))?;
             }
         }
     }

@@ -34,6 +34,16 @@ async fn post_orders(c: &Console, prefix: &str, n: usize) -> Vec<String> {
     ids
 }
 
+/// Chromium on the console page of `c`, once it has had `ready` (a
+/// script) true.
+async fn open_console(c: &Console, what: &str, ready: &str) -> Driver {
+    let driver = Driver::start().await;
+    driver.resize(1280, 1000).await;
+    driver.goto(&format!("{}/pipeline", c.analytics)).await;
+    driver.wait_for(Duration::from_secs(30), what, ready).await;
+    driver
+}
+
 fn stage_lag(stage: &str) -> String {
     format!("const r = document.querySelector('tr[data-stage={stage}]'); return r ? Number(r.dataset.lag) : null")
 }
@@ -42,16 +52,12 @@ fn stage_lag(stage: &str) -> String {
 async fn the_pipeline_page_shows_lag_rising_while_a_stage_is_stopped_and_falling_after_it_restarts()
 {
     let mut c = Console::start("lagpage", &[]).await;
-    let driver = Driver::start().await;
-    driver.resize(1280, 1000).await;
-    driver.goto(&format!("{}/pipeline", c.analytics)).await;
-    driver
-        .wait_for(
-            Duration::from_secs(30),
-            "live samples",
-            "return Number(document.body.dataset.samples || 0) >= 2",
-        )
-        .await;
+    let driver = open_console(
+        &c,
+        "live samples",
+        "return Number(document.body.dataset.samples || 0) >= 2",
+    )
+    .await;
     assert_eq!(driver.eval(&stage_lag("inventory")).await, 0);
 
     c.stack.stop("inventory").await;
@@ -122,16 +128,12 @@ async fn a_notification_dead_lettered_in_an_smtp_outage_is_redriven_from_the_pag
     assert_eq!(letters[0]["stage"], "notify", "{letters:?}");
     smtp.restart();
 
-    let driver = Driver::start().await;
-    driver.resize(1280, 1000).await;
-    driver.goto(&format!("{}/pipeline", c.analytics)).await;
-    driver
-        .wait_for(
-            Duration::from_secs(30),
-            "the dead letter listed",
-            "return document.querySelector('#dlq button.redrive') !== null",
-        )
-        .await;
+    let driver = open_console(
+        &c,
+        "the dead letter listed",
+        "return document.querySelector('#dlq button.redrive') !== null",
+    )
+    .await;
     let row = driver
         .eval("return document.querySelector('#dlq tr[data-offset]').textContent")
         .await;

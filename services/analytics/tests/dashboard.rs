@@ -11,6 +11,8 @@ use orderflow_platform::shutdown::CancellationToken;
 use orderflow_testkit as kit;
 use serde_json::{json, Value};
 
+mod support;
+
 #[tokio::test]
 async fn the_dashboard_loads_cleanly_and_its_live_chart_moves_with_orders() {
     kit::telemetry();
@@ -20,25 +22,7 @@ async fn the_dashboard_loads_cleanly_and_its_live_chart_moves_with_orders() {
     let shutdown = CancellationToken::new();
     let mongo = kit::mongo_url(&kit::unique("dashboard"));
     let recent_key = format!("{}:recent", topics.orders);
-    let producer = orderflow_producer::Args::try_parse_from([
-        "producer",
-        "--port",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--kafka-brokers",
-        &brokers,
-        "--topic-orders",
-        &topics.orders,
-        "--redis-url",
-        &kit::redis_url(),
-        "--recent-orders-key",
-        &recent_key,
-    ])
-    .unwrap();
-    let producer = orderflow_producer::start(producer, shutdown.clone())
-        .await
-        .unwrap();
+    let producer = support::producer(&topics, &recent_key, shutdown.clone()).await;
     let analytics = orderflow_analytics::Args::try_parse_from([
         "analytics",
         "--port",

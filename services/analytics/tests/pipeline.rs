@@ -17,6 +17,8 @@ use orderflow_testkit as kit;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+mod support;
+
 const TOKEN: &str = "test-token";
 
 fn topic_args(t: &TopicArgs) -> Vec<String> {
@@ -551,25 +553,7 @@ async fn analytics_replicas_agree_and_count_each_order_once() {
     kit::create_topics(&brokers, &topics).await;
     let shutdown = CancellationToken::new();
     let recent_key = format!("{}:recent", topics.orders);
-    let producer = orderflow_producer::Args::try_parse_from([
-        "producer",
-        "--port",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--kafka-brokers",
-        &brokers,
-        "--topic-orders",
-        &topics.orders,
-        "--redis-url",
-        &kit::redis_url(),
-        "--recent-orders-key",
-        &recent_key,
-    ])
-    .unwrap();
-    let producer = orderflow_producer::start(producer, shutdown.clone())
-        .await
-        .unwrap();
+    let producer = support::producer(&topics, &recent_key, shutdown.clone()).await;
     let group = kit::unique("analytics");
     let mongo = kit::mongo_url(&kit::unique("livecount"));
     let analytics = |shutdown: CancellationToken| {

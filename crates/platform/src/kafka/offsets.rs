@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// What the broker says about one partition of a group's input topic.
@@ -40,15 +40,7 @@ pub fn partition_offsets(
     topic: &str,
     timeout: Duration,
 ) -> anyhow::Result<Vec<PartitionOffsets>> {
-    let metadata = reader
-        .fetch_metadata(Some(topic), timeout)
-        .context("reading topic metadata")?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let partitions = partitions(reader, topic, timeout)?;
     anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions");
     let mut wanted = TopicPartitionList::new();
     for p in &partitions {
@@ -75,4 +67,21 @@ pub fn partition_offsets(
             })
         })
         .collect()
+}
+
+/// The partition ids of `topic` (none when it does not exist).
+pub fn partitions<C: ConsumerContext + 'static, T: Consumer<C>>(
+    client: &T,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<i32>> {
+    let metadata = client
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading the metadata of {topic}"))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
 }

@@ -22,15 +22,6 @@ pub struct Console {
     pub http: reqwest::Client,
 }
 
-async fn healthy(url: &str) {
-    let http = reqwest::Client::new();
-    kit::eventually(Duration::from_secs(30), url, || async {
-        let r = http.get(format!("{url}/readyz")).send().await.ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await;
-}
-
 impl Console {
     /// The stack on topics, a database and groups of its own; `extra` is
     /// every process's environment too.
@@ -60,8 +51,8 @@ impl Console {
         stack.spawn("analytics", "analytics", &as_ref);
         let producer = format!("http://127.0.0.1:{producer_port}");
         let analytics = format!("http://127.0.0.1:{analytics_port}");
-        healthy(&producer).await;
-        healthy(&analytics).await;
+        kit::ready(&producer).await;
+        kit::ready(&analytics).await;
         Console {
             stack,
             topics,
@@ -132,4 +123,32 @@ impl Console {
         })
         .await
     }
+}
+
+/// A producer in this process on `topics.orders`, pushing to `recent_key`.
+pub async fn producer(
+    topics: &orderflow_platform::config::TopicArgs,
+    recent_key: &str,
+    shutdown: orderflow_platform::shutdown::CancellationToken,
+) -> orderflow_producer::Running {
+    use clap::Parser;
+    let brokers = kit::kafka();
+    let redis = kit::redis_url();
+    let args = orderflow_producer::Args::try_parse_from([
+        "producer",
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--kafka-brokers",
+        &brokers,
+        "--topic-orders",
+        &topics.orders,
+        "--redis-url",
+        &redis,
+        "--recent-orders-key",
+        recent_key,
+    ])
+    .unwrap();
+    orderflow_producer::start(args, shutdown).await.unwrap()
 }
