@@ -54,6 +54,11 @@ struct Args {
     seed_orders: Option<u64>,
     #[arg(long, default_value = "mongodb://127.0.0.1:27017/orders")]
     seed_mongo: String,
+    /// Write one line per request to this file: Unix ms, orderId, outcome
+    /// (the HTTP status, `timeout` or `connection-error`). scripts/chaos
+    /// reads it.
+    #[arg(long)]
+    outcomes: Option<std::path::PathBuf>,
 }
 
 const PRODUCTS: [(&str, &str, &str); 8] = [
@@ -262,8 +267,15 @@ async fn main() -> anyhow::Result<()> {
         })
     };
 
+    let outcomes: Option<Arc<Mutex<std::io::BufWriter<std::fs::File>>>> = match &args.outcomes {
+        Some(path) => Some(Arc::new(Mutex::new(std::io::BufWriter::new(
+            std::fs::File::create(path)?,
+        )))),
+        None => None,
+    };
     let workers: Vec<_> = (0..args.connections)
         .map(|w| {
+            let outcomes = outcomes.clone();
             let (client, url, stats, latencies, errors, next, pace, prefix) = (
                 client.clone(),
                 url.clone(),
@@ -309,6 +321,19 @@ async fn main() -> anyhow::Result<()> {
                         (r, reqwest::StatusCode::ACCEPTED)
                     };
                     let micros = t.elapsed().as_micros() as u64;
+                    if let Some(out) = &outcomes {
+                        use std::io::Write as _;
+                        let what = match &result {
+                            Ok(status) => status.as_u16().to_string(),
+                            Err(e) if e.is_timeout() => "timeout".into(),
+                            Err(_) => "connection-error".into(),
+                        };
+                        let at = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_millis();
+                        let _ = writeln!(out.lock().unwrap(), "{at} {prefix}-{i} {what}");
+                    }
                     let outcome = match result {
                         Ok(status) if status == expected => Ok(()),
                         Ok(status) => Err(format!("HTTP {}", status.as_u16())),
@@ -334,6 +359,10 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     for w in workers {
         w.await?;
+    }
+    if let Some(out) = &outcomes {
+        use std::io::Write as _;
+        out.lock().unwrap().flush()?;
     }
     let elapsed = started.elapsed();
     progress.abort();
