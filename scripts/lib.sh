@@ -81,8 +81,10 @@ kafka_config() {
   sed -e "s#@PORT@#$port#g" -e "s#@CPORT@#$cport#g" -e "s#@DATA@#$dir/data#g" \
     "$ROOT/scripts/kafka/server.properties" >"$dir/server.properties"
   if ! [ -f "$dir/data/meta.properties" ]; then
+    # --cluster-id=ID, not -t ID: one id in 64 starts with '-', which the
+    # tool's parser would take for an option.
     KAFKA_LOG_DIR=$dir KAFKA_HEAP="-Xmx128m" kafka_java kafka.tools.StorageTool format \
-      -t "$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
+      --cluster-id="$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
       -c "$dir/server.properties" >"$dir/format.log" 2>&1 || die "formatting Kafka storage failed (see $dir/format.log)"
   fi
 }
