@@ -246,7 +246,13 @@ impl LiveMetrics {
         for e in found.elements() {
             let offset = match e.offset() {
                 Offset::Offset(o) => Offset::Offset(o),
-                _ => Offset::End,
+                // Nothing that recent: start at the end as it is now, an
+                // explicit offset (`Offset::End` would be resolved later
+                // and skip what is written meanwhile).
+                _ => {
+                    let (_, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+                    Offset::Offset(high)
+                }
             };
             assign.add_partition_offset(e.topic(), e.partition(), offset)?;
         }

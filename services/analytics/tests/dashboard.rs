@@ -20,6 +20,9 @@ async fn the_dashboard_loads_cleanly_and_its_live_chart_moves_with_orders() {
     let topics = kit::topics("dashboard");
     kit::create_topics(&brokers, &topics).await;
     let shutdown = CancellationToken::new();
+    // Ends the services on a failed assertion too (analytics' blocking
+    // readers would otherwise keep the runtime from ending).
+    let _stop = shutdown.clone().drop_guard();
     let mongo = kit::mongo_url(&kit::unique("dashboard"));
     let recent_key = format!("{}:recent", topics.orders);
     let producer = support::producer(&topics, &recent_key, shutdown.clone()).await;
