@@ -73,7 +73,10 @@ async fn the_pipeline_page_shows_lag_rising_while_a_stage_is_stopped_and_falling
             &rising,
         )
         .await;
-    assert_eq!(lag, 40, "every order persisted waits for inventory");
+    // Every order persisted waits for inventory (more only if persist
+    // re-emitted one after a rebalance: delivery is at-least-once).
+    let lag = lag.as_i64().unwrap();
+    assert!(lag >= 40, "{lag}");
     // Persist commits once a second: it shows caught up, while inventory
     // still waits for all 40.
     let persist_done = format!(
@@ -83,12 +86,16 @@ async fn the_pipeline_page_shows_lag_rising_while_a_stage_is_stopped_and_falling
     driver
         .wait_for(Duration::from_secs(30), "persist caught up", &persist_done)
         .await;
-    assert_eq!(driver.eval(&stage_lag("inventory")).await, 40);
+    let lag = driver.eval(&stage_lag("inventory")).await.as_i64().unwrap();
+    assert!(lag >= 40, "inventory still waits: {lag}");
     // The flow diagram names the stopped stage with its lag and no replica.
     let flow = driver
         .eval("return document.getElementById('flow').textContent")
         .await;
-    assert!(flow.as_str().unwrap().contains("lag 40 · ×0"), "{flow}");
+    assert!(
+        flow.as_str().unwrap().contains(&format!("lag {lag} · ×0")),
+        "{flow}"
+    );
     let shot = driver.screenshot("pipeline-lagging.png").await;
     eprintln!("pipeline screenshot: {}", shot.display());
 
