@@ -28,7 +28,7 @@ use orderflow_platform::config::KafkaArgs;
 use orderflow_platform::kafka::headers::{self, dlq, HeaderBuilder};
 use orderflow_platform::shutdown::CancellationToken;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -61,9 +61,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn of<M: Message>(msg: &M) -> Entry {
-        let h = msg.headers();
-        let get = |k: &str| header(h, k);
+    fn of(msg: &BorrowedMessage<'_>) -> Entry {
+        let get = |k: &str| headers::get(msg.headers(), k).map(str::to_owned);
         Entry {
             partition: msg.partition(),
             offset: msg.offset(),
@@ -81,21 +80,8 @@ impl Entry {
 
     /// The `redrives` key of this dead letter.
     pub fn redrive_id(&self, dlq_topic: &str) -> String {
-        redrive_id(dlq_topic, self.partition, self.offset)
+        format!("{dlq_topic}/{}/{}", self.partition, self.offset)
     }
-}
-
-pub fn redrive_id(dlq_topic: &str, partition: i32, offset: i64) -> String {
-    format!("{dlq_topic}/{partition}/{offset}")
-}
-
-fn header<H: Headers>(headers: Option<&H>, key: &str) -> Option<String> {
-    let headers = headers?;
-    (0..headers.count())
-        .map(|i| headers.get(i))
-        .find(|h| h.key == key)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// Which dead letters a list or a re-drive is about.
@@ -590,13 +576,10 @@ impl Redriver {
     async fn send(&self, letter: &Letter, topic: &str, id: &str) -> anyhow::Result<(i32, i64)> {
         let mut headers = HeaderBuilder(OwnedHeaders::new_with_capacity(letter.raw.headers.len()));
         for (k, v) in &letter.raw.headers {
-            if k.starts_with("dlq_") || k == REDRIVE_HEADER {
+            if k.starts_with(dlq::PREFIX) || k == REDRIVE_HEADER {
                 continue;
             }
-            headers.0 = std::mem::take(&mut headers.0).insert(rdkafka::message::Header {
-                key: k,
-                value: v.as_deref(),
-            });
+            headers.add_raw(k, v.as_deref());
         }
         headers.add(REDRIVE_HEADER, id);
         let mut record = FutureRecord::to(topic)

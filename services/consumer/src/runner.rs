@@ -384,10 +384,7 @@ impl<S: Stage> Runner<S> {
         let mut headers = HeaderBuilder(OwnedHeaders::new());
         if let Some(original) = msg.headers() {
             for h in original.iter() {
-                headers.0 = std::mem::take(&mut headers.0).insert(rdkafka::message::Header {
-                    key: h.key,
-                    value: h.value,
-                });
+                headers.add_raw(h.key, h.value);
             }
         }
         headers.add(dlq::STAGE, self.config.stage);

@@ -992,7 +992,7 @@ async fn an_smtp_outage_delays_mail_but_loses_none_and_a_redriven_failure_is_del
         use rdkafka::producer::FutureRecord;
         let mut headers = OwnedHeaders::new();
         for h in rdkafka::Message::headers(letter).unwrap().iter() {
-            if !h.key.starts_with("dlq_") {
+            if !h.key.starts_with(dlq::PREFIX) {
                 headers = headers.insert(rdkafka::message::Header {
                     key: h.key,
                     value: h.value,

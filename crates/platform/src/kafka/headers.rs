@@ -20,6 +20,8 @@ pub const CONTENT_TYPE: &str = "content-type";
 
 /// Headers that a dead-lettered message carries in addition to its own.
 pub mod dlq {
+    /// What every one of them starts with (a re-drive leaves them out).
+    pub const PREFIX: &str = "dlq_";
     pub const STAGE: &str = "dlq_stage";
     pub const REASON: &str = "dlq_reason";
     pub const ERROR: &str = "dlq_error";
@@ -59,11 +61,13 @@ pub struct HeaderBuilder(pub OwnedHeaders);
 
 impl HeaderBuilder {
     pub fn add(&mut self, key: &str, value: &str) {
+        self.add_raw(key, Some(value.as_bytes()));
+    }
+
+    /// A header as it came (bytes, or none): for copying another message's.
+    pub fn add_raw(&mut self, key: &str, value: Option<&[u8]>) {
         let headers = std::mem::take(&mut self.0);
-        self.0 = headers.insert(Header {
-            key,
-            value: Some(value),
-        });
+        self.0 = headers.insert(Header { key, value });
     }
 }
 
