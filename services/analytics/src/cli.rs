@@ -94,12 +94,10 @@ pub async fn run(args: &Args, command: &Command) -> anyhow::Result<()> {
             serde_json::to_value(console.index.page(&filter, *limit, None))?
         }
         DlqCommand::Show { partition, offset } => {
-            let (c, p, o) = (console.clone(), *partition, *offset);
-            let letter = tokio::task::spawn_blocking(move || {
-                c.fetcher.lock().expect("dlq fetcher").fetch(p, o)
-            })
-            .await??
-            .ok_or_else(|| anyhow::anyhow!("no dead letter at {partition}/{offset}"))?;
+            let letter = console
+                .fetch(*partition, *offset)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no dead letter at {partition}/{offset}"))?;
             serde_json::to_value(letter)?
         }
         DlqCommand::Redrive {

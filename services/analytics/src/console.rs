@@ -101,25 +101,23 @@ pub(crate) async fn pipeline_stream(
     let permit = state.stream_permit()?;
     let sampler = state.console.sampler.clone();
     // Every change of the watch, starting with the sample there is now.
-    let changes =
+    let samples =
         futures::stream::unfold((sampler.subscribe(), true), |(mut rx, first)| async move {
             if !first {
                 rx.changed().await.ok()?;
             }
-            Some(((), (rx, false)))
+            let sample = rx.borrow_and_update().clone();
+            Some((sample, (rx, false)))
         });
-    let events = changes
-        .filter_map(move |_| {
-            let latest = sampler.latest();
-            async move {
-                let sample = latest?;
-                Some(Ok(Event::default()
-                    .event("pipeline")
-                    .json_data(sample.as_ref())
-                    .unwrap_or_else(|_| {
-                        Event::default().comment("encoding failed")
-                    })))
-            }
+    let events = samples
+        .filter_map(|sample| async move {
+            let sample = sample?;
+            Some(Ok(Event::default()
+                .event("pipeline")
+                .json_data(sample.as_ref())
+                .unwrap_or_else(|_| {
+                    Event::default().comment("encoding failed")
+                })))
         })
         .take_until(state.shutdown.clone().cancelled_owned())
         .map(move |e| {
@@ -234,18 +232,24 @@ fn broker_unavailable(e: impl std::fmt::Display) -> Problem {
     .with_retry_after(Duration::from_secs(1))
 }
 
-async fn fetch(state: &AppState, partition: i32, offset: i64) -> Result<Option<Letter>, Problem> {
-    let console = state.console.clone();
-    tokio::task::spawn_blocking(move || {
-        console
-            .fetcher
-            .lock()
-            .expect("dlq fetcher")
-            .fetch(partition, offset)
-    })
-    .await
-    .map_err(broker_unavailable)?
-    .map_err(broker_unavailable)
+impl Console {
+    /// The dead letter at (`partition`, `offset`), read off the async
+    /// threads (the HTTP handlers and the command line).
+    pub async fn fetch(
+        self: &Arc<Self>,
+        partition: i32,
+        offset: i64,
+    ) -> anyhow::Result<Option<Letter>> {
+        let console = self.clone();
+        tokio::task::spawn_blocking(move || {
+            console
+                .fetcher
+                .lock()
+                .expect("dlq fetcher")
+                .fetch(partition, offset)
+        })
+        .await?
+    }
 }
 
 #[derive(Serialize)]
@@ -263,8 +267,11 @@ pub(crate) async fn show(
     let (Ok(partition), Ok(offset)) = (partition.parse::<i32>(), offset.parse::<i64>()) else {
         return Err(Problem::not_found("no dead letter at that position"));
     };
-    let letter = fetch(&state, partition, offset)
-        .await?
+    let letter = state
+        .console
+        .fetch(partition, offset)
+        .await
+        .map_err(broker_unavailable)?
         .ok_or_else(|| Problem::not_found("no dead letter at that position"))?;
     let records = state
         .console
@@ -385,16 +392,10 @@ pub async fn redrive(
     let single = positions.len() == 1;
     let mut outcomes = Vec::new();
     for (partition, offset) in positions.iter().copied() {
-        let c = console.clone();
-        let letter = tokio::task::spawn_blocking(move || {
-            c.fetcher
-                .lock()
-                .expect("dlq fetcher")
-                .fetch(partition, offset)
-        })
-        .await
-        .map_err(broker_unavailable)?
-        .map_err(broker_unavailable)?;
+        let letter = console
+            .fetch(partition, offset)
+            .await
+            .map_err(broker_unavailable)?;
         let Some(letter) = letter else {
             if single {
                 return Err(Problem::not_found("no dead letter at that position"));

@@ -8,7 +8,7 @@
 //! edges with their rates.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bson::doc;
@@ -122,19 +122,14 @@ pub struct Pipeline {
     pub dead_letters_complete: bool,
 }
 
-/// The latest sample, shared by the handlers and the stream.
+/// The latest sample, shared by the handlers and the stream: a watch
+/// holds it and tells the streams of each new one.
 #[derive(Clone)]
-pub struct Sampler {
-    latest: Arc<RwLock<Option<Arc<Pipeline>>>>,
-    changed: tokio::sync::watch::Sender<u64>,
-}
+pub struct Sampler(tokio::sync::watch::Sender<Option<Arc<Pipeline>>>);
 
 impl Default for Sampler {
     fn default() -> Self {
-        Sampler {
-            latest: Arc::default(),
-            changed: tokio::sync::watch::channel(0).0,
-        }
+        Sampler(tokio::sync::watch::channel(None).0)
     }
 }
 
@@ -157,7 +152,7 @@ struct Readers {
 }
 
 /// What an earlier sample saw, for the rates.
-#[derive(Default, Clone)]
+#[derive(Default)]
 struct Previous {
     at: Option<Instant>,
     committed: BTreeMap<&'static str, i64>,
@@ -166,11 +161,11 @@ struct Previous {
 
 impl Sampler {
     pub fn latest(&self) -> Option<Arc<Pipeline>> {
-        self.latest.read().expect("pipeline sample").clone()
+        self.0.borrow().clone()
     }
 
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.changed.subscribe()
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Arc<Pipeline>>> {
+        self.0.subscribe()
     }
 
     /// Samples `sources` every `every` until shutdown.
@@ -235,11 +230,11 @@ impl Sampler {
             {
                 history.pop_front();
             }
-            let base = history.front().cloned().unwrap_or_default();
-            let (sample, seen) = assemble(&topics, &groups, observed, retries, &dlq, &base);
+            let none = Previous::default();
+            let base = history.front().unwrap_or(&none);
+            let (sample, seen) = assemble(&topics, &groups, observed, retries, &dlq, base);
             history.push_back(seen);
-            *self.latest.write().expect("pipeline sample") = Some(Arc::new(sample));
-            self.changed.send_modify(|n| *n += 1);
+            self.0.send_replace(Some(Arc::new(sample)));
         }
     }
 }
@@ -260,14 +255,28 @@ struct Observed {
 }
 
 fn observe(readers: &Readers, names: &TopicArgs, groups: &[String]) -> Observed {
+    // Each topic once: a stage's input as its group (whose committed
+    // offsets are the stage's), the others by any reader.
+    let topics: Vec<Result<Vec<PartitionOffsets>, String>> = TOPICS
+        .iter()
+        .map(|t| {
+            let reader = STAGES
+                .iter()
+                .position(|s| s.input == t.role)
+                .map_or(&readers.other, |i| &readers.stages[i]);
+            partition_offsets(reader, names.name(t.role), KAFKA_TIMEOUT)
+                .map_err(|e| format!("{e:#}"))
+        })
+        .collect();
     let stages = STAGES
         .iter()
-        .zip(&readers.stages)
         .zip(groups)
-        .map(|((stage, reader), group)| {
-            let input = names.name(stage.input);
-            let offsets =
-                partition_offsets(reader, input, KAFKA_TIMEOUT).map_err(|e| format!("{e:#}"))?;
+        .map(|(stage, group)| {
+            let input = TOPICS
+                .iter()
+                .position(|t| t.role == stage.input)
+                .expect("every stage's input is in TOPICS");
+            let offsets = topics[input].clone()?;
             let (state, members) = match readers.other.fetch_group_list(Some(group), KAFKA_TIMEOUT)
             {
                 Ok(list) => list
@@ -295,21 +304,10 @@ fn observe(readers: &Readers, names: &TopicArgs, groups: &[String]) -> Observed 
             })
         })
         .collect();
-    let topics = TOPICS
-        .iter()
-        .map(|t| {
-            // A stage's input is read as its group; the others by any reader.
-            let reader = STAGES
-                .iter()
-                .position(|s| s.input == t.role)
-                .map_or(&readers.other, |i| &readers.stages[i]);
-            partition_offsets(reader, names.name(t.role), KAFKA_TIMEOUT).ok()
-        })
-        .collect();
     Observed {
         at: Instant::now(),
         stages,
-        topics,
+        topics: topics.into_iter().map(Result::ok).collect(),
     }
 }
 
