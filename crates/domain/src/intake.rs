@@ -187,12 +187,21 @@ fn read_quantity(raw: Option<&RawValue>, field: &str, v: &mut Violations) -> Opt
     }
 }
 
+/// The longest orderId (SPEC §2).
+pub const ORDER_ID_MAX: usize = 64;
+
+fn order_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
+}
+
+/// Whether `id` is an orderId SPEC §2 allows: 1–64 of `[A-Za-z0-9._:-]`.
+pub fn is_order_id(id: &str) -> bool {
+    (1..=ORDER_ID_MAX).contains(&id.len()) && id.chars().all(order_id_char)
+}
+
 fn read_order_id(raw: &RawValue, v: &mut Violations) -> Option<String> {
-    let id = read_id(raw, "orderId", 64, v)?;
-    if id
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
-    {
+    let id = read_id(raw, "orderId", ORDER_ID_MAX, v)?;
+    if id.chars().all(order_id_char) {
         Some(id)
     } else {
         v.add(

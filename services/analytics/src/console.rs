@@ -464,12 +464,7 @@ pub(crate) async fn order_timeline(
     State(state): State<AppState>,
     Path(order_id): Path<String>,
 ) -> Result<Response, Problem> {
-    if order_id.is_empty()
-        || order_id.len() > 64
-        || !order_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c))
-    {
+    if !orderflow_domain::intake::is_order_id(&order_id) {
         return Err(Problem::not_found("no such order"));
     }
     let stored = state

@@ -111,7 +111,6 @@ struct IndexState {
     positions: BTreeMap<i32, i64>,
     /// High watermarks at the last check, per partition.
     highs: BTreeMap<i32, i64>,
-    error: Option<String>,
 }
 
 /// Every dead letter read so far, newest last.
@@ -147,10 +146,6 @@ impl Index {
         s.highs
             .iter()
             .all(|(p, high)| s.positions.get(p).copied().unwrap_or(0) >= *high)
-    }
-
-    pub fn error(&self) -> Option<String> {
-        self.0.read().expect("dlq index").error.clone()
     }
 
     pub fn get(&self, partition: i32, offset: i64) -> Option<Entry> {
@@ -220,12 +215,8 @@ impl Index {
         while !shutdown.is_cancelled() {
             if checked.elapsed() >= Duration::from_secs(5) {
                 checked = std::time::Instant::now();
-                match self.refresh(&reader, topic, &mut assigned) {
-                    Ok(()) => self.0.write().expect("dlq index").error = None,
-                    Err(e) => {
-                        tracing::warn!(error = %e, topic, "reading the dead-letter topic");
-                        self.0.write().expect("dlq index").error = Some(format!("{e:#}"));
-                    }
+                if let Err(e) = self.refresh(&reader, topic, &mut assigned) {
+                    tracing::warn!(error = %format!("{e:#}"), topic, "reading the dead-letter topic");
                 }
             }
             if assigned.is_empty() {
