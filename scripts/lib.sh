@@ -200,6 +200,22 @@ ensure_cluster() {
   touch "$K8S_BIN/.complete"
 }
 
+# A real OpenTelemetry Collector for the telemetry tests (issue 14): our own
+# main.go over the collector's modules (scripts/otelcol), pinned by its
+# go.mod and built once per machine from the Go module proxy.
+OTELCOL_VERSION=$(sed -n 's#^\tgo.opentelemetry.io/collector/otelcol v\([^ ]*\)$#\1#p' "$ROOT/scripts/otelcol/go.mod")
+OTELCOL_HOME=$ORDERFLOW_HOME/otelcol-$OTELCOL_VERSION
+OTELCOL=$OTELCOL_HOME/bin/otelcol
+ensure_otelcol() {
+  [ -x "$OTELCOL" ] && return 0
+  command -v go >/dev/null || die "building the OpenTelemetry Collector needs Go 1.26 (the go command)"
+  mkdir -p "$OTELCOL_HOME/bin"
+  log "building the OpenTelemetry Collector $OTELCOL_VERSION once into $OTELCOL_HOME (about 2 minutes)"
+  (cd "$ROOT/scripts/otelcol" && go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$OTELCOL.part" .) \
+    >"$OTELCOL_HOME/build.log" 2>&1 || die "building the OpenTelemetry Collector failed (see $OTELCOL_HOME/build.log)"
+  mv "$OTELCOL.part" "$OTELCOL"
+}
+
 # cargo-fuzz (scripts/fuzz), built once into $TOOLS.
 CARGO_FUZZ_VERSION=0.13.2
 ensure_cargo_fuzz() {
@@ -224,6 +240,7 @@ ensure_tools() {
   ensure_schemathesis
   ensure_mongo
   ensure_kafka
+  ensure_otelcol
 }
 
 # wait_port PORT NAME SECONDS

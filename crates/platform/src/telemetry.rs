@@ -1,12 +1,16 @@
 //! One telemetry init for every binary: JSON logs on stdout and an
 //! OpenTelemetry tracer whose context travels in Kafka headers (W3C
-//! `traceparent`). Spans are exported over OTLP/HTTP (protobuf) when the
-//! standard variables name an endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT` or
-//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`); `OTEL_SERVICE_NAME`,
+//! `traceparent`). Spans are exported over OTLP when the standard variables
+//! name an endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT` or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), over gRPC or HTTP (protobuf) as
+//! `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` says (`grpc`, `http/protobuf`; the
+//! specification's default is `http/protobuf`). `OTEL_SERVICE_NAME`,
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)` and
-//! `OTEL_SDK_DISABLED` work as the specification says.
+//! `OTEL_SDK_DISABLED` work as the specification says. A protocol or endpoint
+//! that cannot be used stops the service at start-up with the reason.
 
 mod json;
+mod on_runtime;
 
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::Context;
@@ -33,9 +37,31 @@ impl Telemetry {
     }
 }
 
+/// The OTLP transports a service can export spans over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// The variable's value (`grpc`, `http/protobuf`); unset means
+    /// `http/protobuf`, as the specification says. `http/json` is refused:
+    /// the services do not ship a JSON encoder.
+    pub fn parse(value: Option<&str>) -> Result<Self, String> {
+        match value.map(str::trim) {
+            None | Some("") | Some("http/protobuf") => Ok(Self::HttpProtobuf),
+            Some("grpc") => Ok(Self::Grpc),
+            Some(other) => Err(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL {other:?} is not supported: use grpc or http/protobuf"
+            )),
+        }
+    }
+}
+
 /// Installs the global subscriber and propagator. Log level from `RUST_LOG`
-/// (default `info`).
-pub fn init(service: &'static str) -> Telemetry {
+/// (default `info`). Fails when the OTLP settings cannot be used.
+pub fn init(service: &'static str) -> anyhow::Result<Telemetry> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     // OTEL_SERVICE_NAME (read by the resource builder) wins over the
     // binary's own name: the operator names each stage's pods.
@@ -49,14 +75,31 @@ pub fn init(service: &'static str) -> Telemetry {
     let endpoint =
         env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
     if endpoint.is_some() && !disabled {
-        match opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .build()
-        {
-            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
-            Err(e) => eprintln!("OTLP exporter not started: {e}"),
-        }
+        let protocol = env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"));
+        let protocol = OtlpProtocol::parse(protocol.as_deref()).map_err(anyhow::Error::msg)?;
+        // Both builders read the endpoint, headers and timeout variables.
+        let failed = |e| anyhow::anyhow!("the OTLP exporter ({protocol:?}) cannot start: {e}");
+        builder = match protocol {
+            OtlpProtocol::Grpc => {
+                let exporter = on_runtime::OnRuntime::build(|| {
+                    opentelemetry_otlp::SpanExporter::builder()
+                        .with_tonic()
+                        .with_protocol(opentelemetry_otlp::Protocol::Grpc)
+                        .build()
+                })?
+                .map_err(failed)?;
+                builder.with_batch_exporter(exporter)
+            }
+            OtlpProtocol::HttpProtobuf => {
+                let exporter = opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .build()
+                    .map_err(failed)?;
+                builder.with_batch_exporter(exporter)
+            }
+        };
     }
     let provider = builder.build();
     let tracer = provider.tracer(service);
@@ -84,7 +127,7 @@ pub fn init(service: &'static str) -> Telemetry {
         .with(fmt.with_filter(filter))
         .with(traces)
         .try_init();
-    Telemetry { provider }
+    Ok(Telemetry { provider })
 }
 
 /// Makes `parent` (extracted from a message or request) the parent of `span`.
@@ -103,4 +146,29 @@ pub fn inject(span: &tracing::Span, carrier: &mut dyn opentelemetry::propagation
 /// Extracts a remote parent context through the global propagator.
 pub fn extract(carrier: &dyn opentelemetry::propagation::Extractor) -> Context {
     opentelemetry::global::get_text_map_propagator(|p| p.extract(carrier))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OtlpProtocol;
+
+    #[test]
+    fn the_protocol_variable_picks_the_transport() {
+        assert_eq!(OtlpProtocol::parse(None), Ok(OtlpProtocol::HttpProtobuf));
+        assert_eq!(
+            OtlpProtocol::parse(Some(" ")),
+            Ok(OtlpProtocol::HttpProtobuf)
+        );
+        assert_eq!(
+            OtlpProtocol::parse(Some("http/protobuf")),
+            Ok(OtlpProtocol::HttpProtobuf)
+        );
+        assert_eq!(OtlpProtocol::parse(Some("grpc")), Ok(OtlpProtocol::Grpc));
+        let refused = OtlpProtocol::parse(Some("http/json")).unwrap_err();
+        assert!(
+            refused.contains("\"http/json\" is not supported"),
+            "{refused}"
+        );
+        assert!(OtlpProtocol::parse(Some("GRPC ")).is_err());
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod otlp;
 pub mod stack;
 
 use std::net::TcpListener;
@@ -22,7 +23,7 @@ use rdkafka::Message;
 pub fn telemetry() {
     static T: std::sync::OnceLock<orderflow_platform::telemetry::Telemetry> =
         std::sync::OnceLock::new();
-    T.get_or_init(|| orderflow_platform::telemetry::init("orderflow-test"));
+    T.get_or_init(|| orderflow_platform::telemetry::init("orderflow-test").expect("telemetry"));
 }
 
 fn required(var: &str) -> String {

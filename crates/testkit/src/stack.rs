@@ -60,6 +60,7 @@ impl Stack {
         let mut cmd = Command::new(binary(binary_name));
         // No exporter unless the stack's environment names one.
         cmd.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
             .envs(self.common.iter().map(|(k, v)| (k, v)))
             .env("OTEL_SERVICE_NAME", service)
             .stdout(Stdio::from(log.try_clone().unwrap()))

@@ -7,7 +7,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(command) = &args.command {
         return cli::run(&args, command).await;
     }
-    let telemetry = orderflow_platform::telemetry::init("analytics");
+    let telemetry = orderflow_platform::telemetry::init("analytics")?;
     let running = start(args, orderflow_platform::shutdown::on_signal()).await?;
     let result = running.task.await?;
     telemetry.shutdown();

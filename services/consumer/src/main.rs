@@ -4,7 +4,7 @@ use orderflow_consumer::{replay, start, Args};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let telemetry = orderflow_platform::telemetry::init("consumer");
+    let telemetry = orderflow_platform::telemetry::init("consumer")?;
     if let Some(from) = args.replay_from {
         let result = replay(&args, from).await;
         telemetry.shutdown();

@@ -6,96 +6,16 @@
 //! Redis calls as child spans. The batch exporter is set to wait a minute,
 //! so the spans arrive only because each process flushes on SIGTERM.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::routing::post;
-use axum::Router;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use orderflow_testkit as kit;
+use orderflow_testkit::otlp::{ReceivedSpan, Receiver};
 use orderflow_testkit::stack::Stack;
-use prost::Message;
-
-#[derive(Debug, Clone)]
-struct ReceivedSpan {
-    service: String,
-    name: String,
-    trace_id: String,
-    span_id: String,
-    parent_span_id: String,
-    /// (trace id, span id) of each linked span.
-    links: Vec<(String, String)>,
-    attributes: BTreeMap<String, String>,
-}
-
-type Spans = Arc<Mutex<Vec<ReceivedSpan>>>;
-
-async fn receive(State(spans): State<Spans>, body: Bytes) -> &'static str {
-    let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export");
-    let mut spans = spans.lock().unwrap();
-    for resource in request.resource_spans {
-        let service = resource
-            .resource
-            .iter()
-            .flat_map(|r| &r.attributes)
-            .find(|a| a.key == "service.name")
-            .and_then(|a| a.value.as_ref()?.value.clone())
-            .map(|v| match v {
-                AnyValue::StringValue(s) => s,
-                other => format!("{other:?}"),
-            })
-            .unwrap_or_default();
-        for scope in resource.scope_spans {
-            for span in scope.spans {
-                spans.push(ReceivedSpan {
-                    service: service.clone(),
-                    name: span.name.clone(),
-                    trace_id: hex(&span.trace_id),
-                    span_id: hex(&span.span_id),
-                    parent_span_id: hex(&span.parent_span_id),
-                    links: span
-                        .links
-                        .iter()
-                        .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
-                        .collect(),
-                    attributes: span
-                        .attributes
-                        .iter()
-                        .map(|a| {
-                            let v = match a.value.as_ref().and_then(|v| v.value.clone()) {
-                                Some(AnyValue::StringValue(s)) => s,
-                                Some(AnyValue::IntValue(i)) => i.to_string(),
-                                Some(other) => format!("{other:?}"),
-                                None => String::new(),
-                            };
-                            (a.key.clone(), v)
-                        })
-                        .collect(),
-                });
-            }
-        }
-    }
-    ""
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 // Multi-threaded: the receiver must answer while the test waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_order_is_one_trace_across_every_service() {
-    let spans = Spans::default();
-    let app = Router::new()
-        .route("/v1/traces", post(receive))
-        .with_state(spans.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let receiver = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let receiver = Receiver::start().await;
 
     let brokers = kit::kafka();
     let topics = kit::topics("trace");
@@ -105,7 +25,7 @@ async fn one_order_is_one_trace_across_every_service() {
         &topics,
         &db_name,
         &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.as_str()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
             // Nothing is exported before shutdown: the flush on SIGTERM is
             // what delivers the spans.
             ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
@@ -164,19 +84,17 @@ async fn one_order_is_one_trace_across_every_service() {
         panic!("the order's confirmation was not delivered within 90 s");
     }
     assert!(
-        spans.lock().unwrap().is_empty(),
+        receiver.spans().is_empty(),
         "spans arrived before shutdown: the schedule delay did not apply"
     );
     stack.terminate().await;
 
-    if spans.lock().unwrap().is_empty() {
+    let everything = receiver.spans();
+    if everything.is_empty() {
         stack.print_log_tails();
         panic!("no span arrived at all");
     }
-    let everything = spans.lock().unwrap().clone();
-    let spans: Vec<ReceivedSpan> = spans
-        .lock()
-        .unwrap()
+    let spans: Vec<ReceivedSpan> = everything
         .iter()
         .filter(|s| s.trace_id == trace_id)
         .cloned()

@@ -382,13 +382,56 @@ pub struct GatewayParentRef {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TelemetrySpec {
-    /// OTLP over HTTP (protobuf): the collector's port 4318, e.g.
-    /// `http://otel-collector:4318`.
+    /// The collector's OTLP endpoint, e.g. `http://otel-collector:4317`
+    /// (gRPC) or `http://otel-collector:4318` (HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
+    /// How the services export to it. Unset: gRPC when the endpoint's port
+    /// is 4317 (the OTLP/gRPC port), HTTP (protobuf) otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_protocol: Option<OtlpProtocol>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub sampling_ratio: Option<f64>,
+}
+
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// The value of `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub fn as_env(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+impl TelemetrySpec {
+    /// The protocol the services use: the one named, else gRPC for an
+    /// endpoint on port 4317 and HTTP (protobuf) for any other.
+    pub fn protocol(&self) -> OtlpProtocol {
+        if let Some(p) = self.otlp_protocol {
+            return p;
+        }
+        // The authority's port: after the scheme, before any path.
+        let port = self.otlp_endpoint.as_deref().and_then(|e| {
+            let authority = e.split_once("://").map_or(e, |(_, rest)| rest);
+            let authority = authority.split('/').next()?;
+            authority.rsplit_once(':')?.1.parse::<u16>().ok()
+        });
+        if port == Some(4317) {
+            OtlpProtocol::Grpc
+        } else {
+            OtlpProtocol::HttpProtobuf
+        }
+    }
 }
 
 #[derive(
@@ -477,4 +520,39 @@ pub fn crd_yaml() -> String {
     let crd = serde_json::to_value(<OrderPipeline as kube::CustomResourceExt>::crd())
         .expect("the CRD serializes");
     serde_yaml::to_string(&sorted(crd)).expect("the CRD serializes")
+}
+
+#[cfg(test)]
+mod telemetry_tests {
+    use super::{OtlpProtocol, TelemetrySpec};
+
+    fn spec(endpoint: &str, protocol: Option<OtlpProtocol>) -> TelemetrySpec {
+        TelemetrySpec {
+            otlp_endpoint: Some(endpoint.into()),
+            otlp_protocol: protocol,
+            sampling_ratio: None,
+        }
+    }
+
+    #[test]
+    fn the_protocol_is_the_one_named_or_follows_the_port() {
+        use OtlpProtocol::*;
+        assert_eq!(spec("http://otel-collector:4317", None).protocol(), Grpc);
+        assert_eq!(spec("otel-collector:4317", None).protocol(), Grpc);
+        assert_eq!(
+            spec("http://otel-collector:4318", None).protocol(),
+            HttpProtobuf
+        );
+        assert_eq!(spec("http://otel-collector", None).protocol(), HttpProtobuf);
+        assert_eq!(spec("http://c:4317/x:1", None).protocol(), Grpc);
+        assert_eq!(spec("http://c:9000", Some(Grpc)).protocol(), Grpc);
+        assert_eq!(
+            spec("http://c:4317", Some(HttpProtobuf)).protocol(),
+            HttpProtobuf
+        );
+        let yaml: TelemetrySpec =
+            serde_json::from_str(r#"{"otlpEndpoint":"http://c:1","otlpProtocol":"grpc"}"#).unwrap();
+        assert_eq!(yaml.protocol(), Grpc);
+        assert!(serde_json::from_str::<TelemetrySpec>(r#"{"otlpProtocol":"http/json"}"#).is_err());
+    }
 }

@@ -56,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty())
         .collect();
-    let telemetry = orderflow_platform::telemetry::init("operator");
+    let telemetry = orderflow_platform::telemetry::init("operator")?;
     let shutdown = orderflow_platform::shutdown::on_signal();
     let client = kube::Client::try_default().await?;
     let identity = args.identity.clone().unwrap_or_else(|| {

@@ -146,9 +146,11 @@ pub fn config_data(pipeline: &OrderPipeline) -> BTreeMap<String, String> {
     }
     data.insert("MONGO_DATABASE".into(), spec.mongodb.database.clone());
     if let Some(endpoint) = &spec.telemetry.otlp_endpoint {
-        // The services export OTLP over HTTP (the collector's port 4318).
         data.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone());
-        data.insert("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/protobuf".into());
+        data.insert(
+            "OTEL_EXPORTER_OTLP_PROTOCOL".into(),
+            spec.telemetry.protocol().as_env().into(),
+        );
     }
     if let Some(ratio) = spec.telemetry.sampling_ratio {
         data.insert(

@@ -3,7 +3,7 @@
 //! CRD itself runs in scripts/check-manifests, with kubernetes-validate.)
 
 use kube::CustomResourceExt;
-use orderflow_operator::crd::{OrderPipeline, TopicDeletionPolicy};
+use orderflow_operator::crd::{OrderPipeline, OtlpProtocol, TopicDeletionPolicy};
 
 fn repo_file(path: &str) -> String {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../");
@@ -42,6 +42,7 @@ fn the_sample_pipeline_parses_with_every_field() {
     assert_eq!(spec.stages.payment.lag_per_replica, 500);
     assert!(spec.ingress.enabled);
     assert_eq!(spec.topic_deletion_policy, TopicDeletionPolicy::Retain);
+    assert_eq!(spec.telemetry.otlp_protocol, Some(OtlpProtocol::Grpc));
 }
 
 #[test]

@@ -4,7 +4,7 @@ use orderflow_orders_api::{start, Args, SERVICE};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let telemetry = orderflow_platform::telemetry::init(SERVICE);
+    let telemetry = orderflow_platform::telemetry::init(SERVICE)?;
     let running = start(args, orderflow_platform::shutdown::on_signal()).await?;
     let result = running.task.await?;
     telemetry.shutdown();
