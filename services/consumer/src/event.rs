@@ -62,6 +62,17 @@ pub fn process_span(msg: &OwnedMessage, group: &str, order_id: &str) -> tracing:
     span
 }
 
+/// The span of work done once for several orders (one transaction for a
+/// batch): linked to each order's process span, OpenTelemetry's model of a
+/// batch, rather than the child of one of them.
+pub fn batch_span<'a>(orders: impl Iterator<Item = &'a tracing::Span>) -> tracing::Span {
+    let span = tracing::info_span!(parent: None, "batch", otel.name = "decide batch");
+    for order in orders {
+        span.follows_from(order);
+    }
+    span
+}
+
 /// One event to publish, with its CloudEvents headers and the trace of
 /// `span`.
 pub struct NewEvent<'a, T> {

@@ -1,14 +1,21 @@
 //! The inventory stage (SPEC §4): reserves each validated order's stock,
 //! all or nothing, and notices low stock.
 //!
-//! One MongoDB transaction per order moves the order `placed → reserved`,
-//! takes every item's quantity with a conditional decrement (`stock ≥ q`),
-//! and records the decision in `reservations` (`_id` = orderId). A missing
-//! item aborts the whole transaction, and a second one records the
-//! rejection. A redelivered order finds its reservation and only re-emits
-//! what it recorded, so stock is never taken twice.
+//! One MongoDB transaction moves the order `placed → reserved`, takes every
+//! item's quantity with a conditional decrement (`stock ≥ q`), and records
+//! the decision in `reservations` (`_id` = orderId). A missing item aborts
+//! the whole transaction, and a second one records the rejection. A
+//! redelivered order finds its reservation and only re-emits what it
+//! recorded, so stock is never taken twice.
+//!
+//! The new orders of a batch are first tried together, in one transaction
+//! of a few bulk writes (one per collection, one per product): it commits
+//! only when every order is still `placed` and every product has the
+//! batch's whole quantity, so each order's all-or-nothing holds. Otherwise
+//! nothing of it is kept and each order gets its own transaction, in batch
+//! order, exactly as if the batch had never been tried together.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use tracing::Instrument as _;
 
 use bson::{doc, DateTime};
@@ -27,7 +34,9 @@ use orderflow_platform::mongo::{Tx, INVENTORY, ORDERS, RESERVATIONS};
 use rdkafka::message::OwnedMessage;
 use time::OffsetDateTime;
 
-use crate::event::{decode, find_by_ids, process_span, transient, NewEvent, Undecodable};
+use crate::event::{
+    batch_span, decode, find_by_ids, process_span, transient, NewEvent, Undecodable,
+};
 use crate::runner::{Outcome, Outgoing, Stage, Transient};
 
 pub const SOURCE: &str = "/orderflow/consumer/inventory";
@@ -71,6 +80,105 @@ impl Inventory {
             "reservations",
         )
         .await
+    }
+
+    /// Reserves the stock of `orders` (new, distinct orders) in one
+    /// transaction; `None` when they cannot all be reserved together (one
+    /// is no longer placed, a product is short, a conflict persisted), and
+    /// nothing was written.
+    async fn reserve_together(
+        &self,
+        orders: &[&OrderValidated],
+    ) -> Option<Vec<ReservationDocument>> {
+        let now = bson_date(OffsetDateTime::now_utc());
+        let reserved = in_transaction!(self.db.client(), |session| {
+            self.try_reserve_together(session, orders, now).await
+        });
+        match reserved {
+            Ok(reserved) => reserved,
+            Err(e) => {
+                tracing::debug!(error = %e, orders = orders.len(), "batch reservation failed; one order at a time");
+                None
+            }
+        }
+    }
+
+    async fn try_reserve_together(
+        &self,
+        session: &mut ClientSession,
+        orders: &[&OrderValidated],
+        now: DateTime,
+    ) -> mongodb::error::Result<Tx<Option<Vec<ReservationDocument>>>> {
+        let ids: Vec<&str> = orders.iter().map(|o| o.order_id.as_str()).collect();
+        let moved = self
+            .db
+            .collection::<OrderDocument>(ORDERS)
+            .update_many(
+                doc! {"orderId": {"$in": &ids}, "status": OrderStatus::Placed.as_str()},
+                status_change(OrderStatus::Reserved, None, now),
+            )
+            .session(&mut *session)
+            .await?;
+        if moved.matched_count != ids.len() as u64 {
+            return Ok(Tx::Abort(None));
+        }
+        let mut records: Vec<ReservationDocument> = orders
+            .iter()
+            .map(|o| reservation_document(o, &reservation(&o.items), now))
+            .collect();
+        // Each product's quantity over the batch, taken at once (in product
+        // order, so concurrent batches meet their locks in the same order).
+        let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+        for record in &records {
+            for item in &record.items {
+                *totals.entry(item.product_id.clone()).or_default() += item.quantity;
+            }
+        }
+        let inventory = self.db.collection::<InventoryDocument>(INVENTORY);
+        let mut after: HashMap<String, InventoryDocument> = HashMap::new();
+        for (product, total) in &totals {
+            let taken = inventory
+                .find_one_and_update(
+                    doc! {"productId": product, "stock": {"$gte": total}},
+                    doc! {"$inc": {"stock": -total}, "$set": {"updatedAt": now}},
+                )
+                .return_document(ReturnDocument::After)
+                .session(&mut *session)
+                .await?;
+            let Some(taken) = taken else {
+                return Ok(Tx::Abort(None));
+            };
+            after.insert(taken.product_id.clone(), taken);
+        }
+        // The low-stock crossings each order would have seen one by one:
+        // walk the batch in order from each product's stock before it.
+        let mut stock: HashMap<&str, i64> = totals
+            .iter()
+            .map(|(p, total)| (p.as_str(), after[p].stock + total))
+            .collect();
+        for record in &mut records {
+            for item in &record.items {
+                let product = &after[&item.product_id];
+                let before = stock[item.product_id.as_str()];
+                let now_left = before - item.quantity;
+                stock.insert(item.product_id.as_str(), now_left);
+                let threshold = low_stock_threshold(product.capacity, product.low_stock_threshold);
+                if crossed_low(before, now_left, threshold) {
+                    record.low_stock.push(LowStockCrossing {
+                        product_id: product.product_id.clone(),
+                        name: product.name.clone(),
+                        stock: now_left,
+                        capacity: product.capacity,
+                        threshold,
+                    });
+                }
+            }
+        }
+        self.reservations()
+            .insert_many(&records)
+            .session(&mut *session)
+            .await?;
+        Ok(Tx::Commit(Some(records)))
     }
 
     /// Decides one order for the first time and records the decision.
@@ -333,27 +441,44 @@ impl Stage for Inventory {
                     .collect(),
             )
             .await?;
+        let spans: Vec<Option<tracing::Span>> = batch
+            .iter()
+            .zip(&decoded)
+            .map(|(msg, d)| Some(process_span(msg, &self.group, &d.as_ref().ok()?.order_id)))
+            .collect();
+        // The new orders, each once, tried together when there are several.
+        let mut seen = HashSet::new();
+        let fresh: Vec<(&OrderValidated, &tracing::Span)> = decoded
+            .iter()
+            .zip(&spans)
+            .filter_map(|(d, span)| Some((d.as_ref().ok()?, span.as_ref()?)))
+            .filter(|(o, _)| !decided.contains_key(&o.order_id) && seen.insert(&o.order_id))
+            .collect();
+        if fresh.len() > 1 {
+            let orders: Vec<&OrderValidated> = fresh.iter().map(|(o, _)| *o).collect();
+            let together = batch_span(fresh.iter().map(|(_, s)| *s));
+            if let Some(records) = self.reserve_together(&orders).instrument(together).await {
+                for (record, (_, span)) in records.into_iter().zip(&fresh) {
+                    log_decided(&record, span);
+                    decided.insert(record.order_id.clone(), record);
+                }
+            }
+        }
         let mut outcomes = Vec::with_capacity(batch.len());
-        for (msg, decoded) in batch.iter().zip(decoded) {
-            let order = match decoded {
-                Ok(order) => order,
-                Err((reason, error)) => {
+        for (decoded, span) in decoded.into_iter().zip(spans) {
+            let (order, span) = match (decoded, span) {
+                (Ok(order), Some(span)) => (order, span),
+                (Err((reason, error)), _) => {
                     outcomes.push(Outcome::DeadLetter { reason, error });
                     continue;
                 }
+                (Ok(_), None) => unreachable!("every decoded order has its span"),
             };
-            let span = process_span(msg, &self.group, &order.order_id);
             let record = match decided.get(&order.order_id) {
                 Some(r) => r.clone(),
                 None => {
                     let r = self.decide(&order).instrument(span.clone()).await?;
-                    tracing::info!(
-                        parent: &span,
-                        order_id = %r.order_id,
-                        state = r.state.as_str(),
-                        low_stock = r.low_stock.len(),
-                        "stock decided"
-                    );
+                    log_decided(&r, &span);
                     decided.insert(r.order_id.clone(), r.clone());
                     r
                 }
@@ -362,4 +487,14 @@ impl Stage for Inventory {
         }
         Ok(outcomes)
     }
+}
+
+fn log_decided(r: &ReservationDocument, span: &tracing::Span) {
+    tracing::info!(
+        parent: span,
+        order_id = %r.order_id,
+        state = r.state.as_str(),
+        low_stock = r.low_stock.len(),
+        "stock decided"
+    );
 }

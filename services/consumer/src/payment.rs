@@ -4,8 +4,13 @@
 //! sold, or rejects it (`payment_declined`) and gives the stock back. The
 //! decision is recorded in `payments` (`_id` = orderId); a redelivered
 //! order finds it and only re-emits it.
+//!
+//! The charges of a batch overlap (up to the gateway's concurrency), and its
+//! new orders are settled together in one transaction of bulk writes; when
+//! one of them cannot be (cancelled meanwhile, a conflict that persists),
+//! nothing of it is kept and each order is settled in its own transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tracing::Instrument as _;
 
@@ -25,7 +30,9 @@ use orderflow_platform::mongo::{stock, Tx, ORDERS, PAYMENTS};
 use rdkafka::message::OwnedMessage;
 use time::OffsetDateTime;
 
-use crate::event::{decode, find_by_ids, process_span, transient, NewEvent, Undecodable};
+use crate::event::{
+    batch_span, decode, find_by_ids, process_span, transient, NewEvent, Undecodable,
+};
 use crate::runner::{Outcome, Outgoing, Stage, Transient};
 
 pub const SOURCE: &str = "/orderflow/consumer/payment";
@@ -93,16 +100,7 @@ impl Payment {
         declined: Option<&str>,
         now: DateTime,
     ) -> mongodb::error::Result<Tx<PaymentDocument>> {
-        let mut record = PaymentDocument {
-            order_id: order.order_id.clone(),
-            customer_id: order.customer_id.clone(),
-            currency: order.currency.clone(),
-            amount_cents: order.total_amount.minor(),
-            outcome: PaymentOutcome::Approved,
-            reason: None,
-            detail: None,
-            processed_at: now,
-        };
+        let mut record = payment_document(order, None, now);
         let orders = self.db.collection::<OrderDocument>(ORDERS);
         let reserved = doc! {"orderId": &order.order_id, "status": OrderStatus::Reserved.as_str()};
         let moved = match declined {
@@ -117,9 +115,7 @@ impl Payment {
                     == 1
             }
             Some(detail) => {
-                record.outcome = PaymentOutcome::Declined;
-                record.reason = Some(PAYMENT_DECLINED.to_owned());
-                record.detail = Some(detail.to_owned());
+                record = payment_document(order, Some(detail), now);
                 let released =
                     stock::release(&self.db, session, &order.order_id, PAYMENT_DECLINED, now)
                         .await?;
@@ -150,6 +146,80 @@ impl Payment {
             .session(&mut *session)
             .await?;
         Ok(Tx::Commit(record))
+    }
+
+    /// Settles `orders` (new, distinct orders, each with the gateway's
+    /// answer) in one transaction; `None`, with nothing written, when one
+    /// of them is no longer reserved or the transaction failed.
+    async fn settle_together(
+        &self,
+        orders: &[(&StockReserved, Option<&str>)],
+    ) -> Option<Vec<PaymentDocument>> {
+        let now = bson_date(OffsetDateTime::now_utc());
+        let settled = in_transaction!(self.db.client(), |session| {
+            self.try_settle_together(session, orders, now).await
+        });
+        match settled {
+            Ok(settled) => settled,
+            Err(e) => {
+                tracing::debug!(error = %e, orders = orders.len(), "batch settlement failed; one order at a time");
+                None
+            }
+        }
+    }
+
+    async fn try_settle_together(
+        &self,
+        session: &mut ClientSession,
+        orders: &[(&StockReserved, Option<&str>)],
+        now: DateTime,
+    ) -> mongodb::error::Result<Tx<Option<Vec<PaymentDocument>>>> {
+        let approved: Vec<&str> = orders
+            .iter()
+            .filter(|(_, declined)| declined.is_none())
+            .map(|(o, _)| o.order_id.as_str())
+            .collect();
+        if !approved.is_empty() {
+            let n = approved.len() as u64;
+            let sold = stock::commit_reservations(&self.db, session, &approved, now).await?;
+            if sold != n {
+                return Ok(Tx::Abort(None));
+            }
+            let confirmed = self
+                .db
+                .collection::<OrderDocument>(ORDERS)
+                .update_many(
+                    doc! {"orderId": {"$in": &approved}, "status": OrderStatus::Reserved.as_str()},
+                    status_change(OrderStatus::Confirmed, None, now),
+                )
+                .session(&mut *session)
+                .await?;
+            if confirmed.matched_count != n {
+                return Ok(Tx::Abort(None));
+            }
+        }
+        let mut records = Vec::with_capacity(orders.len());
+        for (order, declined) in orders {
+            match declined {
+                None => records.push(payment_document(order, None, now)),
+                // Declines are few: each gives its stock back as settle does.
+                Some(_) => match self.settle(session, order, *declined, now).await? {
+                    Tx::Commit(record) => records.push(record),
+                    Tx::Abort(_) => return Ok(Tx::Abort(None)),
+                },
+            }
+        }
+        let approved: Vec<&PaymentDocument> = records
+            .iter()
+            .filter(|r| r.outcome == PaymentOutcome::Approved)
+            .collect();
+        if !approved.is_empty() {
+            self.payments()
+                .insert_many(approved)
+                .session(&mut *session)
+                .await?;
+        }
+        Ok(Tx::Commit(Some(records)))
     }
 
     async fn record_skip(&self, record: &PaymentDocument) -> Result<(), Transient> {
@@ -223,6 +293,28 @@ impl Payment {
     }
 }
 
+/// The record of a charge: approved, or declined with the gateway's detail.
+fn payment_document(
+    order: &StockReserved,
+    declined: Option<&str>,
+    now: DateTime,
+) -> PaymentDocument {
+    PaymentDocument {
+        order_id: order.order_id.clone(),
+        customer_id: order.customer_id.clone(),
+        currency: order.currency.clone(),
+        amount_cents: order.total_amount.minor(),
+        outcome: if declined.is_some() {
+            PaymentOutcome::Declined
+        } else {
+            PaymentOutcome::Approved
+        },
+        reason: declined.map(|_| PAYMENT_DECLINED.to_owned()),
+        detail: declined.map(str::to_owned),
+        processed_at: now,
+    }
+}
+
 fn decode_reserved(msg: &OwnedMessage) -> Result<StockReserved, Undecodable> {
     let order: StockReserved = decode(msg, types::STOCK_RESERVED)?;
     if order.order_id.is_empty() || order.total_amount.is_negative() {
@@ -247,30 +339,66 @@ impl Stage for Payment {
             )
             .await?;
         // Charge the new orders concurrently, as a gateway client would.
-        let fresh: Vec<&StockReserved> = decoded
+        let fresh_orders: Vec<(&StockReserved, usize)> = decoded
             .iter()
-            .filter_map(|d| d.as_ref().ok())
-            .filter(|o| !decided.contains_key(&o.order_id))
+            .enumerate()
+            .filter_map(|(i, d)| Some((d.as_ref().ok()?, i)))
+            .filter(|(o, _)| !decided.contains_key(&o.order_id))
             .collect();
-        let charges: Vec<_> = fresh.into_iter().map(|o| self.charge(o)).collect();
+        let charges: Vec<_> = fresh_orders.iter().map(|(o, _)| self.charge(o)).collect();
         let answers: HashMap<&str, Option<String>> = futures::stream::iter(charges)
             .buffer_unordered(self.gateway.concurrency.max(1))
             .collect()
             .await;
 
+        let spans: Vec<Option<tracing::Span>> = batch
+            .iter()
+            .zip(&decoded)
+            .map(|(msg, d)| Some(process_span(msg, &self.group, &d.as_ref().ok()?.order_id)))
+            .collect();
+        // The new orders, each once, settled together when there are several.
+        let mut seen = HashSet::new();
+        let together: Vec<(&StockReserved, &tracing::Span)> = fresh_orders
+            .iter()
+            .filter(|(o, _)| seen.insert(o.order_id.as_str()))
+            .map(|(o, i)| {
+                (
+                    *o,
+                    spans[*i].as_ref().expect("a decoded order has its span"),
+                )
+            })
+            .collect();
+        if together.len() > 1 {
+            let orders: Vec<(&StockReserved, Option<&str>)> = together
+                .iter()
+                .map(|(o, _)| {
+                    (
+                        *o,
+                        answers.get(o.order_id.as_str()).and_then(|a| a.as_deref()),
+                    )
+                })
+                .collect();
+            let span = batch_span(together.iter().map(|(_, s)| *s));
+            if let Some(records) = self.settle_together(&orders).instrument(span).await {
+                for (record, (_, span)) in records.into_iter().zip(&together) {
+                    log_settled(&record, span);
+                    decided.insert(record.order_id.clone(), record);
+                }
+            }
+        }
         let mut outcomes = Vec::with_capacity(batch.len());
-        for (msg, decoded) in batch.iter().zip(&decoded) {
-            let order = match decoded {
-                Ok(order) => order,
-                Err((reason, error)) => {
+        for (decoded, span) in decoded.iter().zip(spans) {
+            let (order, span) = match (decoded, span) {
+                (Ok(order), Some(span)) => (order, span),
+                (Err((reason, error)), _) => {
                     outcomes.push(Outcome::DeadLetter {
                         reason,
                         error: error.clone(),
                     });
                     continue;
                 }
+                (Ok(_), None) => unreachable!("every decoded order has its span"),
             };
-            let span = process_span(msg, &self.group, &order.order_id);
             let record = match decided.get(&order.order_id) {
                 Some(p) => p.clone(),
                 None => {
@@ -287,12 +415,7 @@ impl Stage for Payment {
                     if p.outcome == PaymentOutcome::Skipped {
                         self.record_skip(&p).await?;
                     }
-                    tracing::info!(
-                        parent: &span,
-                        order_id = %p.order_id,
-                        outcome = ?p.outcome,
-                        "payment settled"
-                    );
+                    log_settled(&p, &span);
                     decided.insert(p.order_id.clone(), p.clone());
                     p
                 }
@@ -301,4 +424,13 @@ impl Stage for Payment {
         }
         Ok(outcomes)
     }
+}
+
+fn log_settled(p: &PaymentDocument, span: &tracing::Span) {
+    tracing::info!(
+        parent: span,
+        order_id = %p.order_id,
+        outcome = ?p.outcome,
+        "payment settled"
+    );
 }

@@ -49,15 +49,26 @@ pub async fn commit_reservation(
     order_id: &str,
     at: DateTime,
 ) -> mongodb::error::Result<bool> {
+    Ok(commit_reservations(db, session, &[order_id], at).await? == 1)
+}
+
+/// Marks the stock of several reserved orders as sold; returns how many
+/// reservations were still `reserved` (and so moved).
+pub async fn commit_reservations(
+    db: &Database,
+    session: &mut ClientSession,
+    order_ids: &[&str],
+    at: DateTime,
+) -> mongodb::error::Result<u64> {
     let result = db
         .collection::<ReservationDocument>(RESERVATIONS)
-        .update_one(
-            doc! {"_id": order_id, "state": "reserved"},
+        .update_many(
+            doc! {"_id": {"$in": order_ids}, "state": "reserved"},
             doc! {"$set": {"state": ReservationState::Committed.as_str(), "updatedAt": at}},
         )
         .session(session)
         .await?;
-    Ok(result.matched_count == 1)
+    Ok(result.matched_count)
 }
 
 impl ReservationState {
