@@ -6,6 +6,8 @@
 //! instead; with `--seed-orders N` it stores N synthetic orders directly in
 //! MongoDB (the data set of the read benchmarks).
 
+mod ceiling;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,6 +56,14 @@ struct Args {
     seed_orders: Option<u64>,
     #[arg(long, default_value = "mongodb://127.0.0.1:27017/orders")]
     seed_mongo: String,
+    /// Instead of posting orders: the MongoDB ceiling (see ceiling.rs) —
+    /// the stages' writes for this many orders, batched by
+    /// --ceiling-batch, into --seed-mongo (its database is dropped first
+    /// and afterwards), then exit.
+    #[arg(long)]
+    mongo_ceiling: Option<u64>,
+    #[arg(long, default_value_t = 100)]
+    ceiling_batch: usize,
     /// Write one line per request to this file: Unix ms, orderId, outcome
     /// (the HTTP status, `timeout` or `connection-error`). scripts/chaos
     /// reads it.
@@ -116,9 +126,7 @@ struct Stats {
 /// the last 30 days) in batches of 1 000.
 async fn seed(mongo: &str, n: u64) -> anyhow::Result<()> {
     use orderflow_domain::OrderStatus;
-    use orderflow_platform::mongo::documents::{
-        ItemDocument, OrderDocument, SourceRef, StatusChange, Validation,
-    };
+    use orderflow_platform::mongo::documents::OrderDocument;
     let client = mongodb::Client::with_uri_str(mongo).await?;
     let db = client
         .default_database()
@@ -135,52 +143,7 @@ async fn seed(mongo: &str, n: u64) -> anyhow::Result<()> {
             .map(|k| {
                 let at = bson::DateTime::from_millis(now - (rng.below(month)) as i64);
                 let status = OrderStatus::ALL[rng.below(OrderStatus::ALL.len() as u64) as usize];
-                let (pid, name, price) = PRODUCTS[rng.below(PRODUCTS.len() as u64) as usize];
-                let cents = orderflow_domain::Money::parse(price)
-                    .map(|m| m.minor())
-                    .unwrap_or(0);
-                let qty = 1 + rng.below(3) as i64;
-                OrderDocument {
-                    order_id: format!("seed-{k:07}"),
-                    customer_id: format!("cust-{}", rng.below(5000)),
-                    currency: "USD".into(),
-                    status,
-                    status_reason: None,
-                    items: vec![ItemDocument {
-                        product_id: pid.into(),
-                        name: name.into(),
-                        quantity: qty,
-                        unit_price_cents: Some(cents),
-                        line_total_cents: Some(cents * qty),
-                        client_unit_price_cents: None,
-                        tracked: true,
-                    }],
-                    total_cents: cents * qty,
-                    client_total_cents: None,
-                    received_at: at,
-                    processed_at: at,
-                    updated_at: at,
-                    version: 1,
-                    history: vec![StatusChange {
-                        status,
-                        at,
-                        reason: None,
-                    }],
-                    validation: Validation {
-                        accepted: true,
-                        reason: None,
-                        detail: None,
-                    },
-                    source: SourceRef {
-                        topic: orderflow_platform::topology::topic(
-                            orderflow_platform::topology::TopicRole::Orders,
-                        )
-                        .name
-                        .into(),
-                        partition: 0,
-                        offset: k as i64,
-                    },
-                }
+                synthetic_order(format!("seed-{k:07}"), status, at, k as i64, &mut rng)
             })
             .collect();
         i += batch.len() as u64;
@@ -193,11 +156,73 @@ async fn seed(mongo: &str, n: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A stored order as persist writes it: one item of a catalogue product.
+fn synthetic_order(
+    order_id: String,
+    status: orderflow_domain::OrderStatus,
+    at: bson::DateTime,
+    offset: i64,
+    rng: &mut Rng,
+) -> orderflow_platform::mongo::documents::OrderDocument {
+    use orderflow_platform::mongo::documents::{
+        ItemDocument, OrderDocument, SourceRef, StatusChange, Validation,
+    };
+    let (pid, name, price) = PRODUCTS[rng.below(PRODUCTS.len() as u64) as usize];
+    let cents = orderflow_domain::Money::parse(price)
+        .map(|m| m.minor())
+        .unwrap_or(0);
+    let qty = 1 + rng.below(3) as i64;
+    OrderDocument {
+        order_id,
+        customer_id: format!("cust-{}", rng.below(5000)),
+        currency: "USD".into(),
+        status,
+        status_reason: None,
+        items: vec![ItemDocument {
+            product_id: pid.into(),
+            name: name.into(),
+            quantity: qty,
+            unit_price_cents: Some(cents),
+            line_total_cents: Some(cents * qty),
+            client_unit_price_cents: None,
+            tracked: true,
+        }],
+        total_cents: cents * qty,
+        client_total_cents: None,
+        received_at: at,
+        processed_at: at,
+        updated_at: at,
+        version: 1,
+        history: vec![StatusChange {
+            status,
+            at,
+            reason: None,
+        }],
+        validation: Validation {
+            accepted: true,
+            reason: None,
+            detail: None,
+        },
+        source: SourceRef {
+            topic: orderflow_platform::topology::topic(
+                orderflow_platform::topology::TopicRole::Orders,
+            )
+            .name
+            .into(),
+            partition: 0,
+            offset,
+        },
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(n) = args.seed_orders {
         return seed(&args.seed_mongo, n).await;
+    }
+    if let Some(n) = args.mongo_ceiling {
+        return ceiling::run(&args.seed_mongo, n, args.ceiling_batch.max(1)).await;
     }
     let prefix = args
         .prefix

@@ -1,0 +1,261 @@
+//! The MongoDB ceiling of `scripts/bench`: the writes the four stages make
+//! for each order, batched as they batch them, sent straight to MongoDB with
+//! the same driver and no Kafka, HTTP or decoding in between. Four tasks,
+//! one per stage, each taking the batches in turn from the one before (as
+//! the stages do through their topics), so the stages' writes overlap as in
+//! the pipeline and one stage never races itself. The orders/s it reaches
+//! is what the database allows the pipeline at best.
+//!
+//! Per batch: persist inserts the orders (`insertMany`); inventory looks
+//! up past decisions, then in one transaction moves the orders to
+//! `reserved`, takes each product's quantity and inserts the reservations;
+//! payment looks up past decisions, then in one transaction commits the
+//! reservations, confirms the orders and inserts the payments; notify looks
+//! up past deliveries and upserts one delivery per order, 16 at a time.
+
+use std::time::Instant;
+
+use bson::{doc, Document};
+use futures::StreamExt;
+use mongodb::{ClientSession, Database};
+use orderflow_domain::OrderStatus;
+use orderflow_platform::mongo::documents::{status_change, OrderDocument};
+use orderflow_platform::mongo::{stock, INVENTORY, NOTIFICATIONS, ORDERS, PAYMENTS, RESERVATIONS};
+use tokio::sync::mpsc;
+
+use crate::{synthetic_order, Rng, PRODUCTS};
+
+/// One batch on its way through the stages: each order's id, product and
+/// quantity.
+type Batch = Vec<(String, &'static str, i64)>;
+
+pub async fn run(mongo: &str, orders: u64, batch: usize) -> anyhow::Result<()> {
+    let client = mongodb::Client::with_uri_str(mongo).await?;
+    let db = client
+        .default_database()
+        .unwrap_or_else(|| client.database("ceiling"));
+    db.drop().await?;
+    orderflow_platform::mongo::ensure_order_indexes(&db).await?;
+    let inventory = db.collection::<Document>(INVENTORY);
+    for (id, name, _) in PRODUCTS {
+        inventory
+            .insert_one(doc! {"productId": id, "name": name, "stock": i64::MAX / 4,
+            "capacity": i64::MAX / 4, "unitPriceCents": 100_i64,
+            "updatedAt": bson::DateTime::now()})
+            .await?;
+    }
+
+    let started = Instant::now();
+    let (to_inventory, mut at_inventory) = mpsc::channel::<Batch>(4);
+    let (to_payment, mut at_payment) = mpsc::channel::<Batch>(4);
+    let (to_notify, mut at_notify) = mpsc::channel::<Batch>(4);
+    let persist = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut rng = Rng(0xCE11);
+            let now = bson::DateTime::now();
+            let mut next = 0;
+            while next < orders {
+                let docs: Vec<OrderDocument> = (next..(next + batch as u64).min(orders))
+                    .map(|k| {
+                        synthetic_order(
+                            format!("ceil-{k:08}"),
+                            OrderStatus::Placed,
+                            now,
+                            k as i64,
+                            &mut rng,
+                        )
+                    })
+                    .collect();
+                next += docs.len() as u64;
+                let passing: Batch = docs
+                    .iter()
+                    .map(|o| {
+                        let product = PRODUCTS
+                            .iter()
+                            .find(|p| p.0 == o.items[0].product_id)
+                            .expect("a catalogue product")
+                            .0;
+                        (o.order_id.clone(), product, o.items[0].quantity)
+                    })
+                    .collect();
+                db.collection::<OrderDocument>(ORDERS)
+                    .insert_many(docs)
+                    .ordered(false)
+                    .await?;
+                if to_inventory.send(passing).await.is_err() {
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
+    let inventory_stage = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            while let Some(batch) = at_inventory.recv().await {
+                lookup(&db, RESERVATIONS, &batch).await?;
+                let mut session = begin(&db).await?;
+                reserve(&db, &mut session, &batch).await?;
+                session.commit_transaction().await?;
+                if to_payment.send(batch).await.is_err() {
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
+    let payment_stage = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            while let Some(batch) = at_payment.recv().await {
+                lookup(&db, PAYMENTS, &batch).await?;
+                let mut session = begin(&db).await?;
+                settle(&db, &mut session, &batch).await?;
+                session.commit_transaction().await?;
+                if to_notify.send(batch).await.is_err() {
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
+    let notify_stage = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let deliveries = db.collection::<Document>(NOTIFICATIONS);
+            let mut done = 0u64;
+            while let Some(batch) = at_notify.recv().await {
+                lookup(&db, NOTIFICATIONS, &batch).await?;
+                let ids: Vec<String> = batch.iter().map(|(id, _, _)| id.clone()).collect();
+                let writes = ids.into_iter().map(|id| {
+                    let deliveries = deliveries.clone();
+                    async move {
+                        let key = format!("{id}:log");
+                        deliveries
+                            .replace_one(
+                                doc! {"_id": &key},
+                                doc! {"_id": &key, "key": id, "kind": "order_confirmed", "channel": "log",
+                                      "recipient": "c@example.com", "subject": "Order confirmed",
+                                      "status": "delivered", "attempts": 1, "at": bson::DateTime::now()},
+                            )
+                            .upsert(true)
+                            .await
+                    }
+                });
+                let results: Vec<_> = futures::stream::iter(writes)
+                    .buffer_unordered(16)
+                    .collect()
+                    .await;
+                for r in results {
+                    r?;
+                }
+                done += batch.len() as u64;
+            }
+            anyhow::Ok(done)
+        })
+    };
+    persist.await??;
+    inventory_stage.await??;
+    payment_stage.await??;
+    let done = notify_stage.await??;
+    let seconds = started.elapsed().as_secs_f64();
+    println!("results");
+    println!("  orders   {done} through the four stages' writes, in batches of {batch}");
+    println!(
+        "  rate     {:.0} orders/s ({seconds:.1} s)",
+        done as f64 / seconds
+    );
+    db.drop().await?;
+    Ok(())
+}
+
+/// A stage's look-up of past decisions for the batch.
+async fn lookup(db: &Database, collection: &str, batch: &Batch) -> mongodb::error::Result<()> {
+    let ids: Vec<&str> = batch.iter().map(|(id, _, _)| id.as_str()).collect();
+    let mut found = db
+        .collection::<Document>(collection)
+        .find(doc! {"_id": {"$in": ids}})
+        .await?;
+    while let Some(d) = found.next().await {
+        d?;
+    }
+    Ok(())
+}
+
+async fn begin(db: &Database) -> mongodb::error::Result<ClientSession> {
+    let mut session = db.client().start_session().await?;
+    session.start_transaction().await?;
+    Ok(session)
+}
+
+async fn reserve(
+    db: &Database,
+    session: &mut ClientSession,
+    batch: &Batch,
+) -> mongodb::error::Result<()> {
+    let now = bson::DateTime::now();
+    let ids: Vec<&str> = batch.iter().map(|(id, _, _)| id.as_str()).collect();
+    db.collection::<Document>(ORDERS)
+        .update_many(
+            doc! {"orderId": {"$in": &ids}, "status": OrderStatus::Placed.as_str()},
+            status_change(OrderStatus::Reserved, None, now),
+        )
+        .session(&mut *session)
+        .await?;
+    let mut totals = std::collections::BTreeMap::<&str, i64>::new();
+    for (_, product, quantity) in batch {
+        *totals.entry(product).or_default() += quantity;
+    }
+    for (product, total) in totals {
+        db.collection::<Document>(INVENTORY)
+            .find_one_and_update(
+                doc! {"productId": product, "stock": {"$gte": total}},
+                doc! {"$inc": {"stock": -total}, "$set": {"updatedAt": now}},
+            )
+            .session(&mut *session)
+            .await?;
+    }
+    let reservations: Vec<Document> = batch
+        .iter()
+        .map(|(id, product, quantity)| {
+            doc! {"_id": id, "customerId": "c", "currency": "USD", "totalCents": 100_i64,
+            "state": "reserved", "items": [{"productId": *product, "quantity": quantity}],
+            "lowStock": [], "createdAt": now, "updatedAt": now}
+        })
+        .collect();
+    db.collection::<Document>(RESERVATIONS)
+        .insert_many(reservations)
+        .session(&mut *session)
+        .await?;
+    Ok(())
+}
+
+async fn settle(
+    db: &Database,
+    session: &mut ClientSession,
+    batch: &Batch,
+) -> mongodb::error::Result<()> {
+    let now = bson::DateTime::now();
+    let ids: Vec<&str> = batch.iter().map(|(id, _, _)| id.as_str()).collect();
+    stock::commit_reservations(db, session, &ids, now).await?;
+    db.collection::<Document>(ORDERS)
+        .update_many(
+            doc! {"orderId": {"$in": &ids}, "status": OrderStatus::Reserved.as_str()},
+            status_change(OrderStatus::Confirmed, None, now),
+        )
+        .session(&mut *session)
+        .await?;
+    let payments: Vec<Document> = ids
+        .iter()
+        .map(|id| {
+            doc! {"_id": id, "customerId": "c", "currency": "USD", "amountCents": 100_i64,
+            "outcome": "approved", "processedAt": now}
+        })
+        .collect();
+    db.collection::<Document>(PAYMENTS)
+        .insert_many(payments)
+        .session(&mut *session)
+        .await?;
+    Ok(())
+}
