@@ -162,10 +162,12 @@ fn every_option_renders_its_objects() {
     assert_eq!(policy[0]["spec"]["ingress"][0]["ports"][0]["port"], 8080);
     let env =
         &of_kind(&objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"];
-    assert!(env
-        .as_array()
-        .unwrap()
-        .contains(&json!({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://otel-collector.observability:4318"})));
+    for var in [
+        json!({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://otel-collector.observability:4317"}),
+        json!({"name": "OTEL_EXPORTER_OTLP_PROTOCOL", "value": "grpc"}),
+    ] {
+        assert!(env.as_array().unwrap().contains(&var), "{var} in {env}");
+    }
     // The pipeline from values is a valid OrderPipeline with the chart's
     // image filled in.
     let pipeline: OrderPipeline =
