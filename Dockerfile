@@ -18,7 +18,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
         --bin producer --bin consumer --bin orders-api --bin analytics --bin operator --bin loadgen \
     && mkdir -p /out \
     && cp target/release/producer target/release/consumer target/release/orders-api \
-          target/release/analytics target/release/operator target/release/loadgen /out/
+          target/release/analytics target/release/operator target/release/loadgen /out/ \
+    && strip /out/*
 
 # Minimal runtime: glibc and CA certificates, no shell, non-root (65532).
 FROM gcr.io/distroless/cc-debian12:nonroot
