@@ -73,6 +73,16 @@ pub fn batch_span<'a>(orders: impl Iterator<Item = &'a tracing::Span>) -> tracin
     span
 }
 
+/// What trying a batch's orders in one transaction came to: their records,
+/// or `None` (the transaction failed; nothing of it was kept) to decide
+/// them one order at a time.
+pub fn together<T>(attempt: mongodb::error::Result<Option<T>>, orders: usize) -> Option<T> {
+    attempt.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, orders, "batch transaction failed; one order at a time");
+        None
+    })
+}
+
 /// One event to publish, with its CloudEvents headers and the trace of
 /// `span`.
 pub struct NewEvent<'a, T> {

@@ -35,7 +35,7 @@ use rdkafka::message::OwnedMessage;
 use time::OffsetDateTime;
 
 use crate::event::{
-    batch_span, decode, find_by_ids, process_span, transient, NewEvent, Undecodable,
+    batch_span, decode, find_by_ids, process_span, together, transient, NewEvent, Undecodable,
 };
 use crate::runner::{Outcome, Outgoing, Stage, Transient};
 
@@ -94,13 +94,7 @@ impl Inventory {
         let reserved = in_transaction!(self.db.client(), |session| {
             self.try_reserve_together(session, orders, now).await
         });
-        match reserved {
-            Ok(reserved) => reserved,
-            Err(e) => {
-                tracing::debug!(error = %e, orders = orders.len(), "batch reservation failed; one order at a time");
-                None
-            }
-        }
+        together(reserved, orders.len())
     }
 
     async fn try_reserve_together(

@@ -31,7 +31,7 @@ use rdkafka::message::OwnedMessage;
 use time::OffsetDateTime;
 
 use crate::event::{
-    batch_span, decode, find_by_ids, process_span, transient, NewEvent, Undecodable,
+    batch_span, decode, find_by_ids, process_span, together, transient, NewEvent, Undecodable,
 };
 use crate::runner::{Outcome, Outgoing, Stage, Transient};
 
@@ -159,13 +159,7 @@ impl Payment {
         let settled = in_transaction!(self.db.client(), |session| {
             self.try_settle_together(session, orders, now).await
         });
-        match settled {
-            Ok(settled) => settled,
-            Err(e) => {
-                tracing::debug!(error = %e, orders = orders.len(), "batch settlement failed; one order at a time");
-                None
-            }
-        }
+        together(settled, orders.len())
     }
 
     async fn try_settle_together(

@@ -40,15 +40,7 @@ async fn one_order_is_one_trace_across_every_service() {
     stack.spawn_stages();
     let client = reqwest::Client::new();
     let producer = format!("http://127.0.0.1:{producer_port}");
-    kit::eventually(
-        Duration::from_secs(30),
-        "the producer to be ready",
-        || async {
-            let r = client.get(format!("{producer}/readyz")).send().await.ok()?;
-            r.status().is_success().then_some(())
-        },
-    )
-    .await;
+    kit::ready(&producer).await;
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let order_id = kit::unique("traced");

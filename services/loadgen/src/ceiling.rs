@@ -46,8 +46,8 @@ pub async fn run(mongo: &str, orders: u64, batch: usize) -> anyhow::Result<()> {
     }
 
     let started = Instant::now();
-    let (to_inventory, mut at_inventory) = mpsc::channel::<Batch>(4);
-    let (to_payment, mut at_payment) = mpsc::channel::<Batch>(4);
+    let (to_inventory, at_inventory) = mpsc::channel::<Batch>(4);
+    let (to_payment, at_payment) = mpsc::channel::<Batch>(4);
     let (to_notify, mut at_notify) = mpsc::channel::<Batch>(4);
     let persist = {
         let db = db.clone();
@@ -90,36 +90,8 @@ pub async fn run(mongo: &str, orders: u64, batch: usize) -> anyhow::Result<()> {
             anyhow::Ok(())
         })
     };
-    let inventory_stage = {
-        let db = db.clone();
-        tokio::spawn(async move {
-            while let Some(batch) = at_inventory.recv().await {
-                lookup(&db, RESERVATIONS, &batch).await?;
-                let mut session = begin(&db).await?;
-                reserve(&db, &mut session, &batch).await?;
-                session.commit_transaction().await?;
-                if to_payment.send(batch).await.is_err() {
-                    break;
-                }
-            }
-            anyhow::Ok(())
-        })
-    };
-    let payment_stage = {
-        let db = db.clone();
-        tokio::spawn(async move {
-            while let Some(batch) = at_payment.recv().await {
-                lookup(&db, PAYMENTS, &batch).await?;
-                let mut session = begin(&db).await?;
-                settle(&db, &mut session, &batch).await?;
-                session.commit_transaction().await?;
-                if to_notify.send(batch).await.is_err() {
-                    break;
-                }
-            }
-            anyhow::Ok(())
-        })
-    };
+    let inventory_stage = deciding(db.clone(), Decision::Reserve, at_inventory, to_payment);
+    let payment_stage = deciding(db.clone(), Decision::Settle, at_payment, to_notify);
     let notify_stage = {
         let db = db.clone();
         tokio::spawn(async move {
@@ -168,6 +140,42 @@ pub async fn run(mongo: &str, orders: u64, batch: usize) -> anyhow::Result<()> {
     );
     db.drop().await?;
     Ok(())
+}
+
+/// The two stages that decide in a transaction.
+#[derive(Clone, Copy)]
+enum Decision {
+    Reserve,
+    Settle,
+}
+
+/// Inventory or payment: for each batch in turn, the look-up of past
+/// decisions and one transaction; then the batch moves on.
+fn deciding(
+    db: Database,
+    decision: Decision,
+    mut input: mpsc::Receiver<Batch>,
+    output: mpsc::Sender<Batch>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        while let Some(batch) = input.recv().await {
+            let past = match decision {
+                Decision::Reserve => RESERVATIONS,
+                Decision::Settle => PAYMENTS,
+            };
+            lookup(&db, past, &batch).await?;
+            let mut session = begin(&db).await?;
+            match decision {
+                Decision::Reserve => reserve(&db, &mut session, &batch).await?,
+                Decision::Settle => settle(&db, &mut session, &batch).await?,
+            }
+            session.commit_transaction().await?;
+            if output.send(batch).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// A stage's look-up of past decisions for the batch.

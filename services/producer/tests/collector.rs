@@ -39,15 +39,7 @@ async fn spans_reach_a_real_collector_over_grpc_and_over_http() {
         let port = kit::free_port();
         stack.spawn("producer", "producer", &[("API_PORT", port.to_string())]);
         let producer = format!("http://127.0.0.1:{port}");
-        kit::eventually(
-            Duration::from_secs(30),
-            "the producer to be ready",
-            || async {
-                let r = client.get(format!("{producer}/readyz")).send().await.ok()?;
-                r.status().is_success().then_some(())
-            },
-        )
-        .await;
+        kit::ready(&producer).await;
 
         // A trace of this transport's own.
         let trace_id = format!("4bf92f3577b34da6a3ce929d0e0e473{n}");
