@@ -15,7 +15,7 @@
 //! nothing of it is kept and each order gets its own transaction, in batch
 //! order, exactly as if the batch had never been tried together.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use tracing::Instrument as _;
 
 use bson::{doc, DateTime};
@@ -35,7 +35,8 @@ use rdkafka::message::OwnedMessage;
 use time::OffsetDateTime;
 
 use crate::event::{
-    batch_span, decode, find_by_ids, process_span, together, transient, NewEvent, Undecodable,
+    batch_span, decode, decode_batch, find_by_ids, fresh, order_ids, together, transient, NewEvent,
+    Undecodable,
 };
 use crate::runner::{Outcome, Outgoing, Stage, Transient};
 
@@ -425,33 +426,14 @@ fn decode_validated(msg: &OwnedMessage) -> Result<OrderValidated, Undecodable> {
 
 impl Stage for Inventory {
     async fn handle(&self, batch: &[OwnedMessage]) -> Result<Vec<Outcome>, Transient> {
-        let decoded: Vec<Result<OrderValidated, Undecodable>> =
-            batch.iter().map(decode_validated).collect();
-        let mut decided = self
-            .decided(
-                decoded
-                    .iter()
-                    .filter_map(|d| d.as_ref().ok().map(|o| o.order_id.clone()))
-                    .collect(),
-            )
-            .await?;
-        let spans: Vec<Option<tracing::Span>> = batch
-            .iter()
-            .zip(&decoded)
-            .map(|(msg, d)| Some(process_span(msg, &self.group, &d.as_ref().ok()?.order_id)))
-            .collect();
-        // The new orders, each once, tried together when there are several.
-        let mut seen = HashSet::new();
-        let fresh: Vec<(&OrderValidated, &tracing::Span)> = decoded
-            .iter()
-            .zip(&spans)
-            .filter_map(|(d, span)| Some((d.as_ref().ok()?, span.as_ref()?)))
-            .filter(|(o, _)| !decided.contains_key(&o.order_id) && seen.insert(&o.order_id))
-            .collect();
+        let decoded = decode_batch(batch, &self.group, decode_validated);
+        let mut decided = self.decided(order_ids(&decoded)).await?;
+        // The new orders, tried together when there are several.
+        let fresh = fresh(&decoded, &decided);
         if fresh.len() > 1 {
             let orders: Vec<&OrderValidated> = fresh.iter().map(|(o, _)| *o).collect();
-            let together = batch_span(fresh.iter().map(|(_, s)| *s));
-            if let Some(records) = self.reserve_together(&orders).instrument(together).await {
+            let span = batch_span(fresh.iter().map(|(_, s)| *s));
+            if let Some(records) = self.reserve_together(&orders).instrument(span).await {
                 for (record, (_, span)) in records.into_iter().zip(&fresh) {
                     log_decided(&record, span);
                     decided.insert(record.order_id.clone(), record);
@@ -459,14 +441,13 @@ impl Stage for Inventory {
             }
         }
         let mut outcomes = Vec::with_capacity(batch.len());
-        for (decoded, span) in decoded.into_iter().zip(spans) {
-            let (order, span) = match (decoded, span) {
-                (Ok(order), Some(span)) => (order, span),
-                (Err((reason, error)), _) => {
+        for decoded in decoded {
+            let (order, span) = match decoded {
+                Ok(order) => order,
+                Err((reason, error)) => {
                     outcomes.push(Outcome::DeadLetter { reason, error });
                     continue;
                 }
-                (Ok(_), None) => unreachable!("every decoded order has its span"),
             };
             let record = match decided.get(&order.order_id) {
                 Some(r) => r.clone(),

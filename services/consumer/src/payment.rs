@@ -10,7 +10,7 @@
 //! one of them cannot be (cancelled meanwhile, a conflict that persists),
 //! nothing of it is kept and each order is settled in its own transaction.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 use tracing::Instrument as _;
 
@@ -31,7 +31,8 @@ use rdkafka::message::OwnedMessage;
 use time::OffsetDateTime;
 
 use crate::event::{
-    batch_span, decode, find_by_ids, process_span, together, transient, NewEvent, Undecodable,
+    batch_span, decode, decode_batch, find_by_ids, fresh, order_ids, together, transient, NewEvent,
+    Undecodable,
 };
 use crate::runner::{Outcome, Outgoing, Stage, Transient};
 
@@ -322,48 +323,18 @@ fn decode_reserved(msg: &OwnedMessage) -> Result<StockReserved, Undecodable> {
 
 impl Stage for Payment {
     async fn handle(&self, batch: &[OwnedMessage]) -> Result<Vec<Outcome>, Transient> {
-        let decoded: Vec<Result<StockReserved, Undecodable>> =
-            batch.iter().map(decode_reserved).collect();
-        let mut decided = self
-            .decided(
-                decoded
-                    .iter()
-                    .filter_map(|d| d.as_ref().ok().map(|o| o.order_id.clone()))
-                    .collect(),
-            )
-            .await?;
+        let decoded = decode_batch(batch, &self.group, decode_reserved);
+        let mut decided = self.decided(order_ids(&decoded)).await?;
         // Charge the new orders concurrently, as a gateway client would.
-        let fresh_orders: Vec<(&StockReserved, usize)> = decoded
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| Some((d.as_ref().ok()?, i)))
-            .filter(|(o, _)| !decided.contains_key(&o.order_id))
-            .collect();
-        let charges: Vec<_> = fresh_orders.iter().map(|(o, _)| self.charge(o)).collect();
+        let fresh = fresh(&decoded, &decided);
+        let charges: Vec<_> = fresh.iter().map(|(o, _)| self.charge(o)).collect();
         let answers: HashMap<&str, Option<String>> = futures::stream::iter(charges)
             .buffer_unordered(self.gateway.concurrency.max(1))
             .collect()
             .await;
-
-        let spans: Vec<Option<tracing::Span>> = batch
-            .iter()
-            .zip(&decoded)
-            .map(|(msg, d)| Some(process_span(msg, &self.group, &d.as_ref().ok()?.order_id)))
-            .collect();
-        // The new orders, each once, settled together when there are several.
-        let mut seen = HashSet::new();
-        let together: Vec<(&StockReserved, &tracing::Span)> = fresh_orders
-            .iter()
-            .filter(|(o, _)| seen.insert(o.order_id.as_str()))
-            .map(|(o, i)| {
-                (
-                    *o,
-                    spans[*i].as_ref().expect("a decoded order has its span"),
-                )
-            })
-            .collect();
-        if together.len() > 1 {
-            let orders: Vec<(&StockReserved, Option<&str>)> = together
+        // Settled together when there are several.
+        if fresh.len() > 1 {
+            let orders: Vec<(&StockReserved, Option<&str>)> = fresh
                 .iter()
                 .map(|(o, _)| {
                     (
@@ -372,26 +343,25 @@ impl Stage for Payment {
                     )
                 })
                 .collect();
-            let span = batch_span(together.iter().map(|(_, s)| *s));
+            let span = batch_span(fresh.iter().map(|(_, s)| *s));
             if let Some(records) = self.settle_together(&orders).instrument(span).await {
-                for (record, (_, span)) in records.into_iter().zip(&together) {
+                for (record, (_, span)) in records.into_iter().zip(&fresh) {
                     log_settled(&record, span);
                     decided.insert(record.order_id.clone(), record);
                 }
             }
         }
         let mut outcomes = Vec::with_capacity(batch.len());
-        for (decoded, span) in decoded.iter().zip(spans) {
-            let (order, span) = match (decoded, span) {
-                (Ok(order), Some(span)) => (order, span),
-                (Err((reason, error)), _) => {
+        for decoded in &decoded {
+            let (order, span) = match decoded {
+                Ok(order) => order,
+                Err((reason, error)) => {
                     outcomes.push(Outcome::DeadLetter {
                         reason,
                         error: error.clone(),
                     });
                     continue;
                 }
-                (Ok(_), None) => unreachable!("every decoded order has its span"),
             };
             let record = match decided.get(&order.order_id) {
                 Some(p) => p.clone(),
@@ -409,12 +379,12 @@ impl Stage for Payment {
                     if p.outcome == PaymentOutcome::Skipped {
                         self.record_skip(&p).await?;
                     }
-                    log_settled(&p, &span);
+                    log_settled(&p, span);
                     decided.insert(p.order_id.clone(), p.clone());
                     p
                 }
             };
-            outcomes.push(Outcome::Done(self.emit(&record, &span)?));
+            outcomes.push(Outcome::Done(self.emit(&record, span)?));
         }
         Ok(outcomes)
     }
