@@ -53,7 +53,7 @@ impl OtlpProtocol {
             None | Some("") | Some("http/protobuf") => Ok(Self::HttpProtobuf),
             Some("grpc") => Ok(Self::Grpc),
             Some(other) => Err(format!(
-                "OTEL_EXPORTER_OTLP_PROTOCOL {other:?} is not supported: use grpc or http/protobuf"
+                "{other:?} is not supported: use grpc or http/protobuf"
             )),
         }
     }
@@ -75,9 +75,16 @@ pub fn init(service: &'static str) -> anyhow::Result<Telemetry> {
     let endpoint =
         env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
     if endpoint.is_some() && !disabled {
-        let protocol = env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"));
-        let protocol = OtlpProtocol::parse(protocol.as_deref()).map_err(anyhow::Error::msg)?;
+        // The error names the variable the value came from.
+        let (variable, value) = [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ]
+        .into_iter()
+        .find_map(|k| Some((k, env(k)?)))
+        .unzip();
+        let protocol = OtlpProtocol::parse(value.as_deref())
+            .map_err(|e| anyhow::anyhow!("{} {e}", variable.unwrap_or_default()))?;
         // Both builders read the endpoint, headers and timeout variables.
         let failed = |e| anyhow::anyhow!("the OTLP exporter ({protocol:?}) cannot start: {e}");
         builder = match protocol {
