@@ -240,7 +240,6 @@ ensure_tools() {
   ensure_schemathesis
   ensure_mongo
   ensure_kafka
-  ensure_otelcol
 }
 
 # wait_port PORT NAME SECONDS

@@ -556,6 +556,24 @@ spec:
   envSecretName: orderflow-env
 "#;
 
+    #[test]
+    fn the_config_map_names_the_otlp_protocol_beside_the_endpoint() {
+        let none = config_data(&pipeline(MINIMAL));
+        assert!(!none.contains_key("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        assert!(!none.contains_key("OTEL_EXPORTER_OTLP_PROTOCOL"));
+        for (telemetry, protocol) in [
+            (r#"{otlpEndpoint: "http://c:4317"}"#, "grpc"),
+            (r#"{otlpEndpoint: "http://c:4318"}"#, "http/protobuf"),
+            (
+                r#"{otlpEndpoint: "http://c:4318", otlpProtocol: grpc}"#,
+                "grpc",
+            ),
+        ] {
+            let data = config_data(&pipeline(&format!("{MINIMAL}  telemetry: {telemetry}\n")));
+            assert_eq!(data["OTEL_EXPORTER_OTLP_PROTOCOL"], protocol, "{telemetry}");
+        }
+    }
+
     fn owned_json(p: &OrderPipeline) -> Vec<Value> {
         owned(p).iter().map(Owned::to_value).collect()
     }
