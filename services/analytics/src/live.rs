@@ -243,7 +243,16 @@ impl LiveMetrics {
         }
         let found = consumer.offsets_for_times(query, timeout)?;
         let mut assign = TopicPartitionList::new();
+        let mut failed = Vec::new();
         for e in found.elements() {
+            // A partition whose leader is not known yet (a topic just
+            // created) answers with an error and no offset: it is left for
+            // the next round, never started at its end, which would skip
+            // what it already holds.
+            if let Err(err) = e.error() {
+                failed.push(format!("{}/{}: {err}", e.topic(), e.partition()));
+                continue;
+            }
             let offset = match e.offset() {
                 Offset::Offset(o) => Offset::Offset(o),
                 // Nothing that recent: start at the end as it is now, an
@@ -256,15 +265,22 @@ impl LiveMetrics {
             };
             assign.add_partition_offset(e.topic(), e.partition(), offset)?;
         }
-        consumer.incremental_assign(&assign)?;
+        if assign.count() > 0 {
+            consumer.incremental_assign(&assign)?;
+        }
         for e in assign.elements() {
             assigned.insert((e.topic().to_owned(), e.partition()));
         }
-        Ok(())
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("no start offset yet for {}", failed.join(", "))
+        }
     }
 
     /// Feeds the window from `topics` (orders first) until shutdown,
-    /// picking up new partitions every 10 s. Undecodable messages are
+    /// picking up new partitions every 10 s (within a second after a failed
+    /// round). Undecodable messages are
     /// skipped: live figures are best effort, the stages own the
     /// dead-letter queue.
     pub async fn run(
@@ -289,12 +305,20 @@ impl LiveMetrics {
                         Self::assign_new(&c, &t, &mut a.lock().expect("assigned"))
                     })
                     .await;
-                    if let Ok(Err(e)) = result {
-                        tracing::warn!(error = %e, "assigning the live topics");
-                    }
+                    // A failed round (a leader not elected yet, a broker
+                    // away) is retried within a second: what is not
+                    // assigned is not counted.
+                    let pause = match result {
+                        Ok(Ok(())) => Duration::from_secs(10),
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "assigning the live topics");
+                            Duration::from_secs(1)
+                        }
+                        Err(_) => Duration::from_secs(1),
+                    };
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                        _ = tokio::time::sleep(pause) => {}
                     }
                 }
             }
