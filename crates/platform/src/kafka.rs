@@ -105,23 +105,29 @@ pub fn producer(
 /// [`StageContext`].
 pub type StageConsumer = StreamConsumer<StageContext>;
 
+/// Called with the partitions about to be revoked, on the thread that polls
+/// the consumer; returns once their work in hand is finished (see
+/// [`StageContext::on_revoke`]).
+pub type RevokeHook = Box<dyn Fn(&rdkafka::TopicPartitionList) + Send + Sync>;
+
 /// What a stage's consumer does around a rebalance. Before partitions are
-/// revoked it commits the offsets stored so far, so the next owner starts
-/// exactly after what this member made durable; it counts rebalances, so
-/// the runner drops a batch it was still gathering from partitions it no
-/// longer owns (the next owner gets those messages); and it reports commit
-/// failures, which auto-commit would otherwise drop silently.
+/// revoked it lets the runner finish (or give up) the batches of those
+/// partitions it has in hand ([`StageContext::on_revoke`]), then commits
+/// the offsets stored so far, so the next owner starts exactly after what
+/// this member made durable. It reports commit failures, which auto-commit would otherwise drop silently.
 #[derive(Default)]
 pub struct StageContext {
-    rebalances: std::sync::atomic::AtomicU64,
+    on_revoke: std::sync::OnceLock<RevokeHook>,
     /// Failed offset commits (a metric the stage registers).
     pub commit_failures: prometheus_client::metrics::counter::Counter,
 }
 
 impl StageContext {
-    /// How many rebalances this member has been through.
-    pub fn rebalances(&self) -> u64 {
-        self.rebalances.load(std::sync::atomic::Ordering::SeqCst)
+    /// Sets what runs before partitions are revoked, before the commit
+    /// (once; a second hook is refused). It blocks the polling thread, so
+    /// the partitions' owner must be polled from a thread of its own.
+    pub fn on_revoke(&self, hook: RevokeHook) -> Result<(), RevokeHook> {
+        self.on_revoke.set(hook)
     }
 }
 
@@ -135,6 +141,9 @@ fn is_no_offset(e: &rdkafka::error::KafkaError) -> bool {
 impl ConsumerContext for StageContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
+            if let Some(hook) = self.on_revoke.get() {
+                hook(partitions);
+            }
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                 if !is_no_offset(&e) {
                     self.commit_failures.inc();
@@ -143,8 +152,6 @@ impl ConsumerContext for StageContext {
             }
             tracing::info!(partitions = partitions.count(), "partitions revoked");
         }
-        self.rebalances
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -46,6 +46,9 @@ pub const OUT_OF_STOCK: &str = "out_of_stock";
 pub struct Inventory {
     db: Database,
     group: String,
+    /// One reservation at a time in this process: the lanes' transactions
+    /// would otherwise conflict over the same stock documents.
+    deciding: tokio::sync::Mutex<()>,
     inventory_topic: String,
     notifications_topic: String,
 }
@@ -60,6 +63,7 @@ impl Inventory {
         Inventory {
             db: db.clone(),
             group,
+            deciding: tokio::sync::Mutex::new(()),
             inventory_topic,
             notifications_topic,
         }
@@ -430,6 +434,7 @@ impl Stage for Inventory {
         let mut decided = self.decided(order_ids(&decoded)).await?;
         // The new orders, tried together when there are several.
         let fresh = fresh(&decoded, &decided);
+        let _deciding = self.deciding.lock().await;
         if fresh.len() > 1 {
             let orders: Vec<&OrderValidated> = fresh.iter().map(|(o, _)| *o).collect();
             let span = batch_span(fresh.iter().map(|(_, s)| *s));

@@ -25,7 +25,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bson::doc;
-use futures::{StreamExt, TryStreamExt};
 use hmac::{Hmac, KeyInit, Mac};
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
@@ -103,6 +102,8 @@ pub struct Notify {
     /// Channels whose last delivery ran out of retries on transient
     /// failures: an outage until a delivery succeeds.
     down: Mutex<HashSet<Channel>>,
+    /// NOTIFY_CONCURRENCY, shared by the partitions' lanes.
+    sending: tokio::sync::Semaphore,
 }
 
 /// How one delivery ended.
@@ -152,6 +153,7 @@ impl Notify {
         Ok(Notify {
             db: db.clone(),
             group,
+            sending: tokio::sync::Semaphore::new(config.concurrency.max(1)),
             config,
             smtp,
             http,
@@ -537,10 +539,7 @@ impl Stage for Notify {
             .into_iter()
             .map(|(i, (msg, d, _))| self.process_indexed(i, msg, d, &done))
             .collect();
-        let mut outcomes: Vec<(usize, Outcome)> = futures::stream::iter(runs)
-            .buffer_unordered(self.config.concurrency.max(1))
-            .try_collect()
-            .await?;
+        let mut outcomes: Vec<(usize, Outcome)> = futures::future::try_join_all(runs).await?;
         outcomes.extend(
             repeats
                 .into_iter()
@@ -559,6 +558,8 @@ impl Notify {
         decoded: Result<Notification, Undecodable>,
         done: &HashSet<String>,
     ) -> Result<(usize, Outcome), Transient> {
+        // The semaphore is never closed.
+        let _slot = self.sending.acquire().await;
         Ok((index, self.process(msg, decoded, done).await?))
     }
 }

@@ -15,7 +15,6 @@ use std::time::Duration;
 use tracing::Instrument as _;
 
 use bson::{doc, DateTime};
-use futures::StreamExt;
 use mongodb::{ClientSession, Collection, Database};
 use orderflow_domain::events::{
     types, OrderConfirmed, OrderRejected, PaymentProcessed, StockReserved,
@@ -51,6 +50,11 @@ pub struct Payment {
     db: Database,
     group: String,
     gateway: Gateway,
+    /// The gateway's concurrency, shared by the partitions' lanes.
+    charging: tokio::sync::Semaphore,
+    /// One settlement at a time in this process: the lanes' transactions
+    /// would otherwise conflict over the same stock documents.
+    settling: tokio::sync::Mutex<()>,
     payment_topic: String,
     notifications_topic: String,
 }
@@ -66,6 +70,8 @@ impl Payment {
         Payment {
             db: db.clone(),
             group,
+            charging: tokio::sync::Semaphore::new(gateway.concurrency.max(1)),
+            settling: tokio::sync::Mutex::new(()),
             gateway,
             payment_topic,
             notifications_topic,
@@ -86,6 +92,8 @@ impl Payment {
     /// The gateway's answer for an order: `Some(detail)` when declined.
     async fn charge<'o>(&self, order: &'o StockReserved) -> (&'o str, Option<String>) {
         if !self.gateway.latency.is_zero() {
+            // The semaphore is never closed.
+            let _slot = self.charging.acquire().await;
             tokio::time::sleep(self.gateway.latency).await;
         }
         (
@@ -325,13 +333,16 @@ impl Stage for Payment {
     async fn handle(&self, batch: &[OwnedMessage]) -> Result<Vec<Outcome>, Transient> {
         let decoded = decode_batch(batch, &self.group, decode_reserved);
         let mut decided = self.decided(order_ids(&decoded)).await?;
-        // Charge the new orders concurrently, as a gateway client would.
+        // Charge the new orders concurrently, as a gateway client would
+        // (PAYMENT_CONCURRENCY at once across the lanes), while other lanes
+        // settle theirs.
         let fresh = fresh(&decoded, &decided);
-        let charges: Vec<_> = fresh.iter().map(|(o, _)| self.charge(o)).collect();
-        let answers: HashMap<&str, Option<String>> = futures::stream::iter(charges)
-            .buffer_unordered(self.gateway.concurrency.max(1))
-            .collect()
-            .await;
+        let answers: HashMap<&str, Option<String>> =
+            futures::future::join_all(fresh.iter().map(|(o, _)| self.charge(o)))
+                .await
+                .into_iter()
+                .collect();
+        let _settling = self.settling.lock().await;
         // Settled together when there are several.
         if fresh.len() > 1 {
             let orders: Vec<(&StockReserved, Option<&str>)> = fresh

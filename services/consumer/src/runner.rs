@@ -1,17 +1,22 @@
 //! The loop every pipeline stage runs, so each stage only says what a batch
-//! of messages means:
+//! of messages means. Each assigned partition has a lane, and the lanes
+//! run concurrently; within one, a batch at a time:
 //!
-//! 1. take a batch of messages (up to `batch_size`, waiting `batch_wait`);
+//! 1. take a batch of the partition's messages (up to `batch_size`, waiting
+//!    `batch_wait`);
 //! 2. let the stage make its effects durable (MongoDB) — a transient failure
 //!    retries the whole batch with backoff, nothing is skipped;
 //! 3. publish what the stage emits and dead-letter what it could not use,
 //!    waiting for the broker's acknowledgements;
-//! 4. only then store the offsets, which auto-commit flushes.
+//! 4. only then store the offset, which auto-commit flushes (and the
+//!    commit before a revocation, once the lane's batch is finished).
 //!
 //! A crash anywhere before step 4 means redelivery, which the stages absorb
 //! because each of them is idempotent.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -29,6 +34,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use tokio::sync::mpsc;
 
 /// A message a stage publishes once its effects are durable.
 pub struct Outgoing {
@@ -170,43 +176,231 @@ pub struct Runner<S> {
     pub metrics: RunnerMetrics,
 }
 
-impl<S: Stage> Runner<S> {
-    /// Runs until `shutdown` trips; then finishes the batch in hand, commits
-    /// the stored offsets and flushes the producer.
+/// What every lane shares: the stage, its clients and settings.
+struct Work<S> {
+    stage: S,
+    consumer: Arc<StageConsumer>,
+    producer: FutureProducer,
+    config: RunnerConfig,
+    metrics: RunnerMetrics,
+}
+
+/// A partition, as the lanes are keyed.
+type PartitionKey = (String, i32);
+
+/// One assigned partition's work: a queue its messages arrive on, in
+/// order, and a task that takes them a batch at a time.
+struct Lane {
+    queue: mpsc::Sender<OwnedMessage>,
+    /// Cancelled when the partition is revoked, and on shutdown.
+    stop: CancellationToken,
+    state: Arc<LaneState>,
+}
+
+/// Whether a lane has a batch in hand, so that a revocation can wait for
+/// it (on the polling thread, hence a blocking lock and condition).
+#[derive(Default)]
+struct LaneState {
+    flags: std::sync::Mutex<LaneFlags>,
+    idle: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct LaneFlags {
+    busy: bool,
+    revoked: bool,
+}
+
+impl LaneState {
+    fn flags(&self) -> std::sync::MutexGuard<'_, LaneFlags> {
+        self.flags.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks a batch as in hand; false once the partition was revoked
+    /// (the batch is then left to the partition's next owner).
+    fn begin(&self) -> bool {
+        let mut flags = self.flags();
+        if flags.revoked {
+            return false;
+        }
+        flags.busy = true;
+        true
+    }
+
+    fn end(&self) {
+        self.flags().busy = false;
+        self.idle.notify_all();
+    }
+
+    /// Marks the partition revoked and waits until the batch in hand, if
+    /// any, is finished; false when `until` came first.
+    fn revoke(&self, until: Instant) -> bool {
+        let mut flags = self.flags();
+        flags.revoked = true;
+        while flags.busy {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            flags = self
+                .idle
+                .wait_timeout(flags, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+/// Ends a lane's batch however its handling ends (a panic included).
+struct InHand<'a>(&'a LaneState);
+
+impl Drop for InHand<'_> {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+#[derive(Default)]
+struct Lanes {
+    open: HashMap<PartitionKey, Lane>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Lanes {
+    /// The queue of `msg`'s partition, starting its lane on first use.
+    fn queue<S: Stage + 'static>(
+        &mut self,
+        msg: &OwnedMessage,
+        work: &Arc<Work<S>>,
+        shutdown: &CancellationToken,
+        runtime: &tokio::runtime::Handle,
+    ) -> mpsc::Sender<OwnedMessage> {
+        let key = (msg.topic().to_owned(), msg.partition());
+        if let Some(lane) = self.open.get(&key) {
+            return lane.queue.clone();
+        }
+        // Room for one batch besides the one in hand.
+        let (queue, messages) = mpsc::channel(work.config.batch_size);
+        let lane = Lane {
+            queue: queue.clone(),
+            stop: shutdown.child_token(),
+            state: Arc::default(),
+        };
+        self.tasks.push(
+            runtime.spawn(
+                work.clone()
+                    .lane(messages, lane.stop.clone(), lane.state.clone()),
+            ),
+        );
+        self.tasks.retain(|t| !t.is_finished());
+        self.open.insert(key, lane);
+        queue
+    }
+}
+
+fn lock(lanes: &std::sync::Mutex<Lanes>) -> std::sync::MutexGuard<'_, Lanes> {
+    lanes.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Before `partitions` are revoked (on the polling thread, before the
+/// commit): their lanes stop taking batches, drop what is queued (the next
+/// owner fetches it from the committed offset) and finish the batch in
+/// hand, waiting at most `drain`.
+fn revoke(
+    lanes: &std::sync::Mutex<Lanes>,
+    partitions: &rdkafka::TopicPartitionList,
+    drain: Duration,
+    stage: &str,
+) {
+    let revoked: Vec<Lane> = {
+        let mut lanes = lock(lanes);
+        partitions
+            .elements()
+            .iter()
+            .filter_map(|e| lanes.open.remove(&(e.topic().to_owned(), e.partition())))
+            .collect()
+    };
+    let until = Instant::now() + drain;
+    for lane in &revoked {
+        lane.stop.cancel();
+    }
+    for lane in &revoked {
+        if !lane.state.revoke(until) {
+            tracing::warn!(
+                stage,
+                "a revoked partition's batch was not finished in time; its next owner redelivers it"
+            );
+        }
+    }
+}
+
+impl<S: Stage + 'static> Runner<S> {
+    /// Runs until `shutdown` trips; then finishes the batches in hand,
+    /// commits the stored offsets and flushes the producer.
+    ///
+    /// One thread polls the consumer and hands each message to its
+    /// partition's lane. The lanes run concurrently, each a batch at a
+    /// time, so order holds within a partition and one slow batch holds up
+    /// only its own partition. Rebalances are served on the polling
+    /// thread: before partitions are revoked, their lanes finish the batch
+    /// in hand and drop the rest, and the offsets stored so far are
+    /// committed, so the next owner starts right after what this member
+    /// made durable.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        loop {
-            let Some(batch) = self.next_batch(&shutdown).await else {
-                break;
-            };
-            let started = Instant::now();
-            let Some(outcomes) = self.handle_with_retry(&batch, &shutdown).await else {
-                break;
-            };
-            if !self.publish(&batch, outcomes, &shutdown).await {
-                break;
+        let Runner {
+            stage,
+            consumer,
+            producer,
+            config,
+            metrics,
+        } = self;
+        let consumer = Arc::new(consumer);
+        let work = Arc::new(Work {
+            stage,
+            consumer: consumer.clone(),
+            producer: producer.clone(),
+            config,
+            metrics,
+        });
+        let lanes = Arc::new(std::sync::Mutex::new(Lanes::default()));
+        {
+            let (lanes, stage) = (lanes.clone(), work.config.stage);
+            // A lane's batch is bounded by BATCH_TIMEOUT per attempt.
+            let drain = work.config.batch_timeout + Duration::from_secs(5);
+            if consumer
+                .context()
+                .on_revoke(Box::new(move |partitions| {
+                    revoke(&lanes, partitions, drain, stage)
+                }))
+                .is_err()
+            {
+                anyhow::bail!("the stage's consumer is already run by another runner");
             }
-            for msg in &batch {
-                if let Err(e) =
-                    self.consumer
-                        .store_offset(msg.topic(), msg.partition(), msg.offset())
-                {
-                    // The partition moved to another member in a rebalance:
-                    // it will redeliver, and the stage is idempotent.
-                    tracing::warn!(error = %e, topic = msg.topic(), partition = msg.partition(), "offset not stored");
-                }
-            }
-            self.metrics
-                .batch_seconds
-                .observe(started.elapsed().as_secs_f64());
+        }
+        let runtime = tokio::runtime::Handle::current();
+        let poll = {
+            let (work, lanes, shutdown) = (work.clone(), lanes.clone(), shutdown.clone());
+            tokio::task::spawn_blocking(move || {
+                runtime.block_on(dispatch(work, &lanes, &shutdown, &runtime))
+            })
+        };
+        poll.await?;
+        let tasks = {
+            let mut lanes = lock(&lanes);
+            lanes.open.clear();
+            std::mem::take(&mut lanes.tasks)
+        };
+        for task in tasks {
+            let _ = task.await;
         }
         tracing::info!(
-            stage = self.config.stage,
+            stage = work.config.stage,
             "stopping: committing offsets and flushing"
         );
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "final commit (nothing stored is fine)");
         }
-        let producer = self.producer.clone();
         let _ = tokio::task::spawn_blocking(move || {
             use rdkafka::producer::Producer as _;
             producer.flush(Duration::from_secs(10))
@@ -214,64 +408,115 @@ impl<S: Stage> Runner<S> {
         .await;
         Ok(())
     }
+}
 
-    /// The next batch. Rebalances happen only while the consumer is polled,
-    /// that is here, never while a batch is being handled. Messages
-    /// gathered before a rebalance are dropped: their partitions may belong
-    /// to another member now, which starts at the offsets committed just
-    /// before the revocation (and if they came back to this member, it
-    /// fetches them again from there).
-    async fn next_batch(&self, shutdown: &CancellationToken) -> Option<Vec<OwnedMessage>> {
-        let context = self.consumer.context();
-        let mut batch = Vec::with_capacity(self.config.batch_size);
-        let mut generation = context.rebalances();
-        // Drops what was gathered under an older assignment.
-        let mut current = |batch: &mut Vec<OwnedMessage>| {
-            let now = context.rebalances();
-            if now != generation {
-                if !batch.is_empty() {
-                    tracing::info!(
-                        dropped = batch.len(),
-                        "rebalance while gathering a batch: its messages are left to their partitions' owner"
-                    );
-                }
-                batch.clear();
-                generation = now;
-            }
+/// The polling loop (on a thread of its own: a revocation blocks it while
+/// lanes finish): each message to its partition's lane, until shutdown.
+async fn dispatch<S: Stage + 'static>(
+    work: Arc<Work<S>>,
+    lanes: &std::sync::Mutex<Lanes>,
+    shutdown: &CancellationToken,
+    runtime: &tokio::runtime::Handle,
+) {
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = work.consumer.recv() => m,
         };
-        loop {
-            while batch.is_empty() {
-                let first = tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    m = self.consumer.recv() => m,
-                };
-                current(&mut batch);
-                match first {
-                    Ok(m) => batch.push(m.detach()),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "consumer error");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+        match next {
+            Ok(m) => {
+                let m = m.detach();
+                let queue = lock(lanes).queue(&m, &work, shutdown, runtime);
+                // A full queue waits (that lane has a whole batch waiting);
+                // a closed one belongs to a revoked partition, whose next
+                // owner has the message.
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = queue.send(m) => {}
                 }
             }
-            let deadline = tokio::time::Instant::now() + self.config.batch_wait;
-            while batch.len() < self.config.batch_size {
-                let next = tokio::time::timeout_at(deadline, self.consumer.recv()).await;
-                current(&mut batch);
-                match next {
-                    Ok(Ok(m)) => batch.push(m.detach()),
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "consumer error");
-                        break;
-                    }
-                    Err(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
-            }
-            current(&mut batch);
-            if !batch.is_empty() {
-                return Some(batch);
             }
         }
+    }
+}
+
+impl<S: Stage> Work<S> {
+    /// One partition's batches, one at a time, until it is revoked or the
+    /// process stops.
+    async fn lane(
+        self: Arc<Self>,
+        mut messages: mpsc::Receiver<OwnedMessage>,
+        stop: CancellationToken,
+        state: Arc<LaneState>,
+    ) {
+        while let Some(batch) = self.gather(&mut messages, &stop).await {
+            if !state.begin() {
+                break;
+            }
+            let _in_hand = InHand(&state);
+            if !self.process(&batch, &stop).await {
+                break;
+            }
+        }
+    }
+
+    /// The next batch of one partition: what is queued, up to
+    /// `batch_size`, waiting at most `batch_wait` for more after the first.
+    async fn gather(
+        &self,
+        messages: &mut mpsc::Receiver<OwnedMessage>,
+        stop: &CancellationToken,
+    ) -> Option<Vec<OwnedMessage>> {
+        let size = self.config.batch_size;
+        let mut batch = Vec::with_capacity(size.min(64));
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return None,
+            n = messages.recv_many(&mut batch, size) => if n == 0 { return None },
+        }
+        let deadline = tokio::time::Instant::now() + self.config.batch_wait;
+        while batch.len() < size {
+            let room = size - batch.len();
+            match tokio::time::timeout_at(deadline, messages.recv_many(&mut batch, room)).await {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+        (!stop.is_cancelled()).then_some(batch)
+    }
+
+    /// Handles, publishes and acknowledges one batch; false when `stop`
+    /// came first (nothing is acknowledged then: the batch is redelivered).
+    async fn process(&self, batch: &[OwnedMessage], stop: &CancellationToken) -> bool {
+        let started = Instant::now();
+        let Some(outcomes) = self.handle_with_retry(batch, stop).await else {
+            return false;
+        };
+        if !self.publish(batch, outcomes, stop).await {
+            return false;
+        }
+        // A batch is one partition's messages in order: its last offset
+        // stands for all of them.
+        if let Some(last) = batch.last() {
+            if let Err(e) =
+                self.consumer
+                    .store_offset(last.topic(), last.partition(), last.offset())
+            {
+                // The partition moved to another member in a rebalance:
+                // it will redeliver, and the stage is idempotent.
+                tracing::warn!(error = %e, topic = last.topic(), partition = last.partition(), "offset not stored");
+            }
+        }
+        self.metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        true
     }
 
     async fn handle_with_retry(
