@@ -41,6 +41,11 @@ struct Hooks {
     /// Answer 500 to this many requests before accepting.
     fail_next: usize,
     always_fail: bool,
+    /// Requests whose delivery id contains this marker wait for a permit
+    /// of the semaphore before they are answered (a hanging receiver).
+    hold: Option<(String, Arc<tokio::sync::Semaphore>)>,
+    /// How many requests are being held.
+    held: usize,
 }
 
 type SharedHooks = Arc<Mutex<Hooks>>;
@@ -62,6 +67,20 @@ async fn receive(State(hooks): State<SharedHooks>, headers: HeaderMap, body: Byt
         .parse::<i64>()
         .map(|t| (time::OffsetDateTime::now_utc().unix_timestamp() - t).abs() < 300)
         .unwrap_or(false);
+    let id = header("x-orderflow-id");
+    let held = {
+        let mut h = hooks.lock().unwrap();
+        let held = h
+            .hold
+            .as_ref()
+            .filter(|(marker, _)| id.contains(marker.as_str()))
+            .map(|(_, release)| release.clone());
+        h.held += usize::from(held.is_some());
+        held
+    };
+    if let Some(release) = held {
+        release.acquire().await.unwrap().forget();
+    }
     let mut h = hooks.lock().unwrap();
     if header("x-orderflow-signature") != expected || !fresh {
         h.bad_signatures += 1;
@@ -877,6 +896,90 @@ async fn a_poison_message_in_each_topic_goes_to_the_dlq_and_the_flow_continues()
             ("persist".into(), "undecodable".into(), t.orders.clone()),
         ]
     );
+}
+
+/// Issue 12: partitions are processed concurrently. A webhook receiver
+/// hangs on one order; the notifications of orders on the other
+/// partitions are delivered meanwhile, and the held one once the receiver
+/// answers.
+#[tokio::test]
+async fn a_hanging_delivery_holds_up_only_its_own_partition() {
+    let _turn = one_at_a_time().await;
+    kit::telemetry();
+    let brokers = kit::kafka();
+    let mut saga = Saga::new(&brokers, "lanes", &["--notify-timeout", "60s"]).await;
+    saga.seed(&[("a", 100, 100)]).await;
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    saga.hooks.lock().unwrap().hold = Some(("lane-slow".into(), release.clone()));
+    saga.start_all();
+    saga.send(&[order("lane-slow".into(), "c-1".into(), &[("a", 1)])])
+        .await;
+    kit::eventually(
+        Duration::from_secs(60),
+        "the slow order's webhook request",
+        || async { (saga.hooks.lock().unwrap().held > 0).then_some(()) },
+    )
+    .await;
+    let fast: Vec<String> = (1..=12).map(|i| format!("lane-fast-{i}")).collect();
+    let orders: Vec<_> = fast
+        .iter()
+        .map(|id| order(id.clone(), "c-1".into(), &[("a", 1)]))
+        .collect();
+    saga.send(&orders).await;
+    // Where each order's notification landed (keyed by orderId).
+    let notices = kit::consume(
+        &brokers,
+        &saga.topics.notifications,
+        1 + fast.len(),
+        Duration::from_secs(60),
+    )
+    .await;
+    let partition_of = |id: &str| {
+        notices
+            .iter()
+            .find(|m| rdkafka::Message::key(*m) == Some(id.as_bytes()))
+            .map(rdkafka::Message::partition)
+            .unwrap_or_else(|| panic!("no notification for {id}"))
+    };
+    let slow = partition_of("lane-slow");
+    let elsewhere: Vec<String> = fast
+        .iter()
+        .filter(|id| partition_of(id) != slow)
+        .map(|id| format!("order_confirmed:{id}"))
+        .collect();
+    assert!(!elsewhere.is_empty(), "every order on one partition");
+    kit::eventually(
+        Duration::from_secs(30),
+        "the other partitions' webhooks while one is held",
+        || async {
+            let h = saga.hooks.lock().unwrap();
+            elsewhere.iter().all(|id| h.ids.contains(id)).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !saga
+            .hooks
+            .lock()
+            .unwrap()
+            .ids
+            .contains(&"order_confirmed:lane-slow".to_string()),
+        "the held request is still unanswered"
+    );
+    release.add_permits(100);
+    saga.settle(1 + fast.len(), Duration::from_secs(120)).await;
+    kit::eventually(
+        Duration::from_secs(60),
+        "the held webhook, once answered",
+        || async {
+            let h = saga.hooks.lock().unwrap();
+            (fast.iter().chain(["lane-slow".to_string()].iter()))
+                .all(|id| h.ids.contains(&format!("order_confirmed:{id}")))
+                .then_some(())
+        },
+    )
+    .await;
+    saga.stop_all();
 }
 
 #[tokio::test]
