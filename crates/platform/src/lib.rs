@@ -4,6 +4,7 @@
 pub mod config;
 pub mod http;
 pub mod kafka;
+pub mod memory;
 pub mod metrics;
 pub mod mongo;
 pub mod redis;

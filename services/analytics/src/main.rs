@@ -3,6 +3,7 @@ use orderflow_analytics::{cli, start, Args};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    orderflow_platform::memory::limit_arenas();
     let args = Args::parse();
     if let Some(command) = &args.command {
         return cli::run(&args, command).await;

@@ -3,6 +3,7 @@ use orderflow_consumer::{replay, start, Args};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    orderflow_platform::memory::limit_arenas();
     let args = Args::parse();
     let telemetry = orderflow_platform::telemetry::init("consumer")?;
     if let Some(from) = args.replay_from {

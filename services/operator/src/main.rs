@@ -43,6 +43,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    orderflow_platform::memory::limit_arenas();
     let args = Args::parse();
     let timings = Timings {
         duration: args.lease_duration,
