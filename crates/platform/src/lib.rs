@@ -1,6 +1,7 @@
 //! Shared runtime plumbing for every orderflow binary: one configuration
 //! loader, one telemetry init, one Kafka client setup.
 
+pub mod coalesce;
 pub mod config;
 pub mod http;
 pub mod kafka;

@@ -40,7 +40,6 @@ impl LazyRedis {
         }
     }
 
-    /// Runs one command with the timeout applied.
     /// Runs one command with the timeout applied, in a client span (a child
     /// of the caller's).
     pub async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Pipeline) -> Result<T, String> {

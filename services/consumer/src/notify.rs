@@ -31,15 +31,16 @@ use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use mongodb::{Collection, Database};
 use orderflow_domain::events::{types, LowStock, OrderConfirmed, OrderRejected};
+use orderflow_platform::coalesce::Coalescer;
 use orderflow_platform::mongo::documents::{bson_date, DeliveryDocument, DeliveryStatus};
-use orderflow_platform::mongo::NOTIFICATIONS;
+use orderflow_platform::mongo::{DUPLICATE_KEY, NOTIFICATIONS};
 use rdkafka::message::OwnedMessage;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tracing::Instrument;
 
-use crate::event::{decode_payload, event_type, find_by_ids, process_span, transient, Undecodable};
+use crate::event::{decode_payload, event_type, find_by_ids, process_span, Undecodable};
 use crate::runner::{Backoff, Outcome, Stage, Transient};
 
 pub const SIGNATURE_HEADER: &str = "x-orderflow-signature";
@@ -104,6 +105,8 @@ pub struct Notify {
     down: Mutex<HashSet<Channel>>,
     /// NOTIFY_CONCURRENCY, shared by the partitions' lanes.
     sending: tokio::sync::Semaphore,
+    /// Records deliveries: the deliveries in flight share the writes.
+    records: Coalescer<DeliveryDocument, mongodb::error::Error>,
 }
 
 /// How one delivery ended.
@@ -150,10 +153,16 @@ impl Notify {
                 .map_err(|e| anyhow::anyhow!("WEBHOOK_URL: {e}"))?;
         }
         let http = reqwest::Client::builder().timeout(config.timeout).build()?;
+        let deliveries = db.collection::<DeliveryDocument>(NOTIFICATIONS);
         Ok(Notify {
             db: db.clone(),
             group,
             sending: tokio::sync::Semaphore::new(config.concurrency.max(1)),
+            // Each delivery in flight waits for its record, so a write
+            // carries at most NOTIFY_CONCURRENCY of them.
+            records: Coalescer::spawn(config.concurrency, move |records| {
+                record_deliveries(deliveries.clone(), records)
+            }),
             config,
             smtp,
             http,
@@ -427,18 +436,51 @@ impl Notify {
             error: result.as_ref().err().cloned(),
             at: bson_date(OffsetDateTime::now_utc()),
         };
-        // Upsert: a failed delivery re-driven from the DLQ overwrites its
-        // failure.
-        self.deliveries()
-            .replace_one(doc! {"_id": &record.id}, &record)
-            .upsert(true)
+        self.records
+            .submit(record)
             .await
-            .map_err(transient("recording a delivery"))?;
+            .map_err(|e| Transient(format!("recording a delivery: {e}")))?;
         Ok(match result {
             Ok(()) => Delivery::Delivered,
             Err(e) => Delivery::Failed(e),
         })
     }
+}
+
+/// Writes the records of deliveries made at about the same time, in one
+/// insert. A record that exists already is a failed delivery re-driven from
+/// the dead-letter topic: it is overwritten.
+async fn record_deliveries(
+    deliveries: Collection<DeliveryDocument>,
+    records: Vec<DeliveryDocument>,
+) -> mongodb::error::Result<()> {
+    let recorded_before: Vec<usize> = match deliveries.insert_many(&records).ordered(false).await {
+        Ok(_) => return Ok(()),
+        Err(e) => match e.kind.as_ref() {
+            mongodb::error::ErrorKind::InsertMany(ime)
+                if ime.write_concern_error.is_none()
+                    && ime
+                        .write_errors
+                        .iter()
+                        .flatten()
+                        .all(|we| we.code == DUPLICATE_KEY) =>
+            {
+                ime.write_errors
+                    .iter()
+                    .flatten()
+                    .map(|we| we.index)
+                    .collect()
+            }
+            _ => return Err(e),
+        },
+    };
+    for record in recorded_before.into_iter().filter_map(|i| records.get(i)) {
+        deliveries
+            .replace_one(doc! {"_id": &record.id}, record)
+            .upsert(true)
+            .await?;
+    }
+    Ok(())
 }
 
 #[derive(serde::Serialize)]
