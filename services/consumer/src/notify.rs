@@ -130,6 +130,14 @@ impl Notify {
                 AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.smtp_url)
                     .map_err(|e| anyhow::anyhow!("SMTP_URL: {e}"))?
                     .timeout(Some(config.timeout))
+                    // One pooled connection per delivery in flight: with
+                    // fewer, lettre opens a connection for each delivery
+                    // beyond the pool and closes it after one mail (a
+                    // handshake per mail, measured at a quarter of the rate).
+                    .pool_config(
+                        lettre::transport::smtp::PoolConfig::new()
+                            .max_size(config.concurrency.max(1) as u32),
+                    )
                     .build(),
             )
         } else {
