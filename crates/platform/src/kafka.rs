@@ -80,34 +80,12 @@ fn build<T: rdkafka::config::FromClientConfig>(
 }
 
 /// An idempotent producer that waits for every in-sync replica (acks=all),
-/// for messages sent many at a time (the stages publish a batch's events
-/// together): a 5 ms linger gathers them into few produce requests.
+/// with a 5 ms linger (measured against none: ADR 0008).
 /// `delivery_timeout` bounds how long librdkafka keeps retrying a message.
 pub fn producer(
     args: &KafkaArgs,
     client_id: &str,
     delivery_timeout: Duration,
-) -> anyhow::Result<FutureProducer> {
-    producer_lingering(args, client_id, delivery_timeout, 5)
-}
-
-/// The same, for messages sent one at a time while a client waits (the
-/// intake's `POST /orders`): no linger, since it would add its whole length
-/// to every request; under load librdkafka batches what queues while a
-/// request is in flight anyway (ADR 0008).
-pub fn intake_producer(
-    args: &KafkaArgs,
-    client_id: &str,
-    delivery_timeout: Duration,
-) -> anyhow::Result<FutureProducer> {
-    producer_lingering(args, client_id, delivery_timeout, 0)
-}
-
-fn producer_lingering(
-    args: &KafkaArgs,
-    client_id: &str,
-    delivery_timeout: Duration,
-    linger_ms: u32,
 ) -> anyhow::Result<FutureProducer> {
     build(
         args,
@@ -115,7 +93,7 @@ fn producer_lingering(
         &[
             ("enable.idempotence", "true".into()),
             ("acks", "all".into()),
-            ("linger.ms", linger_ms.to_string()),
+            ("linger.ms", "5".into()),
             (
                 "message.timeout.ms",
                 delivery_timeout.as_millis().to_string(),

@@ -74,7 +74,7 @@ pub(crate) struct AppState {
 /// Binds, builds the app and serves it in a task until `shutdown` trips;
 /// on the way out the Kafka producer is flushed.
 pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let producer = orderflow_platform::kafka::intake_producer(&args.kafka, SERVICE, args.publish_timeout)?;
+    let producer = orderflow_platform::kafka::producer(&args.kafka, SERVICE, args.publish_timeout)?;
     let recent = Arc::new(RecentOrders::new(
         LazyRedis::new(&args.redis, args.redis_timeout)?,
         args.recent_key.clone(),
