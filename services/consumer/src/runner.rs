@@ -237,18 +237,12 @@ impl LaneState {
     fn revoke(&self, until: Instant) -> bool {
         let mut flags = self.flags();
         flags.revoked = true;
-        while flags.busy {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            flags = self
-                .idle
-                .wait_timeout(flags, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        true
+        let left = until.saturating_duration_since(Instant::now());
+        let (flags, _) = self
+            .idle
+            .wait_timeout_while(flags, left, |f| f.busy)
+            .unwrap_or_else(|e| e.into_inner());
+        !flags.busy
     }
 }
 
