@@ -2,8 +2,6 @@
 //! expects, open the processing span under the message's trace, and build
 //! the events it emits.
 
-use std::collections::{HashMap, HashSet};
-
 use bson::Document;
 use futures::TryStreamExt;
 use mongodb::Collection;
@@ -15,9 +13,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::runner::{Outgoing, Transient};
-
-/// Why a message can never be handled: (reason, detail) for the DLQ.
-pub type Undecodable = (&'static str, String);
+use crate::stage::Refusal;
 
 /// The message's `ce_type`, if it carries one.
 pub fn event_type(msg: &OwnedMessage) -> Option<&str> {
@@ -26,7 +22,7 @@ pub fn event_type(msg: &OwnedMessage) -> Option<&str> {
 
 /// Decodes a payload of type `T`, refusing a message whose `ce_type` names
 /// another event.
-pub fn decode<T: DeserializeOwned>(msg: &OwnedMessage, expected: &str) -> Result<T, Undecodable> {
+pub fn decode<T: DeserializeOwned>(msg: &OwnedMessage, expected: &str) -> Result<T, Refusal> {
     if let Some(t) = event_type(msg) {
         if t != expected {
             return Err(("unexpected_event_type", format!("ce_type {t}")));
@@ -35,7 +31,7 @@ pub fn decode<T: DeserializeOwned>(msg: &OwnedMessage, expected: &str) -> Result
     decode_payload(msg)
 }
 
-pub fn decode_payload<T: DeserializeOwned>(msg: &OwnedMessage) -> Result<T, Undecodable> {
+pub fn decode_payload<T: DeserializeOwned>(msg: &OwnedMessage) -> Result<T, Refusal> {
     let payload = msg
         .payload()
         .ok_or(("undecodable", "empty payload".to_string()))?;
@@ -62,66 +58,6 @@ pub fn process_span(msg: &OwnedMessage, group: &str, order_id: &str) -> tracing:
         headers::parent_context(msg.headers().map(|h| h.as_borrowed())),
     );
     span
-}
-
-/// An event about one order, as inventory and payment decide them.
-pub trait OrderEvent {
-    fn order_id(&self) -> &str;
-}
-
-impl OrderEvent for orderflow_domain::events::OrderValidated {
-    fn order_id(&self) -> &str {
-        &self.order_id
-    }
-}
-
-impl OrderEvent for orderflow_domain::events::StockReserved {
-    fn order_id(&self) -> &str {
-        &self.order_id
-    }
-}
-
-/// A message of a batch: its order and the span the order is processed
-/// in, or why it cannot be used.
-pub type Decoded<T> = Result<(T, tracing::Span), Undecodable>;
-
-/// Decodes each message of a batch and opens its order's process span.
-pub fn decode_batch<T: OrderEvent>(
-    batch: &[OwnedMessage],
-    group: &str,
-    decode: impl Fn(&OwnedMessage) -> Result<T, Undecodable>,
-) -> Vec<Decoded<T>> {
-    batch
-        .iter()
-        .map(|msg| {
-            let order = decode(msg)?;
-            let span = process_span(msg, group, order.order_id());
-            Ok((order, span))
-        })
-        .collect()
-}
-
-/// The orderIds of a batch's decoded orders (to look up past decisions).
-pub fn order_ids<T: OrderEvent>(decoded: &[Decoded<T>]) -> Vec<String> {
-    decoded
-        .iter()
-        .filter_map(|d| Some(d.as_ref().ok()?.0.order_id().to_owned()))
-        .collect()
-}
-
-/// The orders of a batch decided neither before nor earlier in the batch:
-/// each new order once, in batch order (a repeat is the first's to decide).
-pub fn fresh<'a, T: OrderEvent, R>(
-    decoded: &'a [Decoded<T>],
-    decided: &HashMap<String, R>,
-) -> Vec<(&'a T, &'a tracing::Span)> {
-    let mut seen = HashSet::new();
-    decoded
-        .iter()
-        .filter_map(|d| d.as_ref().ok())
-        .filter(|(o, _)| !decided.contains_key(o.order_id()) && seen.insert(o.order_id()))
-        .map(|(o, span)| (o, span))
-        .collect()
 }
 
 /// The span of work done once for several orders (one transaction for a

@@ -34,18 +34,15 @@ use orderflow_platform::mongo::{Tx, INVENTORY, ORDERS, RESERVATIONS};
 use rdkafka::message::OwnedMessage;
 use time::OffsetDateTime;
 
-use crate::event::{
-    batch_span, decode, decode_batch, find_by_ids, fresh, order_ids, together, transient, NewEvent,
-    Undecodable,
-};
-use crate::runner::{Outcome, Outgoing, Stage, Transient};
+use crate::event::{batch_span, decode, find_by_ids, together, transient, NewEvent};
+use crate::runner::{Outgoing, Transient};
+use crate::stage::{Fresh, Refusal, Stage, Verdicts};
 
 pub const SOURCE: &str = "/orderflow/consumer/inventory";
 pub const OUT_OF_STOCK: &str = "out_of_stock";
 
 pub struct Inventory {
     db: Database,
-    group: String,
     /// One reservation at a time in this process: the lanes' transactions
     /// would otherwise conflict over the same stock documents.
     deciding: tokio::sync::Mutex<()>,
@@ -54,15 +51,9 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    pub fn new(
-        db: &Database,
-        group: String,
-        inventory_topic: String,
-        notifications_topic: String,
-    ) -> Self {
+    pub fn new(db: &Database, inventory_topic: String, notifications_topic: String) -> Self {
         Inventory {
             db: db.clone(),
-            group,
             deciding: tokio::sync::Mutex::new(()),
             inventory_topic,
             notifications_topic,
@@ -71,20 +62,6 @@ impl Inventory {
 
     fn reservations(&self) -> Collection<ReservationDocument> {
         self.db.collection(RESERVATIONS)
-    }
-
-    /// Reservations already decided for these orders.
-    async fn decided(
-        &self,
-        ids: Vec<String>,
-    ) -> Result<HashMap<String, ReservationDocument>, Transient> {
-        find_by_ids(
-            &self.reservations(),
-            ids,
-            |r| r.order_id.clone(),
-            "reservations",
-        )
-        .await
     }
 
     /// Reserves the stock of `orders` (new, distinct orders) in one
@@ -181,7 +158,7 @@ impl Inventory {
     }
 
     /// Decides one order for the first time and records the decision.
-    async fn decide(&self, order: &OrderValidated) -> Result<ReservationDocument, Transient> {
+    async fn decide_one(&self, order: &OrderValidated) -> Result<ReservationDocument, Transient> {
         let items = reservation(&order.items);
         let now = bson_date(OffsetDateTime::now_utc());
         let attempt = in_transaction!(self.db.client(), |session| {
@@ -309,7 +286,7 @@ impl Inventory {
     }
 
     /// The events a decided reservation stands for; the same every time.
-    fn emit(
+    fn events(
         &self,
         r: &ReservationDocument,
         span: &tracing::Span,
@@ -417,7 +394,7 @@ fn reservation_document(
     }
 }
 
-fn decode_validated(msg: &OwnedMessage) -> Result<OrderValidated, Undecodable> {
+fn decode_validated(msg: &OwnedMessage) -> Result<OrderValidated, Refusal> {
     let order: OrderValidated = decode(msg, types::ORDER_VALIDATED)?;
     if order.order_id.is_empty() || order.items.iter().any(|i| i.quantity == 0) {
         return Err((
@@ -429,43 +406,62 @@ fn decode_validated(msg: &OwnedMessage) -> Result<OrderValidated, Undecodable> {
 }
 
 impl Stage for Inventory {
-    async fn handle(&self, batch: &[OwnedMessage]) -> Result<Vec<Outcome>, Transient> {
-        let decoded = decode_batch(batch, &self.group, decode_validated);
-        let mut decided = self.decided(order_ids(&decoded)).await?;
-        // The new orders, tried together when there are several.
-        let fresh = fresh(&decoded, &decided);
+    type Input = OrderValidated;
+    type Decision = ReservationDocument;
+
+    fn decode(&self, message: &OwnedMessage) -> Result<OrderValidated, Refusal> {
+        decode_validated(message)
+    }
+
+    fn key<'i>(&self, order: &'i OrderValidated) -> &'i str {
+        &order.order_id
+    }
+
+    async fn decided(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<HashMap<String, ReservationDocument>, Transient> {
+        find_by_ids(
+            &self.reservations(),
+            ids,
+            |r| r.order_id.clone(),
+            "reservations",
+        )
+        .await
+    }
+
+    async fn decide(
+        &self,
+        fresh: &[Fresh<'_, OrderValidated>],
+    ) -> Result<Verdicts<ReservationDocument>, Transient> {
         let _deciding = self.deciding.lock().await;
+        let mut verdicts = Verdicts::with_capacity(fresh.len());
+        // Tried together when there are several.
         if fresh.len() > 1 {
-            let orders: Vec<&OrderValidated> = fresh.iter().map(|(o, _)| *o).collect();
-            let span = batch_span(fresh.iter().map(|(_, s)| *s));
+            let orders: Vec<&OrderValidated> = fresh.iter().map(|f| f.input).collect();
+            let span = batch_span(fresh.iter().map(|f| f.span));
             if let Some(records) = self.reserve_together(&orders).instrument(span).await {
-                for (record, (_, span)) in records.into_iter().zip(&fresh) {
-                    log_decided(&record, span);
-                    decided.insert(record.order_id.clone(), record);
+                for (record, f) in records.into_iter().zip(fresh) {
+                    log_decided(&record, f.span);
+                    verdicts.insert(record.order_id.clone(), Ok(record));
                 }
+                return Ok(verdicts);
             }
         }
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for decoded in decoded {
-            let (order, span) = match decoded {
-                Ok(order) => order,
-                Err((reason, error)) => {
-                    outcomes.push(Outcome::DeadLetter { reason, error });
-                    continue;
-                }
-            };
-            let record = match decided.get(&order.order_id) {
-                Some(r) => r.clone(),
-                None => {
-                    let r = self.decide(&order).instrument(span.clone()).await?;
-                    log_decided(&r, &span);
-                    decided.insert(r.order_id.clone(), r.clone());
-                    r
-                }
-            };
-            outcomes.push(Outcome::Done(self.emit(&record, &span)?));
+        for f in fresh {
+            let record = self.decide_one(f.input).instrument(f.span.clone()).await?;
+            log_decided(&record, f.span);
+            verdicts.insert(record.order_id.clone(), Ok(record));
         }
-        Ok(outcomes)
+        Ok(verdicts)
+    }
+
+    fn emit(
+        &self,
+        r: &ReservationDocument,
+        span: &tracing::Span,
+    ) -> Result<Vec<Outgoing>, Transient> {
+        self.events(r, span)
     }
 }
 

@@ -22,6 +22,7 @@ pub mod payment;
 pub mod persist;
 pub mod replay;
 pub mod runner;
+pub mod stage;
 
 use runner::{Runner, RunnerConfig, RunnerMetrics};
 
@@ -242,6 +243,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     ));
     let config = RunnerConfig {
         stage,
+        group: group.clone(),
         dlq_topic: args.topics.dlq.clone(),
         batch_size: args.batch_size.max(1),
         batch_wait: args.batch_wait,
@@ -293,20 +295,17 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     let worker = match args.stage {
         StageName::Persist => run!(persist::Persist::new(
             &db,
-            group.clone(),
             topics.validated.clone(),
             topics.notifications.clone(),
             args.strict_catalogue,
         )),
         StageName::Inventory => run!(inventory::Inventory::new(
             &db,
-            group.clone(),
             topics.inventory.clone(),
             topics.notifications.clone(),
         )),
         StageName::Payment => run!(payment::Payment::new(
             &db,
-            group.clone(),
             payment::Gateway {
                 rule: args.decline_rule()?,
                 latency: args.payment_latency,
@@ -315,11 +314,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
             topics.payment.clone(),
             topics.notifications.clone(),
         )),
-        StageName::Notify => run!(notify::Notify::new(
-            &db,
-            group.clone(),
-            args.notify_config()
-        )?),
+        StageName::Notify => run!(notify::Notify::new(&db, args.notify_config())?),
     };
     tracing::info!(%addr, stage, %group, "stage running");
 

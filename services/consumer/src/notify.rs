@@ -20,7 +20,7 @@
 //! `Message-ID` / `X-Orderflow-Id`, so receivers can drop the duplicate
 //! (ADR 0004).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -40,8 +40,9 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tracing::Instrument;
 
-use crate::event::{decode_payload, event_type, find_by_ids, process_span, Undecodable};
-use crate::runner::{Backoff, Outcome, Stage, Transient};
+use crate::event::{decode_payload, event_type, find_by_ids};
+use crate::runner::{Backoff, Outgoing, Transient};
+use crate::stage::{Fresh, Refusal, Stage, Verdicts};
 
 pub const SIGNATURE_HEADER: &str = "x-orderflow-signature";
 pub const TIMESTAMP_HEADER: &str = "x-orderflow-timestamp";
@@ -95,7 +96,6 @@ pub struct Notification {
 
 pub struct Notify {
     db: Database,
-    group: String,
     config: NotifyConfig,
     smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
     http: reqwest::Client,
@@ -124,7 +124,7 @@ struct Failure {
 }
 
 impl Notify {
-    pub fn new(db: &Database, group: String, config: NotifyConfig) -> anyhow::Result<Self> {
+    pub fn new(db: &Database, config: NotifyConfig) -> anyhow::Result<Self> {
         let smtp = if config.channels.contains(&Channel::Smtp) {
             Some(
                 AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.smtp_url)
@@ -164,7 +164,6 @@ impl Notify {
         let deliveries = db.collection::<DeliveryDocument>(NOTIFICATIONS);
         Ok(Notify {
             db: db.clone(),
-            group,
             sending: tokio::sync::Semaphore::new(config.concurrency.max(1)),
             // Each delivery in flight waits for its record, so a write
             // carries at most NOTIFY_CONCURRENCY of them.
@@ -227,7 +226,7 @@ impl Notify {
     }
 
     /// What the message asks to notify.
-    fn notification(&self, msg: &OwnedMessage) -> Result<Notification, Undecodable> {
+    fn notification(&self, msg: &OwnedMessage) -> Result<Notification, Refusal> {
         let ce_type = event_type(msg).unwrap_or_default().to_owned();
         let n = match ce_type.as_str() {
             types::LOW_STOCK => {
@@ -523,94 +522,81 @@ pub fn message_id(key: &str) -> String {
 }
 
 impl Notify {
-    /// Delivers one message's notification over every channel it has not
-    /// reached yet.
+    /// Delivers one notification over every channel it has not reached
+    /// yet; a refusal when a delivery failed for good.
     async fn process(
         &self,
-        msg: &OwnedMessage,
-        decoded: Result<Notification, Undecodable>,
+        fresh: &Fresh<'_, Notification>,
         done: &HashSet<String>,
-    ) -> Result<Outcome, Transient> {
-        let n = match decoded {
-            Ok(n) => n,
-            Err((reason, error)) => return Ok(Outcome::DeadLetter { reason, error }),
-        };
-        let span = process_span(msg, &self.group, &n.key);
-        let payload = rdkafka::Message::payload(msg).unwrap_or_default();
+    ) -> Result<Result<(), Refusal>, Transient> {
+        let n = fresh.input;
+        let payload = rdkafka::Message::payload(fresh.message).unwrap_or_default();
         let mut failures = Vec::new();
         for channel in &self.config.channels {
             if done.contains(&delivery_id(&n.key, *channel)) {
                 continue;
             }
             let delivered = self
-                .deliver(*channel, &n, payload)
-                .instrument(span.clone())
+                .deliver(*channel, n, payload)
+                .instrument(fresh.span.clone())
                 .await?;
             if let Delivery::Failed(e) = delivered {
                 failures.push(format!("{}: {e}", channel.as_str()));
             }
         }
         Ok(if failures.is_empty() {
-            Outcome::Done(Vec::new())
+            Ok(())
         } else {
-            Outcome::DeadLetter {
-                reason: "delivery_failed",
-                error: failures.join("; "),
-            }
+            Err(("delivery_failed", failures.join("; ")))
         })
     }
 }
 
 impl Stage for Notify {
-    async fn handle(&self, batch: &[OwnedMessage]) -> Result<Vec<Outcome>, Transient> {
-        let decoded: Vec<Result<Notification, Undecodable>> =
-            batch.iter().map(|m| self.notification(m)).collect();
-        let ids = decoded
+    type Input = Notification;
+    /// Delivered on every channel.
+    type Decision = ();
+
+    fn decode(&self, message: &OwnedMessage) -> Result<Notification, Refusal> {
+        self.notification(message)
+    }
+
+    fn key<'i>(&self, n: &'i Notification) -> &'i str {
+        &n.key
+    }
+
+    /// None in advance: deliveries are recorded per channel, so `decide`
+    /// looks them up and delivers on the channels not reached yet.
+    async fn decided(&self, _: Vec<String>) -> Result<HashMap<String, ()>, Transient> {
+        Ok(HashMap::new())
+    }
+
+    async fn decide(&self, fresh: &[Fresh<'_, Notification>]) -> Result<Verdicts<()>, Transient> {
+        let ids = fresh
             .iter()
-            .filter_map(|d| d.as_ref().ok())
-            .flat_map(|n| self.config.channels.iter().map(|c| delivery_id(&n.key, *c)))
+            .flat_map(|f| {
+                self.config
+                    .channels
+                    .iter()
+                    .map(|c| delivery_id(&f.input.key, *c))
+            })
             .collect();
         let done = self.delivered(ids).await?;
         // Notifications are independent of one another: deliver several at
-        // once. A notification repeated within the batch is delivered by
-        // the first; the second finds it recorded on redelivery at worst.
-        let mut seen = HashSet::new();
-        let work: Vec<_> = batch
-            .iter()
-            .zip(decoded)
-            .map(|(msg, d)| {
-                let repeat = d.as_ref().is_ok_and(|n| !seen.insert(n.key.clone()));
-                (msg, d, repeat)
-            })
-            .collect();
-        let (first, repeats): (Vec<_>, Vec<_>) =
-            work.into_iter().enumerate().partition(|(_, (_, _, r))| !r);
-        let runs: Vec<_> = first
+        // once (NOTIFY_CONCURRENCY across the lanes).
+        let runs = fresh.iter().map(|f| async {
+            // The semaphore is never closed.
+            let _slot = self.sending.acquire().await;
+            Ok::<_, Transient>((f.input.key.clone(), self.process(f, &done).await?))
+        });
+        Ok(futures::future::try_join_all(runs)
+            .await?
             .into_iter()
-            .map(|(i, (msg, d, _))| self.process_indexed(i, msg, d, &done))
-            .collect();
-        let mut outcomes: Vec<(usize, Outcome)> = futures::future::try_join_all(runs).await?;
-        outcomes.extend(
-            repeats
-                .into_iter()
-                .map(|(i, _)| (i, Outcome::Done(Vec::new()))),
-        );
-        outcomes.sort_by_key(|(i, _)| *i);
-        Ok(outcomes.into_iter().map(|(_, o)| o).collect())
+            .collect())
     }
-}
 
-impl Notify {
-    async fn process_indexed(
-        &self,
-        index: usize,
-        msg: &OwnedMessage,
-        decoded: Result<Notification, Undecodable>,
-        done: &HashSet<String>,
-    ) -> Result<(usize, Outcome), Transient> {
-        // The semaphore is never closed.
-        let _slot = self.sending.acquire().await;
-        Ok((index, self.process(msg, decoded, done).await?))
+    fn emit(&self, _: &(), _: &tracing::Span) -> Result<Vec<Outgoing>, Transient> {
+        Ok(Vec::new())
     }
 }
 

@@ -29,11 +29,9 @@ use orderflow_platform::mongo::{stock, Tx, ORDERS, PAYMENTS};
 use rdkafka::message::OwnedMessage;
 use time::OffsetDateTime;
 
-use crate::event::{
-    batch_span, decode, decode_batch, find_by_ids, fresh, order_ids, together, transient, NewEvent,
-    Undecodable,
-};
-use crate::runner::{Outcome, Outgoing, Stage, Transient};
+use crate::event::{batch_span, decode, find_by_ids, together, transient, NewEvent};
+use crate::runner::{Outgoing, Transient};
+use crate::stage::{Fresh, Refusal, Stage, Verdicts};
 
 pub const SOURCE: &str = "/orderflow/consumer/payment";
 
@@ -48,7 +46,6 @@ pub struct Gateway {
 
 pub struct Payment {
     db: Database,
-    group: String,
     gateway: Gateway,
     /// The gateway's concurrency, shared by the partitions' lanes.
     charging: tokio::sync::Semaphore,
@@ -62,14 +59,12 @@ pub struct Payment {
 impl Payment {
     pub fn new(
         db: &Database,
-        group: String,
         gateway: Gateway,
         payment_topic: String,
         notifications_topic: String,
     ) -> Self {
         Payment {
             db: db.clone(),
-            group,
             charging: tokio::sync::Semaphore::new(gateway.concurrency.max(1)),
             settling: tokio::sync::Mutex::new(()),
             gateway,
@@ -82,24 +77,14 @@ impl Payment {
         self.db.collection(PAYMENTS)
     }
 
-    async fn decided(
-        &self,
-        ids: Vec<String>,
-    ) -> Result<HashMap<String, PaymentDocument>, Transient> {
-        find_by_ids(&self.payments(), ids, |p| p.order_id.clone(), "payments").await
-    }
-
     /// The gateway's answer for an order: `Some(detail)` when declined.
-    async fn charge<'o>(&self, order: &'o StockReserved) -> (&'o str, Option<String>) {
+    async fn charge(&self, order: &StockReserved) -> Option<String> {
         if !self.gateway.latency.is_zero() {
             // The semaphore is never closed.
             let _slot = self.charging.acquire().await;
             tokio::time::sleep(self.gateway.latency).await;
         }
-        (
-            order.order_id.as_str(),
-            decline(&self.gateway.rule, &order.order_id, order.total_amount),
-        )
+        decline(&self.gateway.rule, &order.order_id, order.total_amount)
     }
 
     async fn settle(
@@ -233,7 +218,11 @@ impl Payment {
         }
     }
 
-    fn emit(&self, p: &PaymentDocument, span: &tracing::Span) -> Result<Vec<Outgoing>, Transient> {
+    fn events(
+        &self,
+        p: &PaymentDocument,
+        span: &tracing::Span,
+    ) -> Result<Vec<Outgoing>, Transient> {
         if p.outcome == PaymentOutcome::Skipped {
             return Ok(Vec::new());
         }
@@ -318,7 +307,7 @@ fn payment_document(
     }
 }
 
-fn decode_reserved(msg: &OwnedMessage) -> Result<StockReserved, Undecodable> {
+fn decode_reserved(msg: &OwnedMessage) -> Result<StockReserved, Refusal> {
     let order: StockReserved = decode(msg, types::STOCK_RESERVED)?;
     if order.order_id.is_empty() || order.total_amount.is_negative() {
         return Err((
@@ -330,74 +319,72 @@ fn decode_reserved(msg: &OwnedMessage) -> Result<StockReserved, Undecodable> {
 }
 
 impl Stage for Payment {
-    async fn handle(&self, batch: &[OwnedMessage]) -> Result<Vec<Outcome>, Transient> {
-        let decoded = decode_batch(batch, &self.group, decode_reserved);
-        let mut decided = self.decided(order_ids(&decoded)).await?;
-        // Charge the new orders concurrently, as a gateway client would
-        // (PAYMENT_CONCURRENCY at once across the lanes), while other lanes
-        // settle theirs.
-        let fresh = fresh(&decoded, &decided);
-        let answers: HashMap<&str, Option<String>> =
-            futures::future::join_all(fresh.iter().map(|(o, _)| self.charge(o)))
-                .await
-                .into_iter()
-                .collect();
+    type Input = StockReserved;
+    type Decision = PaymentDocument;
+
+    fn decode(&self, message: &OwnedMessage) -> Result<StockReserved, Refusal> {
+        decode_reserved(message)
+    }
+
+    fn key<'i>(&self, order: &'i StockReserved) -> &'i str {
+        &order.order_id
+    }
+
+    async fn decided(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<HashMap<String, PaymentDocument>, Transient> {
+        find_by_ids(&self.payments(), ids, |p| p.order_id.clone(), "payments").await
+    }
+
+    async fn decide(
+        &self,
+        fresh: &[Fresh<'_, StockReserved>],
+    ) -> Result<Verdicts<PaymentDocument>, Transient> {
+        // Charge concurrently, as a gateway client would (PAYMENT_CONCURRENCY
+        // at once across the lanes), while other lanes settle theirs.
+        let answers: Vec<Option<String>> =
+            futures::future::join_all(fresh.iter().map(|f| self.charge(f.input))).await;
         let _settling = self.settling.lock().await;
+        let mut verdicts = Verdicts::with_capacity(fresh.len());
         // Settled together when there are several.
         if fresh.len() > 1 {
             let orders: Vec<(&StockReserved, Option<&str>)> = fresh
                 .iter()
-                .map(|(o, _)| {
-                    (
-                        *o,
-                        answers.get(o.order_id.as_str()).and_then(|a| a.as_deref()),
-                    )
-                })
+                .zip(&answers)
+                .map(|(f, answer)| (f.input, answer.as_deref()))
                 .collect();
-            let span = batch_span(fresh.iter().map(|(_, s)| *s));
+            let span = batch_span(fresh.iter().map(|f| f.span));
             if let Some(records) = self.settle_together(&orders).instrument(span).await {
-                for (record, (_, span)) in records.into_iter().zip(&fresh) {
-                    log_settled(&record, span);
-                    decided.insert(record.order_id.clone(), record);
+                for (record, f) in records.into_iter().zip(fresh) {
+                    log_settled(&record, f.span);
+                    verdicts.insert(record.order_id.clone(), Ok(record));
                 }
+                return Ok(verdicts);
             }
         }
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for decoded in &decoded {
-            let (order, span) = match decoded {
-                Ok(order) => order,
-                Err((reason, error)) => {
-                    outcomes.push(Outcome::DeadLetter {
-                        reason,
-                        error: error.clone(),
-                    });
-                    continue;
-                }
-            };
-            let record = match decided.get(&order.order_id) {
-                Some(p) => p.clone(),
-                None => {
-                    let declined = answers.get(order.order_id.as_str()).cloned().flatten();
-                    let now = bson_date(OffsetDateTime::now_utc());
-                    let p = async {
-                        in_transaction!(self.db.client(), |session| {
-                            self.settle(session, order, declined.as_deref(), now).await
-                        })
-                    }
-                    .instrument(span.clone())
-                    .await
-                    .map_err(transient("settling a payment"))?;
-                    if p.outcome == PaymentOutcome::Skipped {
-                        self.record_skip(&p).await?;
-                    }
-                    log_settled(&p, span);
-                    decided.insert(p.order_id.clone(), p.clone());
-                    p
-                }
-            };
-            outcomes.push(Outcome::Done(self.emit(&record, span)?));
+        for (f, declined) in fresh.iter().zip(&answers) {
+            let now = bson_date(OffsetDateTime::now_utc());
+            let p = async {
+                in_transaction!(self.db.client(), |session| {
+                    self.settle(session, f.input, declined.as_deref(), now)
+                        .await
+                })
+            }
+            .instrument(f.span.clone())
+            .await
+            .map_err(transient("settling a payment"))?;
+            if p.outcome == PaymentOutcome::Skipped {
+                self.record_skip(&p).await?;
+            }
+            log_settled(&p, f.span);
+            verdicts.insert(p.order_id.clone(), Ok(p));
         }
-        Ok(outcomes)
+        Ok(verdicts)
+    }
+
+    fn emit(&self, p: &PaymentDocument, span: &tracing::Span) -> Result<Vec<Outgoing>, Transient> {
+        self.events(p, span)
     }
 }
 

@@ -22,13 +22,13 @@ use orderflow_platform::mongo::{DUPLICATE_KEY, INVENTORY, ORDERS};
 use rdkafka::message::{Message, OwnedMessage};
 use time::OffsetDateTime;
 
-use crate::event::{decode, find_all, process_span, NewEvent, Undecodable};
-use crate::runner::{Outcome, Outgoing, Stage, Transient};
+use crate::event::{decode, find_all, NewEvent};
+use crate::runner::{Outgoing, Transient};
+use crate::stage::{Fresh, Refusal, Stage, Verdicts};
 
 pub const SOURCE: &str = "/orderflow/consumer/persist";
 
 pub struct Persist {
-    group: String,
     orders: Collection<OrderDocument>,
     inventory: Collection<Document>,
     validated_topic: String,
@@ -39,13 +39,11 @@ pub struct Persist {
 impl Persist {
     pub fn new(
         db: &Database,
-        group: String,
         validated_topic: String,
         notifications_topic: String,
         strict_catalogue: bool,
     ) -> Self {
         Persist {
-            group,
             orders: db.collection(ORDERS),
             inventory: db.collection(INVENTORY),
             validated_topic,
@@ -72,33 +70,29 @@ impl Persist {
         Ok(catalogue)
     }
 
-    /// Inserts the new documents; returns the indexes that were new and
-    /// those the server refused for good (other than as duplicates).
+    /// Inserts the new documents; returns, by index, those the server
+    /// did not take: `None` for a duplicate (stored before), the error for
+    /// a refusal for good.
     async fn insert(
         &self,
         docs: &[OrderDocument],
-    ) -> Result<(HashSet<usize>, HashMap<usize, String>), Transient> {
-        let mut new: HashSet<usize> = (0..docs.len()).collect();
-        let mut refused = HashMap::new();
-        if docs.is_empty() {
-            return Ok((new, refused));
-        }
+    ) -> Result<HashMap<usize, Option<String>>, Transient> {
+        let mut not_taken = HashMap::new();
         match self.orders.insert_many(docs).ordered(false).await {
             Ok(_) => {}
             Err(e) => match e.kind.as_ref() {
                 mongodb::error::ErrorKind::InsertMany(ime) if ime.write_concern_error.is_none() => {
                     for we in ime.write_errors.iter().flatten() {
-                        new.remove(&we.index);
-                        if we.code != DUPLICATE_KEY {
-                            refused.insert(we.index, format!("{} ({})", we.message, we.code));
-                        }
+                        let refusal = (we.code != DUPLICATE_KEY)
+                            .then(|| format!("{} ({})", we.message, we.code));
+                        not_taken.insert(we.index, refusal);
                     }
                 }
                 // Not attributable to one document: retrying is all we can do.
                 _ => return Err(Transient(format!("storing orders: {e}"))),
             },
         }
-        Ok((new, refused))
+        Ok(not_taken)
     }
 
     async fn load_stored(
@@ -118,7 +112,11 @@ impl Persist {
         Ok(stored)
     }
 
-    fn emit(&self, stored: &OrderDocument, span: &tracing::Span) -> Result<Outgoing, Transient> {
+    fn emit_one(
+        &self,
+        stored: &OrderDocument,
+        span: &tracing::Span,
+    ) -> Result<Outgoing, Transient> {
         if let Some(validated) = stored.to_validated() {
             return NewEvent {
                 topic: &self.validated_topic,
@@ -171,7 +169,7 @@ fn catalogue_entry(d: &Document) -> Option<CatalogueEntry> {
 }
 
 /// Decodes an OrderPlaced, or says why the message can never be one.
-fn decode_placed(msg: &OwnedMessage) -> Result<OrderPlaced, Undecodable> {
+fn decode_placed(msg: &OwnedMessage) -> Result<OrderPlaced, Refusal> {
     let order: OrderPlaced = decode(msg, types::ORDER_PLACED)?;
     let valid_id = !order.order_id.is_empty() && order.order_id.len() <= 64;
     if !valid_id
@@ -266,85 +264,86 @@ fn document(
 }
 
 impl Stage for Persist {
-    async fn handle(&self, batch: &[OwnedMessage]) -> Result<Vec<Outcome>, Transient> {
-        let decoded: Vec<Result<OrderPlaced, Undecodable>> =
-            batch.iter().map(decode_placed).collect();
-        let orders: Vec<(usize, &OrderPlaced)> = decoded
+    type Input = OrderPlaced;
+    type Decision = OrderDocument;
+
+    fn decode(&self, message: &OwnedMessage) -> Result<OrderPlaced, Refusal> {
+        decode_placed(message)
+    }
+
+    fn key<'i>(&self, order: &'i OrderPlaced) -> &'i str {
+        &order.order_id
+    }
+
+    /// The orders stored before: the events are always rebuilt from them.
+    async fn decided(&self, ids: Vec<String>) -> Result<HashMap<String, OrderDocument>, Transient> {
+        self.load_stored(ids.iter().map(String::as_str).collect())
+            .await
+    }
+
+    async fn decide(
+        &self,
+        fresh: &[Fresh<'_, OrderPlaced>],
+    ) -> Result<Verdicts<OrderDocument>, Transient> {
+        let product_ids: HashSet<&str> = fresh
             .iter()
-            .enumerate()
-            .filter_map(|(i, d)| d.as_ref().ok().map(|o| (i, o)))
-            .collect();
-        let product_ids: HashSet<&str> = orders
-            .iter()
-            .flat_map(|(_, o)| o.items.iter().map(|i| i.product_id.as_str()))
+            .flat_map(|f| f.input.items.iter().map(|i| i.product_id.as_str()))
             .collect();
         let catalogue = self
             .load_catalogue(product_ids.into_iter().collect())
             .await?;
-
         let now = OffsetDateTime::now_utc();
-        let docs: Vec<OrderDocument> = orders
+        let docs: Vec<OrderDocument> = fresh
             .iter()
-            .map(|(i, o)| document(o, &batch[*i], &catalogue, self.strict_catalogue, now))
+            .map(|f| document(f.input, f.message, &catalogue, self.strict_catalogue, now))
             .collect();
-        // One order's process span per message; the batch's MongoDB write
-        // serves them all, so it is linked to each (OpenTelemetry's way for
-        // batches) rather than a child of one.
-        let spans: HashMap<usize, tracing::Span> = orders
-            .iter()
-            .map(|(i, o)| (*i, process_span(&batch[*i], &self.group, &o.order_id)))
-            .collect();
+        // The batch's MongoDB write serves every order's process span, so
+        // it is linked to each (OpenTelemetry's way for batches) rather
+        // than a child of one.
         let insert_span =
             orderflow_platform::mongo::span("insertMany", orderflow_platform::mongo::ORDERS);
-        for span in spans.values() {
-            insert_span.follows_from(span);
+        for f in fresh {
+            insert_span.follows_from(f.span);
         }
-        let (new, refused) = self.insert(&docs).instrument(insert_span).await?;
-        let stored = self
-            .load_stored(orders.iter().map(|(_, o)| o.order_id.as_str()).collect())
-            .await?;
-
-        let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
-        let mut doc_index = 0;
-        for (index, decoded) in decoded.iter().enumerate() {
-            let order = match decoded {
-                Err((reason, error)) => {
-                    outcomes.push(Outcome::DeadLetter {
-                        reason,
-                        error: error.clone(),
-                    });
-                    continue;
+        let not_taken = self.insert(&docs).instrument(insert_span).await?;
+        // Stored meanwhile (an earlier attempt, another member): the stored
+        // document is the decision.
+        let duplicates = not_taken
+            .iter()
+            .filter(|(_, refusal)| refusal.is_none())
+            .map(|(i, _)| docs[*i].order_id.as_str())
+            .collect::<Vec<_>>();
+        let mut stored = self.load_stored(duplicates).await?;
+        let mut verdicts = Verdicts::with_capacity(docs.len());
+        for (i, (f, doc)) in fresh.iter().zip(docs).enumerate() {
+            let verdict = match not_taken.get(&i) {
+                None => {
+                    tracing::info!(
+                        parent: f.span,
+                        order_id = %doc.order_id,
+                        status = %doc.status,
+                        total = %Money::from_minor(doc.total_cents),
+                        currency = %doc.currency,
+                        "order saved"
+                    );
+                    Ok(doc)
                 }
-                Ok(order) => order,
+                Some(Some(error)) => Err(("store_refused", error.clone())),
+                Some(None) => match stored.remove(&doc.order_id) {
+                    Some(stored) => Ok(stored),
+                    None => continue,
+                },
             };
-            let this_doc = doc_index;
-            doc_index += 1;
-            if let Some(error) = refused.get(&this_doc) {
-                outcomes.push(Outcome::DeadLetter {
-                    reason: "store_refused",
-                    error: error.clone(),
-                });
-                continue;
-            }
-            let Some(doc) = stored.get(&order.order_id) else {
-                return Err(Transient(format!(
-                    "order {} not found after insert",
-                    order.order_id
-                )));
-            };
-            let span = &spans[&index];
-            if new.contains(&this_doc) {
-                tracing::info!(
-                    parent: span,
-                    order_id = %doc.order_id,
-                    status = %doc.status,
-                    total = %Money::from_minor(doc.total_cents),
-                    currency = %doc.currency,
-                    "order saved"
-                );
-            }
-            outcomes.push(Outcome::Done(vec![self.emit(doc, span)?]));
+            verdicts.insert(f.input.order_id.clone(), verdict);
         }
-        Ok(outcomes)
+        Ok(verdicts)
+    }
+
+    fn emit(
+        &self,
+        stored: &OrderDocument,
+        span: &tracing::Span,
+    ) -> Result<Vec<Outgoing>, Transient> {
+        Ok(vec![self.emit_one(stored, span)?])
     }
 }

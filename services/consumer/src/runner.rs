@@ -1,11 +1,12 @@
-//! The loop every pipeline stage runs, so each stage only says what a batch
-//! of messages means. Each assigned partition has a lane, and the lanes
-//! run concurrently; within one, a batch at a time:
+//! The loop every pipeline stage runs, so each stage only says what its
+//! messages mean ([`crate::stage`]). Each assigned partition has a lane,
+//! and the lanes run concurrently; within one, a batch at a time:
 //!
 //! 1. take a batch of the partition's messages (up to `batch_size`, waiting
 //!    `batch_wait`);
-//! 2. let the stage make its effects durable (MongoDB) — a transient failure
-//!    retries the whole batch with backoff, nothing is skipped;
+//! 2. pair each message with its outcome, the stage deciding what is new
+//!    and making it durable (MongoDB) — a transient failure retries the
+//!    whole batch with backoff, nothing is skipped;
 //! 3. publish what the stage emits and dead-letter what it could not use,
 //!    waiting for the broker's acknowledgements;
 //! 4. only then store the offset, which auto-commit flushes (and the
@@ -15,7 +16,6 @@
 //! because each of them is idempotent.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,10 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
+use crate::stage::{self, Outcome, Stage};
+
 /// A message a stage publishes once its effects are durable.
+#[derive(Debug)]
 pub struct Outgoing {
     pub topic: String,
     pub key: Vec<u8>,
@@ -44,30 +47,15 @@ pub struct Outgoing {
     pub headers: OwnedHeaders,
 }
 
-/// What became of one input message.
-pub enum Outcome {
-    /// Handled; publish these.
-    Done(Vec<Outgoing>),
-    /// Can never be handled (undecodable, permanently refused): park it in
-    /// the dead-letter topic with the reason, and move on.
-    DeadLetter { reason: &'static str, error: String },
-}
-
 /// A failure worth retrying: the batch is attempted again after a backoff.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Transient(pub String);
 
-pub trait Stage: Send + Sync {
-    /// One outcome per message, in order.
-    fn handle(
-        &self,
-        batch: &[OwnedMessage],
-    ) -> impl Future<Output = Result<Vec<Outcome>, Transient>> + Send;
-}
-
 pub struct RunnerConfig {
     pub stage: &'static str,
+    /// The consumer group, named in each message's process span.
+    pub group: String,
     pub dlq_topic: String,
     pub batch_size: usize,
     pub batch_wait: Duration,
@@ -520,7 +508,8 @@ impl<S: Stage> Work<S> {
     ) -> Option<Vec<Outcome>> {
         let mut backoff = Backoff::new(self.config.max_backoff);
         loop {
-            let attempt = tokio::time::timeout(self.config.batch_timeout, self.stage.handle(batch))
+            let handled = stage::outcomes(&self.stage, &self.config.group, batch);
+            let attempt = tokio::time::timeout(self.config.batch_timeout, handled)
                 .await
                 .unwrap_or_else(|_| {
                     Err(Transient(format!(
@@ -529,14 +518,7 @@ impl<S: Stage> Work<S> {
                     )))
                 });
             match attempt {
-                Ok(outcomes) => {
-                    assert_eq!(
-                        outcomes.len(),
-                        batch.len(),
-                        "a stage returns one outcome per message"
-                    );
-                    return Some(outcomes);
-                }
+                Ok(outcomes) => return Some(outcomes),
                 Err(Transient(e)) => {
                     self.metrics.retries.inc();
                     let wait = backoff.next_wait();
