@@ -179,12 +179,22 @@ impl ConsumerContext for StageContext {
     }
 }
 
-/// How much a consumer fetches ahead of what it has handed out: 4 MB (a few
-/// thousand order events, several batches of every partition). librdkafka's
-/// default, 64 MB, is resident memory a consumer with a backlog fills
-/// whatever its rate (issue 12: memory at most 30 MB a service).
-fn prefetch() -> (&'static str, String) {
-    ("queued.max.messages.kbytes", "4096".into())
+/// How much a consumer fetches ahead of what it has handed out. The runner
+/// holds its own bounded share (`MAX_IN_FLIGHT` messages), so librdkafka's
+/// only needs to cover a fetch's round trip: 256 kB of records, fetched at
+/// most 256 kB a partition and 1 MB a response. librdkafka's defaults
+/// (64 MB queued, 50 MB a fetch, which the queue limit may overshoot) are
+/// resident memory a consumer with a backlog fills whatever its rate, and
+/// the raw responses stay allocated while any of their records is queued,
+/// so a counted kilobyte costs several (issue 12: at most 30 MB a
+/// service; docs/benchmarks.md).
+fn prefetch() -> [(&'static str, String); 3] {
+    [
+        ("queued.max.messages.kbytes", "256".into()),
+        ("max.partition.fetch.bytes", "262144".into()),
+        // librdkafka's floor: at least message.max.bytes (1 000 000).
+        ("fetch.max.bytes", "1048576".into()),
+    ]
 }
 
 /// A group consumer for at-least-once processing: offsets are *stored* by the
@@ -213,8 +223,10 @@ pub fn consumer(args: &KafkaArgs, client_id: &str, group: &str) -> anyhow::Resul
             ("max.poll.interval.ms", "120000".into()),
             ("heartbeat.interval.ms", "2000".into()),
             ("enable.partition.eof", "false".into()),
-            prefetch(),
-        ],
+        ]
+        .into_iter()
+        .chain(prefetch())
+        .collect::<Vec<_>>(),
         StageContext::default(),
     )
 }
@@ -233,8 +245,10 @@ pub fn observer(args: &KafkaArgs, client_id: &str, group: &str) -> anyhow::Resul
             ("enable.auto.offset.store", "false".into()),
             ("auto.offset.reset", "latest".into()),
             ("enable.partition.eof", "false".into()),
-            prefetch(),
-        ],
+        ]
+        .into_iter()
+        .chain(prefetch())
+        .collect::<Vec<_>>(),
     )
 }
 

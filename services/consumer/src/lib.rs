@@ -73,6 +73,12 @@ pub struct Args {
     /// Largest batch of messages made durable together.
     #[arg(long, env = "BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
+    /// Messages this process holds at once, queued or in a batch, over all
+    /// its partitions (the memory bound); 4 × BATCH_SIZE when 0. A
+    /// partition never holds more than two batches of it, so one that hangs
+    /// leaves the rest to the others.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 0)]
+    pub max_in_flight: usize,
     /// How long to wait for a batch to fill once its first message arrived.
     #[arg(long, env = "BATCH_WAIT", default_value = "20ms", value_parser = humantime::parse_duration)]
     pub batch_wait: Duration,
@@ -246,6 +252,10 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         group: group.clone(),
         dlq_topic: args.topics.dlq.clone(),
         batch_size: args.batch_size.max(1),
+        max_in_flight: match args.max_in_flight {
+            0 => 4 * args.batch_size.max(1),
+            n => n,
+        },
         batch_wait: args.batch_wait,
         max_backoff: args.max_backoff,
         batch_timeout: args.batch_timeout,

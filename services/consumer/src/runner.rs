@@ -58,6 +58,8 @@ pub struct RunnerConfig {
     pub group: String,
     pub dlq_topic: String,
     pub batch_size: usize,
+    /// Messages held at once over every lane (queued or in a batch).
+    pub max_in_flight: usize,
     pub batch_wait: Duration,
     pub max_backoff: Duration,
     /// Longest a stage may take over one batch before it counts as a
@@ -176,10 +178,14 @@ struct Work<S> {
 /// A partition, as the lanes are keyed.
 type PartitionKey = (String, i32);
 
+/// A message on its way through a lane, holding its share of the
+/// process's in-flight budget until its batch is done or dropped.
+type Held = (OwnedMessage, tokio::sync::OwnedSemaphorePermit);
+
 /// One assigned partition's work: a queue its messages arrive on, in
 /// order, and a task that takes them a batch at a time.
 struct Lane {
-    queue: mpsc::Sender<OwnedMessage>,
+    queue: mpsc::Sender<Held>,
     /// Cancelled when the partition is revoked, and on shutdown.
     stop: CancellationToken,
     state: Arc<LaneState>,
@@ -257,7 +263,7 @@ impl Lanes {
         work: &Arc<Work<S>>,
         shutdown: &CancellationToken,
         runtime: &tokio::runtime::Handle,
-    ) -> mpsc::Sender<OwnedMessage> {
+    ) -> mpsc::Sender<Held> {
         let key = (msg.topic().to_owned(), msg.partition());
         if let Some(lane) = self.open.get(&key) {
             return lane.queue.clone();
@@ -400,7 +406,16 @@ async fn dispatch<S: Stage + 'static>(
     shutdown: &CancellationToken,
     runtime: &tokio::runtime::Handle,
 ) {
+    let budget = Arc::new(tokio::sync::Semaphore::new(
+        work.config.max_in_flight.max(1),
+    ));
     loop {
+        // Within budget first: what is not taken yet stays in librdkafka's
+        // bounded prefetch.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = budget.clone().acquire_owned() => p.expect("the budget is never closed"),
+        };
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
             m = work.consumer.recv() => m,
@@ -414,7 +429,7 @@ async fn dispatch<S: Stage + 'static>(
                 // owner has the message.
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = queue.send(m) => {}
+                    _ = queue.send((m, permit)) => {}
                 }
             }
             Err(e) => {
@@ -433,15 +448,17 @@ impl<S: Stage> Work<S> {
     /// process stops.
     async fn lane(
         self: Arc<Self>,
-        mut messages: mpsc::Receiver<OwnedMessage>,
+        mut messages: mpsc::Receiver<Held>,
         stop: CancellationToken,
         state: Arc<LaneState>,
     ) {
-        while let Some(batch) = self.gather(&mut messages, &stop).await {
+        while let Some(held) = self.gather(&mut messages, &stop).await {
             if !state.begin() {
                 break;
             }
             let _in_hand = InHand(&state);
+            // The budget is given back once the batch is done.
+            let (batch, _permits): (Vec<OwnedMessage>, Vec<_>) = held.into_iter().unzip();
             if !self.process(&batch, &stop).await {
                 break;
             }
@@ -452,9 +469,9 @@ impl<S: Stage> Work<S> {
     /// `batch_size`, waiting at most `batch_wait` for more after the first.
     async fn gather(
         &self,
-        messages: &mut mpsc::Receiver<OwnedMessage>,
+        messages: &mut mpsc::Receiver<Held>,
         stop: &CancellationToken,
-    ) -> Option<Vec<OwnedMessage>> {
+    ) -> Option<Vec<Held>> {
         let size = self.config.batch_size;
         let mut batch = Vec::with_capacity(size.min(64));
         tokio::select! {
