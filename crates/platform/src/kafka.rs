@@ -145,6 +145,12 @@ impl ConsumerContext for StageContext {
             if let Some(hook) = self.on_revoke.get() {
                 hook(partitions);
             }
+            // librdkafka keeps an application's pause across reassignment: a
+            // partition paused here must not come back paused (a no-op for
+            // those that are not).
+            if let Err(e) = consumer.resume(partitions) {
+                tracing::warn!(error = %e, "resuming revoked partitions failed");
+            }
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                 if !is_no_offset(&e) {
                     self.commit_failures.inc();

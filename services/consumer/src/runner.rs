@@ -186,6 +186,9 @@ type Held = (OwnedMessage, tokio::sync::OwnedSemaphorePermit);
 /// order, and a task that takes them a batch at a time.
 struct Lane {
     queue: mpsc::Sender<Held>,
+    /// What arrived while the queue was full, in order; the partition is
+    /// paused meanwhile, so the poller never waits for one lane.
+    parked: std::collections::VecDeque<Held>,
     /// Cancelled when the partition is revoked, and on shutdown.
     stop: CancellationToken,
     state: Arc<LaneState>,
@@ -197,6 +200,8 @@ struct Lane {
 struct LaneState {
     flags: std::sync::Mutex<LaneFlags>,
     idle: std::sync::Condvar,
+    /// The partition is paused: the lane says when its queue has room.
+    paused: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -256,34 +261,86 @@ struct Lanes {
 }
 
 impl Lanes {
-    /// The queue of `msg`'s partition, starting its lane on first use.
-    fn queue<S: Stage + 'static>(
+    /// The lane of `key`'s partition, started on first use.
+    fn lane<S: Stage + 'static>(
         &mut self,
-        msg: &OwnedMessage,
+        key: PartitionKey,
         work: &Arc<Work<S>>,
+        room: &mpsc::UnboundedSender<PartitionKey>,
         shutdown: &CancellationToken,
         runtime: &tokio::runtime::Handle,
-    ) -> mpsc::Sender<Held> {
-        let key = (msg.topic().to_owned(), msg.partition());
-        if let Some(lane) = self.open.get(&key) {
-            return lane.queue.clone();
+    ) -> &mut Lane {
+        let tasks = &mut self.tasks;
+        self.open.entry(key).or_insert_with_key(|key| {
+            // Room for one batch besides the one in hand.
+            let (queue, messages) = mpsc::channel(work.config.batch_size);
+            let lane = Lane {
+                queue,
+                parked: Default::default(),
+                stop: shutdown.child_token(),
+                state: Arc::default(),
+            };
+            let room = Room {
+                key: key.clone(),
+                to: room.clone(),
+            };
+            tasks.push(runtime.spawn(work.clone().lane(
+                messages,
+                lane.stop.clone(),
+                lane.state.clone(),
+                room,
+            )));
+            tasks.retain(|t| !t.is_finished());
+            lane
+        })
+    }
+}
+
+/// How a lane tells the poller its queue has room again.
+struct Room {
+    key: PartitionKey,
+    to: mpsc::UnboundedSender<PartitionKey>,
+}
+
+impl Lane {
+    /// Queues `held` behind what is parked; false when the queue is full
+    /// and the partition must be paused (it was parked).
+    fn offer(&mut self, held: Held) -> bool {
+        if !self.parked.is_empty() {
+            self.parked.push_back(held);
+            return true;
         }
-        // Room for one batch besides the one in hand.
-        let (queue, messages) = mpsc::channel(work.config.batch_size);
-        let lane = Lane {
-            queue: queue.clone(),
-            stop: shutdown.child_token(),
-            state: Arc::default(),
-        };
-        self.tasks.push(
-            runtime.spawn(
-                work.clone()
-                    .lane(messages, lane.stop.clone(), lane.state.clone()),
-            ),
-        );
-        self.tasks.retain(|t| !t.is_finished());
-        self.open.insert(key, lane);
-        queue
+        match self.queue.try_send(held) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(held)) => {
+                self.parked.push_back(held);
+                self.state
+                    .paused
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                false
+            }
+            // The lane stopped (revoked, shutting down): the partition's
+            // next owner has the message.
+            Err(mpsc::error::TrySendError::Closed(_)) => true,
+        }
+    }
+
+    /// Moves parked messages into the queue while it has room; true once
+    /// none is left and the partition may be resumed.
+    fn unpark(&mut self) -> bool {
+        while let Some(held) = self.parked.pop_front() {
+            match self.queue.try_send(held) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(held)) => {
+                    self.parked.push_front(held);
+                    return false;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => self.parked.clear(),
+            }
+        }
+        self.state
+            .paused
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -409,27 +466,47 @@ async fn dispatch<S: Stage + 'static>(
     let budget = Arc::new(tokio::sync::Semaphore::new(
         work.config.max_in_flight.max(1),
     ));
+    let (room, mut rooms) = mpsc::unbounded_channel::<PartitionKey>();
     loop {
         // Within budget first: what is not taken yet stays in librdkafka's
         // bounded prefetch.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = budget.clone().acquire_owned() => p.expect("the budget is never closed"),
+        let taken = async {
+            let permit = budget
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the budget is never closed");
+            (permit, work.consumer.recv().await)
         };
-        let next = tokio::select! {
+        let (permit, next) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            m = work.consumer.recv() => m,
+            Some(key) = rooms.recv() => {
+                let resume = lock(lanes).open.get_mut(&key).is_some_and(Lane::unpark);
+                if resume {
+                    pause_resume(&work.consumer, &key, false);
+                }
+                continue;
+            }
+            taken = taken => taken,
         };
         match next {
             Ok(m) => {
+                let key = (m.topic().to_owned(), m.partition());
                 let m = m.detach();
-                let queue = lock(lanes).queue(&m, &work, shutdown, runtime);
-                // A full queue waits (that lane has a whole batch waiting);
-                // a closed one belongs to a revoked partition, whose next
-                // owner has the message.
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = queue.send((m, permit)) => {}
+                let queued = lock(lanes)
+                    .lane(key.clone(), &work, &room, shutdown, runtime)
+                    .offer((m, permit));
+                // A full queue: that lane has a whole batch waiting. Pause
+                // the partition instead of waiting, so the others go on;
+                // librdkafka drops what it prefetched of it and fetches
+                // again from after this message on resume.
+                if !queued {
+                    pause_resume(&work.consumer, &key, true);
+                    // The lane may have taken its batch between the full
+                    // queue and the pause: then it will not say so.
+                    if lock(lanes).open.get_mut(&key).is_some_and(Lane::unpark) {
+                        pause_resume(&work.consumer, &key, false);
+                    }
                 }
             }
             Err(e) => {
@@ -443,6 +520,23 @@ async fn dispatch<S: Stage + 'static>(
     }
 }
 
+/// Pauses or resumes one partition's fetching.
+fn pause_resume(consumer: &StageConsumer, (topic, partition): &PartitionKey, pause: bool) {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(topic, *partition);
+    let done = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    match done {
+        Ok(()) => tracing::debug!(topic, partition, pause, "partition paused or resumed"),
+        Err(e) => {
+            tracing::warn!(topic, partition, pause, error = %e, "pausing or resuming a partition failed")
+        }
+    }
+}
+
 impl<S: Stage> Work<S> {
     /// One partition's batches, one at a time, until it is revoked or the
     /// process stops.
@@ -451,8 +545,12 @@ impl<S: Stage> Work<S> {
         mut messages: mpsc::Receiver<Held>,
         stop: CancellationToken,
         state: Arc<LaneState>,
+        room: Room,
     ) {
         while let Some(held) = self.gather(&mut messages, &stop).await {
+            if state.paused.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = room.to.send(room.key.clone());
+            }
             if !state.begin() {
                 break;
             }
