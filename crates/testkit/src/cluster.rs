@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{free_port, required, unique, TempDir};
+use crate::{free_port_run, required, unique, TempDir};
 
 /// A control plane and the admin credentials to it.
 pub struct Kube {
@@ -200,7 +200,8 @@ pub fn spawn_control_plane(api_only: bool) -> ControlPlane {
             kubeconfig: dir.0.join("kubeconfig"),
             kubectl: required("ORDERFLOW_TEST_KUBECTL"),
         },
-        port: free_port(),
+        // scripts/cluster: etcd listens on the two ports after the API's.
+        port: free_port_run(3),
         api_only,
         dir,
     };

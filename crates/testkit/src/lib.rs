@@ -260,6 +260,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The first of `len` consecutive free ports, for a server that takes a run
+/// of them (the control plane: the API server, then etcd's two). Checking
+/// only the first let etcd find its port taken by some client's ephemeral
+/// one now and then.
+pub fn free_port_run(len: u16) -> u16 {
+    loop {
+        let first = free_port();
+        let Some(last) = first.checked_add(len - 1) else {
+            continue;
+        };
+        let rest: Vec<_> = (first + 1..=last)
+            .map(|port| TcpListener::bind(("127.0.0.1", port)))
+            .collect();
+        if rest.iter().all(Result::is_ok) {
+            return first;
+        }
+    }
+}
+
 /// A server process owned by one test; killed when dropped.
 pub struct Server {
     pub child: Child,
