@@ -481,10 +481,7 @@ async fn dispatch<S: Stage + 'static>(
         let (permit, next) = tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(key) = rooms.recv() => {
-                let resume = lock(lanes).open.get_mut(&key).is_some_and(Lane::unpark);
-                if resume {
-                    pause_resume(&work.consumer, &key, false);
-                }
+                unpark(lanes, &work.consumer, &key);
                 continue;
             }
             taken = taken => taken,
@@ -504,9 +501,7 @@ async fn dispatch<S: Stage + 'static>(
                     pause_resume(&work.consumer, &key, true);
                     // The lane may have taken its batch between the full
                     // queue and the pause: then it will not say so.
-                    if lock(lanes).open.get_mut(&key).is_some_and(Lane::unpark) {
-                        pause_resume(&work.consumer, &key, false);
-                    }
+                    unpark(lanes, &work.consumer, &key);
                 }
             }
             Err(e) => {
@@ -517,6 +512,14 @@ async fn dispatch<S: Stage + 'static>(
                 }
             }
         }
+    }
+}
+
+/// Moves what the partition's lane has parked into its queue, and resumes
+/// the partition once nothing is left parked.
+fn unpark(lanes: &std::sync::Mutex<Lanes>, consumer: &StageConsumer, key: &PartitionKey) {
+    if lock(lanes).open.get_mut(key).is_some_and(Lane::unpark) {
+        pause_resume(consumer, key, false);
     }
 }
 
