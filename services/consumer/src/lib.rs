@@ -75,8 +75,9 @@ pub struct Args {
     pub batch_size: usize,
     /// Messages this process holds at once, queued or in a batch, over all
     /// its partitions (the memory bound); 4 × BATCH_SIZE when 0. A
-    /// partition never holds more than two batches of it, so one that hangs
-    /// leaves the rest to the others.
+    /// partition never holds more than two batches of it (and the message
+    /// that found its queue full), so one that hangs leaves the rest to the
+    /// others.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 0)]
     pub max_in_flight: usize,
     /// How long to wait for a batch to fill once its first message arrived.
