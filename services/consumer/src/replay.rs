@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use orderflow_platform::config::KafkaArgs;
+use orderflow_platform::kafka::offsets;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use time::format_description::well_known::Rfc3339;
@@ -57,35 +58,24 @@ pub async fn reset_group(
             .collect();
         anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions");
         let mut positions = TopicPartitionList::new();
-        for p in &partitions {
-            let offset = match from {
-                ReplayFrom::Earliest => {
+        match from {
+            ReplayFrom::Earliest => {
+                for p in &partitions {
                     let (low, _) = consumer
                         .fetch_watermarks(&topic, *p, timeout)
                         .context("reading watermarks")?;
-                    Offset::Offset(low)
+                    positions.add_partition_offset(&topic, *p, Offset::Offset(low))?;
                 }
-                ReplayFrom::Time(t) => {
-                    let mut query = TopicPartitionList::new();
-                    query.add_partition_offset(
-                        &topic,
-                        *p,
-                        Offset::Offset((t.unix_timestamp_nanos() / 1_000_000) as i64),
-                    )?;
-                    let found = consumer
-                        .offsets_for_times(query, timeout)
-                        .context("looking up offsets by time")?;
-                    match found.find_partition(&topic, *p).map(|e| e.offset()) {
-                        Some(Offset::Offset(o)) => Offset::Offset(o),
-                        // No message at or after that time: start at the end.
-                        _ => {
-                            let (_, high) = consumer.fetch_watermarks(&topic, *p, timeout)?;
-                            Offset::Offset(high)
-                        }
-                    }
+            }
+            ReplayFrom::Time(t) => {
+                let wanted: Vec<_> = partitions.iter().map(|p| (topic.clone(), *p)).collect();
+                let ms = (t.unix_timestamp_nanos() / 1_000_000) as i64;
+                for ((_, p), start) in offsets::starts_since(&consumer, &wanted, ms, timeout)? {
+                    let start = start
+                        .map_err(|e| anyhow::anyhow!("looking up partition {p}'s offset: {e}"))?;
+                    positions.add_partition_offset(&topic, p, Offset::Offset(start))?;
                 }
-            };
-            positions.add_partition_offset(&topic, *p, offset)?;
+            }
         }
         consumer
             .commit(&positions, CommitMode::Sync)

@@ -803,3 +803,76 @@ async fn a_stage_started_before_mongodb_waits_for_its_indexes_then_stores_each_o
     assert!(indexes.iter().any(|i| i.contains("orderId")), "{indexes:?}");
     shutdown.cancel();
 }
+
+/// `--replay-from <time>` moves the group to the first record at or after
+/// that time in each partition, and to the partition's end where nothing is
+/// that recent (it never skips a record written after the time).
+#[tokio::test]
+async fn a_replay_from_a_time_starts_each_partition_at_its_first_later_record() {
+    use orderflow_consumer::replay::{reset_group, ReplayFrom};
+    use rdkafka::producer::FutureRecord;
+    let brokers = kit::kafka();
+    let topics = kit::topics("replaytime");
+    kit::create_topics(&brokers, &topics).await;
+    let producer = kit::producer(&brokers);
+    let send = |key: String| {
+        let producer = producer.clone();
+        let topic = topics.orders.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload("{}"),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map(|d| (d.partition, d.offset))
+                .map_err(|(e, _)| e)
+                .expect("producing")
+        }
+    };
+    // (partition, offset) of each record, before and after the time.
+    let mut before = Vec::new();
+    for i in 0..8 {
+        before.push(send(format!("before-{i}")).await);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let at = time::OffsetDateTime::now_utc();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut after = Vec::new();
+    for i in 0..2 {
+        after.push(send(format!("after-{i}")).await);
+    }
+    let group = kit::unique("replaytime");
+    let positions = reset_group(
+        &kit::kafka_args(&brokers),
+        &group,
+        &topics.orders,
+        ReplayFrom::Time(at),
+    )
+    .await
+    .unwrap();
+    assert!(!positions.is_empty());
+    for (p, start) in &positions {
+        let first_after = after.iter().filter(|(q, _)| q == p).map(|(_, o)| *o).min();
+        let end = before.iter().filter(|(q, _)| q == p).count() as i64;
+        assert_eq!(
+            *start,
+            first_after.unwrap_or(end),
+            "partition {p}: the first record after the time, else its end"
+        );
+    }
+    let (committed, end) = kit::group_position(&brokers, &group, &topics.orders);
+    assert_eq!(end, 10);
+    assert_eq!(committed, positions.iter().map(|(_, o)| o).sum::<i64>());
+    // What the group still has to read is exactly what came after the time.
+    let behind: i64 = positions
+        .iter()
+        .map(|(p, start)| {
+            let in_p = (before.iter().chain(&after))
+                .filter(|(q, _)| q == p)
+                .count() as i64;
+            in_p - start
+        })
+        .sum();
+    assert_eq!(behind, 2);
+}
