@@ -9,6 +9,7 @@ pub mod memory;
 pub mod metrics;
 pub mod mongo;
 pub mod redis;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;

@@ -1,4 +1,5 @@
-//! The allocator's settings, applied by every service first thing.
+//! The allocator's settings, applied by every service first thing
+//! ([`crate::runtime::run`]).
 
 /// How many glibc malloc arenas a process may have.
 ///
@@ -23,7 +24,7 @@ pub const MALLOC_MMAP_THRESHOLD: i32 = 128 * 1024;
 
 /// Limits the allocator's arenas to [`MALLOC_ARENAS`] and fixes its mmap
 /// and trim thresholds at [`MALLOC_MMAP_THRESHOLD`] (glibc only; a no-op
-/// elsewhere). Call it at the start of `main`, before threads allocate.
+/// elsewhere). [`crate::runtime::run`] calls it before any thread starts.
 pub fn limit_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes the allocator's parameters; these may

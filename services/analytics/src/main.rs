@@ -1,9 +1,11 @@
 use clap::Parser;
 use orderflow_analytics::{cli, start, Args};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    orderflow_platform::memory::limit_arenas();
+fn main() -> anyhow::Result<()> {
+    orderflow_platform::runtime::run(async_main())
+}
+
+async fn async_main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(command) = &args.command {
         return cli::run(&args, command).await;

@@ -41,9 +41,11 @@ struct Args {
     http: HttpArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    orderflow_platform::memory::limit_arenas();
+fn main() -> anyhow::Result<()> {
+    orderflow_platform::runtime::run(async_main())
+}
+
+async fn async_main() -> anyhow::Result<()> {
     let args = Args::parse();
     let timings = Timings {
         duration: args.lease_duration,

@@ -19,8 +19,11 @@ struct Args {
     partitions: Option<i32>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    orderflow_platform::runtime::run(async_main())
+}
+
+async fn async_main() -> anyhow::Result<()> {
     let args = Args::parse();
     let admin = orderflow_platform::kafka::admin(&args.kafka, "orderflow-topics")?;
     let topics: Vec<(&str, i32)> = args
