@@ -203,6 +203,13 @@ fn prefetch() -> [(&'static str, String); 3] {
     ]
 }
 
+/// A consumer role's `settings` followed by [`prefetch`].
+fn with_prefetch<const N: usize>(
+    settings: [(&'static str, String); N],
+) -> Vec<(&'static str, String)> {
+    settings.into_iter().chain(prefetch()).collect()
+}
+
 /// A group consumer for at-least-once processing: offsets are *stored* by the
 /// application only after a message's effects are durable, and auto-commit
 /// flushes what was stored.
@@ -214,7 +221,7 @@ pub fn consumer(args: &KafkaArgs, client_id: &str, group: &str) -> anyhow::Resul
     build_with(
         args,
         client_id,
-        &[
+        &with_prefetch([
             ("group.id", group.into()),
             ("enable.auto.commit", "true".into()),
             ("auto.commit.interval.ms", "1000".into()),
@@ -229,10 +236,7 @@ pub fn consumer(args: &KafkaArgs, client_id: &str, group: &str) -> anyhow::Resul
             ("max.poll.interval.ms", "120000".into()),
             ("heartbeat.interval.ms", "2000".into()),
             ("enable.partition.eof", "false".into()),
-        ]
-        .into_iter()
-        .chain(prefetch())
-        .collect::<Vec<_>>(),
+        ]),
         StageContext::default(),
     )
 }
@@ -245,16 +249,13 @@ pub fn observer(args: &KafkaArgs, client_id: &str, group: &str) -> anyhow::Resul
     build(
         args,
         client_id,
-        &[
+        &with_prefetch([
             ("group.id", group.into()),
             ("enable.auto.commit", "false".into()),
             ("enable.auto.offset.store", "false".into()),
             ("auto.offset.reset", "latest".into()),
             ("enable.partition.eof", "false".into()),
-        ]
-        .into_iter()
-        .chain(prefetch())
-        .collect::<Vec<_>>(),
+        ]),
     )
 }
 

@@ -48,6 +48,22 @@ impl StageName {
     pub fn input(self, topics: &TopicArgs) -> &str {
         topics.name(self.stage().input)
     }
+
+    /// `MAX_IN_FLIGHT` when it is not set: four batches for the stages
+    /// whose pace is MongoDB's (a deeper queue lets the next batch fill
+    /// while one is written), two for notify, whose pace is its deliveries
+    /// (`NOTIFY_CONCURRENCY` at once): what it holds beyond them waits for
+    /// a connection in memory. Two pairs of full-pipeline runs with notify
+    /// at two batches: its peak RSS 26.6 MB against 29.6–30.5, its CPU per
+    /// order 268–321 µs against 376–444, notifications handled 476–529/s
+    /// against 386–448 (docs/benchmarks.md).
+    pub fn default_in_flight(self, batch_size: usize) -> usize {
+        let batches = match self {
+            StageName::Notify => 2,
+            StageName::Persist | StageName::Inventory | StageName::Payment => 4,
+        };
+        batches * batch_size.max(1)
+    }
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -74,10 +90,10 @@ pub struct Args {
     #[arg(long, env = "BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
     /// Messages this process holds at once, queued or in a batch, over all
-    /// its partitions (the memory bound); 4 × BATCH_SIZE when 0. A
-    /// partition never holds more than two batches of it (and the message
-    /// that found its queue full), so one that hangs leaves the rest to the
-    /// others.
+    /// its partitions (the memory bound); when 0, 4 × BATCH_SIZE (notify:
+    /// 2 ×, `StageName::default_in_flight`). A partition never holds more
+    /// than two batches of it (and the message that found its queue full),
+    /// so one that hangs leaves the rest to the others.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 0)]
     pub max_in_flight: usize,
     /// How long to wait for a batch to fill once its first message arrived.
@@ -254,7 +270,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         dlq_topic: args.topics.dlq.clone(),
         batch_size: args.batch_size.max(1),
         max_in_flight: match args.max_in_flight {
-            0 => 4 * args.batch_size.max(1),
+            0 => args.stage.default_in_flight(args.batch_size),
             n => n,
         },
         batch_wait: args.batch_wait,
@@ -358,5 +374,18 @@ mod tests {
         for v in variants {
             assert_eq!(v.to_possible_value().unwrap().get_name(), v.as_str());
         }
+    }
+
+    #[test]
+    fn notify_holds_two_batches_by_default_and_the_others_four() {
+        assert_eq!(StageName::Notify.default_in_flight(500), 1000);
+        for s in [StageName::Persist, StageName::Inventory, StageName::Payment] {
+            assert_eq!(s.default_in_flight(500), 2000);
+        }
+        assert_eq!(
+            StageName::Notify.default_in_flight(0),
+            2,
+            "a batch is at least one message"
+        );
     }
 }
