@@ -177,21 +177,21 @@ async fn trace_request(request: axum::extract::Request, next: axum::middleware::
     if matches!(path, "/healthz" | "/readyz" | "/metrics") {
         return next.run(request).await;
     }
-    let method = request.method().to_string();
+    let method = crate::metrics::method_label(request.method());
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned());
+        .map(axum::extract::MatchedPath::as_str);
     let span = tracing::info_span!(
         "http request",
-        otel.name = match &route {
+        otel.name = match route {
             Some(r) => format!("{method} {r}"),
-            None => method.clone(),
+            None => method.to_owned(),
         },
         otel.kind = "server",
-        http.request.method = %method,
-        http.route = route.as_deref().unwrap_or_default(),
-        url.path = %path,
+        http.request.method = method,
+        http.route = route.unwrap_or_default(),
+        url.path = path,
         http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );

@@ -17,7 +17,7 @@ pub use prometheus_client;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub method: String,
+    pub method: &'static str,
     pub route: String,
     pub status: u16,
 }
@@ -70,7 +70,7 @@ pub fn method_label(method: &axum::http::Method) -> &'static str {
 /// Middleware recording count and latency per route template and status.
 pub async fn track(State(metrics): State<HttpMetrics>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = method_label(req.method()).to_owned();
+    let method = method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()

@@ -9,6 +9,8 @@
 //! - `POST /order`: the NestJS stock service (reference 004). `201` with the
 //!   created `Order` object.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -66,7 +68,7 @@ struct ExpressAnswer<'a> {
 
 /// `POST /api/v1/orders` and `POST /api/v1/order` (reference 002).
 pub(crate) async fn express(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     request_headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
@@ -80,7 +82,7 @@ pub(crate) async fn express(
 
 /// `POST /order` (reference 004): the created order.
 pub(crate) async fn nest(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     request_headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {

@@ -62,10 +62,12 @@ pub struct Args {
     pub redis_timeout: Duration,
 }
 
-#[derive(Clone)]
+/// Shared by every request as one `Arc`.
 pub(crate) struct AppState {
     producer: FutureProducer,
     topic: Arc<str>,
+    /// The publish span's name, `"<topic> publish"`, made once.
+    publish_span: Arc<str>,
     publish_timeout: Duration,
     recent: Arc<RecentOrders>,
     metrics: orders::Metrics,
@@ -84,6 +86,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     let state = AppState {
         producer: producer.clone(),
         topic: args.topics.orders.as_str().into(),
+        publish_span: format!("{} publish", args.topics.orders).into(),
         publish_timeout: args.publish_timeout,
         recent,
         metrics: orders::Metrics::register(&mut registry),
@@ -97,7 +100,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         .route("/api/v1/order", post(compat::express))
         .route("/order", post(compat::nest))
         .layer(DefaultBodyLimit::max(args.body_limit))
-        .with_state(state);
+        .with_state(Arc::new(state));
     let app = http::with_ops(
         app,
         Ops {

@@ -1,5 +1,6 @@
 //! `POST /orders`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -93,7 +94,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 pub(crate) async fn create_order(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     request_headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
@@ -138,7 +139,7 @@ pub(crate) async fn accept(
             Problem::new(rejection.status(), "bad-request", rejection.body_text())
         }
     })?;
-    let submission = parse_submission(&body).map_err(|e| match e {
+    let mut submission = parse_submission(&body).map_err(|e| match e {
         IntakeError::Malformed(detail) => {
             state.metrics.count("malformed");
             Problem::new(StatusCode::BAD_REQUEST, "malformed-json", detail)
@@ -151,10 +152,10 @@ pub(crate) async fn accept(
 
     let order_id = submission
         .order_id
-        .clone()
+        .take()
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let event =
-        OrderPlaced::from_submission(submission, order_id.clone(), OffsetDateTime::now_utc());
+    let event = OrderPlaced::from_submission(submission, order_id, OffsetDateTime::now_utc());
+    let order_id = event.order_id.as_str();
 
     // The request's server span (platform::http) continues the caller's
     // trace; publishing and the Redis write are its children.
@@ -162,14 +163,14 @@ pub(crate) async fn accept(
     let span = tracing::info_span!(
         parent: &request_span,
         "orders publish",
-        otel.name = format!("{} publish", state.topic),
+        otel.name = &*state.publish_span,
         otel.kind = "producer",
         messaging.system = "kafka",
         messaging.operation.name = "publish",
         messaging.operation.type = "send",
-        messaging.destination.name = %state.topic,
-        messaging.kafka.message.key = %order_id,
-        order_id = %order_id,
+        messaging.destination.name = &*state.topic,
+        messaging.kafka.message.key = order_id,
+        order_id,
     );
     publish(state, &event).instrument(span.clone()).await?;
 
