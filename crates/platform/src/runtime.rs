@@ -41,8 +41,17 @@ where
     F: Future<Output = anyhow::Result<T>>,
 {
     crate::memory::limit_arenas();
-    let workers =
-        workers(std::env::var(WORKERS_VARIABLE).ok().as_deref()).map_err(anyhow::Error::msg)?;
+    run_with(std::env::var(WORKERS_VARIABLE).ok().as_deref(), main)
+}
+
+/// [`run`] with the variable's value given (`None`: unset), so a test can
+/// check the runtime a service really gets without touching the process's
+/// environment.
+fn run_with<F, T>(variable: Option<&str>, main: F) -> anyhow::Result<T>
+where
+    F: Future<Output = anyhow::Result<T>>,
+{
+    let workers = workers(variable).map_err(anyhow::Error::msg)?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -58,6 +67,22 @@ mod tests {
     fn unset_or_empty_is_one_worker() {
         assert_eq!(workers(None), Ok(1));
         assert_eq!(workers(Some(" ")), Ok(1));
+    }
+
+    /// The runtime's own count of its workers, not just the parser's answer.
+    fn workers_of_a_runtime(variable: Option<&str>) -> anyhow::Result<usize> {
+        run_with(variable, async {
+            Ok(tokio::runtime::Handle::current().metrics().num_workers())
+        })
+    }
+
+    #[test]
+    fn a_service_runtime_has_one_worker_unless_the_variable_asks_for_more() {
+        assert_eq!(workers_of_a_runtime(None).unwrap(), 1);
+        assert_eq!(workers_of_a_runtime(Some("")).unwrap(), 1);
+        assert_eq!(workers_of_a_runtime(Some("3")).unwrap(), 3);
+        let e = workers_of_a_runtime(Some("zero")).unwrap_err().to_string();
+        assert!(e.contains("TOKIO_WORKER_THREADS"), "{e}");
     }
 
     #[test]
