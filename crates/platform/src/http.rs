@@ -177,7 +177,7 @@ async fn trace_request(request: axum::extract::Request, next: axum::middleware::
     if matches!(path, "/healthz" | "/readyz" | "/metrics") {
         return next.run(request).await;
     }
-    let method = crate::metrics::method_label(request.method());
+    let method = request.method().as_str();
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
