@@ -376,6 +376,23 @@ mod tests {
         assert_eq!(cfg.get("bootstrap.servers"), Some("b:9092"));
     }
 
+    /// scripts/up joins `KAFKA_CONFIG` and `INTAKE_KAFKA_CONFIG` with a
+    /// comma, either of them possibly empty.
+    #[test]
+    fn empty_entries_are_skipped_and_a_later_entry_wins() {
+        let args = |extra: &str| KafkaArgs {
+            brokers: "b".into(),
+            extra: extra.to_owned().into(),
+        };
+        let cfg = config(&args(","), "id", &[("linger.ms", "5".into())]).unwrap();
+        assert_eq!(cfg.get("linger.ms"), Some("5"));
+        let cfg = config(&args("linger.ms=1,,linger.ms=0,"), "id", &[]).unwrap();
+        assert_eq!(cfg.get("linger.ms"), Some("0"));
+        let cfg = config(&args(",linger.ms=0"), "id", &[("acks", "all".into())]).unwrap();
+        assert_eq!(cfg.get("linger.ms"), Some("0"));
+        assert_eq!(cfg.get("acks"), Some("all"));
+    }
+
     #[tokio::test]
     async fn the_consumer_group_protocol_drops_the_classic_session_settings() {
         let classic = [
