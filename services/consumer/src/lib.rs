@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 use rdkafka::consumer::Consumer;
 
 pub mod event;
+pub mod gather;
 pub mod inventory;
 pub mod notify;
 pub mod payment;
@@ -64,6 +65,19 @@ impl StageName {
         };
         batches * batch_size.max(1)
     }
+
+    /// `GATHER_CALLS` when it is not set. Inventory and payment wrote one
+    /// lane's batch at a time anyway (their decisions are serialised), and
+    /// persist's writes share MongoDB's two cores: one gathered call makes
+    /// fewer, fuller transactions and round trips when orders arrive
+    /// slowly over many partitions. Notify's pace is its deliveries, which
+    /// a partition that hangs must not hold up for the others.
+    pub fn default_gather_calls(self) -> usize {
+        match self {
+            StageName::Notify => 0,
+            StageName::Persist | StageName::Inventory | StageName::Payment => 1,
+        }
+    }
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -96,6 +110,12 @@ pub struct Args {
     /// so one that hangs leaves the rest to the others.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 0)]
     pub max_in_flight: usize,
+    /// Stage calls at once, each gathering the batches of every partition
+    /// that were waiting (at most BATCH_SIZE messages a call); 0: each
+    /// partition calls the stage on its own. Unset: 1 for the stages whose
+    /// pace is MongoDB's, 0 for notify (`StageName::default_gather_calls`).
+    #[arg(long, env = "GATHER_CALLS")]
+    pub gather_calls: Option<usize>,
     /// How long to wait for a batch to fill once its first message arrived.
     #[arg(long, env = "BATCH_WAIT", default_value = "20ms", value_parser = humantime::parse_duration)]
     pub batch_wait: Duration,
@@ -276,6 +296,9 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         batch_wait: args.batch_wait,
         max_backoff: args.max_backoff,
         batch_timeout: args.batch_timeout,
+        gather_calls: args
+            .gather_calls
+            .unwrap_or_else(|| args.stage.default_gather_calls()),
     };
 
     // The stage consumes nothing, and is not ready, until the indexes it

@@ -26,7 +26,7 @@ use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
@@ -36,6 +36,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
+use crate::gather::Gather;
 use crate::stage::{self, Outcome, Stage};
 
 /// A message a stage publishes once its effects are durable.
@@ -65,6 +66,10 @@ pub struct RunnerConfig {
     /// Longest a stage may take over one batch before it counts as a
     /// transient failure (a dependency that hangs instead of failing).
     pub batch_timeout: Duration,
+    /// Stage calls at once when the lanes' batches are gathered
+    /// ([`crate::gather`]), each carrying up to `batch_size` messages;
+    /// 0: each lane calls the stage on its own.
+    pub gather_calls: usize,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,6 +82,8 @@ pub struct RunnerMetrics {
     messages: Family<OutcomeLabels, Counter>,
     retries: Counter,
     batch_seconds: Histogram,
+    call_batches: Histogram,
+    call_messages: Histogram,
 }
 
 impl RunnerMetrics {
@@ -85,6 +92,8 @@ impl RunnerMetrics {
             messages: Family::default(),
             retries: Counter::default(),
             batch_seconds: orderflow_platform::metrics::latency_histogram(),
+            call_batches: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
+            call_messages: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
         };
         registry.register(
             "messages",
@@ -100,6 +109,16 @@ impl RunnerMetrics {
             "batch_duration_seconds",
             "Time to make a batch durable and publish its results",
             m.batch_seconds.clone(),
+        );
+        registry.register(
+            "call_batches",
+            "Partitions' batches one gathered stage call carried",
+            m.call_batches.clone(),
+        );
+        registry.register(
+            "call_messages",
+            "Messages one gathered stage call carried",
+            m.call_messages.clone(),
         );
         registry.register(
             "commit_failures",
@@ -168,7 +187,9 @@ pub struct Runner<S> {
 
 /// What every lane shares: the stage, its clients and settings.
 struct Work<S> {
-    stage: S,
+    stage: Arc<S>,
+    /// Where the lanes hand in their batches when they are gathered.
+    gather: Option<Gather>,
     consumer: Arc<StageConsumer>,
     producer: FutureProducer,
     config: RunnerConfig,
@@ -401,8 +422,24 @@ impl<S: Stage + 'static> Runner<S> {
             metrics,
         } = self;
         let consumer = Arc::new(consumer);
+        let stage = Arc::new(stage);
+        let gather = (config.gather_calls > 0).then(|| {
+            let (batches, messages) = (metrics.call_batches.clone(), metrics.call_messages.clone());
+            Gather::spawn(
+                stage.clone(),
+                config.group.clone(),
+                config.gather_calls,
+                config.batch_size,
+                config.batch_timeout,
+                Box::new(move |b, m| {
+                    batches.observe(b as f64);
+                    messages.observe(m as f64);
+                }),
+            )
+        });
         let work = Arc::new(Work {
             stage,
+            gather,
             consumer: consumer.clone(),
             producer: producer.clone(),
             config,
@@ -560,7 +597,7 @@ impl<S: Stage> Work<S> {
             let _in_hand = InHand(&state);
             // The budget is given back once the batch is done.
             let (batch, _permits): (Vec<OwnedMessage>, Vec<_>) = held.into_iter().unzip();
-            if !self.process(&batch, &stop).await {
+            if !self.process(batch.into(), &stop).await {
                 break;
             }
         }
@@ -593,12 +630,12 @@ impl<S: Stage> Work<S> {
 
     /// Handles, publishes and acknowledges one batch; false when `stop`
     /// came first (nothing is acknowledged then: the batch is redelivered).
-    async fn process(&self, batch: &[OwnedMessage], stop: &CancellationToken) -> bool {
+    async fn process(&self, batch: Arc<[OwnedMessage]>, stop: &CancellationToken) -> bool {
         let started = Instant::now();
-        let Some(outcomes) = self.handle_with_retry(batch, stop).await else {
+        let Some(outcomes) = self.handle_with_retry(&batch, stop).await else {
             return false;
         };
-        if !self.publish(batch, outcomes, stop).await {
+        if !self.publish(&batch, outcomes, stop).await {
             return false;
         }
         // A batch is one partition's messages in order: its last offset
@@ -621,20 +658,26 @@ impl<S: Stage> Work<S> {
 
     async fn handle_with_retry(
         &self,
-        batch: &[OwnedMessage],
+        batch: &Arc<[OwnedMessage]>,
         shutdown: &CancellationToken,
     ) -> Option<Vec<Outcome>> {
         let mut backoff = Backoff::new(self.config.max_backoff);
         loop {
-            let handled = stage::outcomes(&self.stage, &self.config.group, batch);
-            let attempt = tokio::time::timeout(self.config.batch_timeout, handled)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Transient(format!(
-                        "batch not handled within {:?}",
-                        self.config.batch_timeout
-                    )))
-                });
+            let attempt = match &self.gather {
+                // The gatherer bounds each call by BATCH_TIMEOUT.
+                Some(gather) => gather.outcomes(batch.clone()).await,
+                None => {
+                    let handled = stage::outcomes(&*self.stage, &self.config.group, batch);
+                    tokio::time::timeout(self.config.batch_timeout, handled)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(Transient(format!(
+                                "batch not handled within {:?}",
+                                self.config.batch_timeout
+                            )))
+                        })
+                }
+            };
             match attempt {
                 Ok(outcomes) => return Some(outcomes),
                 Err(Transient(e)) => {

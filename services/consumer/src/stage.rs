@@ -10,6 +10,7 @@
 //! once (the first message carrying it), and pairs every message with its
 //! outcome by key, so a stage never keeps indexes into the batch.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
@@ -82,14 +83,18 @@ pub enum Outcome {
 /// One outcome per message of `batch`, in order; any transient failure
 /// fails the whole batch (the runner retries it, and every step is
 /// idempotent).
-pub async fn outcomes<S: Stage>(
+///
+/// The batch is one lane's, or several lanes' gathered into one call
+/// ([`crate::gather`]): the messages themselves or references to them.
+pub async fn outcomes<S: Stage, M: Borrow<OwnedMessage> + Sync>(
     stage: &S,
     group: &str,
-    batch: &[OwnedMessage],
+    batch: &[M],
 ) -> Result<Vec<Outcome>, Transient> {
     let decoded: Vec<Result<(S::Input, tracing::Span), Refusal>> = batch
         .iter()
         .map(|message| {
+            let message = message.borrow();
             let input = stage.decode(message)?;
             let span = process_span(message, group, stage.key(&input));
             Ok((input, span))
@@ -116,6 +121,7 @@ pub async fn outcomes<S: Stage>(
             .iter()
             .zip(&decoded)
             .filter_map(|(message, d)| {
+                let message = message.borrow();
                 let (input, span) = d.as_ref().ok()?;
                 let key = stage.key(input);
                 (!decided.contains_key(key) && seen.insert(key)).then_some(Fresh {
