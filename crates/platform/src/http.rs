@@ -352,3 +352,85 @@ impl opentelemetry::propagation::Extractor for HttpHeaderExtractor<'_> {
         self.0.keys().map(|k| k.as_str()).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tower::ServiceExt as _;
+    use tracing_subscriber::layer::{Context, SubscriberExt as _};
+
+    /// The string and number fields of every span opened, by span name.
+    #[derive(Clone, Default)]
+    struct Spans(Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>);
+
+    struct Fields<'a>(&'a mut Vec<(String, String)>);
+
+    impl tracing::field::Visit for Fields<'_> {
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0.push((field.name().to_owned(), value.to_owned()));
+        }
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push((field.name().to_owned(), format!("{value:?}")));
+        }
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Spans {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: Context<'_, S>,
+        ) {
+            let mut fields = Vec::new();
+            attrs.record(&mut Fields(&mut fields));
+            let name = attrs.metadata().name().to_owned();
+            self.0.lock().unwrap().push((name, fields));
+        }
+    }
+
+    /// The request span's attributes for one request to a route that
+    /// answers any method.
+    async fn request_span(method: &str, uri: &str) -> Vec<(String, String)> {
+        let spans = Spans::default();
+        let _default = tracing::subscriber::set_default(
+            tracing_subscriber::registry().with(spans.clone()),
+        );
+        let app = Router::new()
+            .route("/orders/{id}", axum::routing::any(|| async { "ok" }))
+            .layer(axum::middleware::from_fn(trace_request));
+        let request = axum::extract::Request::builder()
+            .method(axum::http::Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(uri)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let spans = spans.0.lock().unwrap();
+        let (_, fields) = spans
+            .iter()
+            .find(|(name, _)| name == "http request")
+            .expect("a request span");
+        fields.clone()
+    }
+
+    fn field<'f>(fields: &'f [(String, String)], name: &str) -> &'f str {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {name} in {fields:?}"))
+    }
+
+    #[tokio::test]
+    async fn the_request_span_names_the_method_the_client_sent_even_an_unusual_one() {
+        for method in ["GET", "PROPFIND", "PURGE"] {
+            let fields = request_span(method, "/orders/o-1").await;
+            assert_eq!(field(&fields, "http.request.method"), method);
+            assert_eq!(field(&fields, "otel.name"), format!("{method} /orders/{{id}}"));
+            assert_eq!(field(&fields, "http.route"), "/orders/{id}");
+            assert_eq!(field(&fields, "url.path"), "/orders/o-1");
+            assert_eq!(field(&fields, "otel.kind"), "server");
+        }
+    }
+}
