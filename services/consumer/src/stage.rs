@@ -47,7 +47,15 @@ pub trait Stage: Send + Sync {
     /// The key the input's decision is recorded under.
     fn key<'i>(&self, input: &'i Self::Input) -> &'i str;
 
-    /// Decisions recorded before for these keys (distinct, not empty).
+    /// Whether `decide` itself finds the decisions made before, so that
+    /// the runner does not ask `decided` first: persist's unique orderId
+    /// turns an order stored before into a duplicate, which it then reads.
+    fn finds_past_decisions(&self) -> bool {
+        false
+    }
+
+    /// Decisions recorded before for these keys (distinct, not empty);
+    /// not asked when the stage `finds_past_decisions`.
     fn decided(
         &self,
         keys: Vec<String>,
@@ -110,7 +118,7 @@ pub async fn outcomes<S: Stage, M: Borrow<OwnedMessage> + Sync>(
             .map(str::to_owned)
             .collect()
     };
-    let decided = if keys.is_empty() {
+    let decided = if keys.is_empty() || stage.finds_past_decisions() {
         HashMap::new()
     } else {
         stage.decided(keys).await?
@@ -178,6 +186,8 @@ mod tests {
         before: HashMap<String, String>,
         asked: Mutex<Vec<Vec<String>>>,
         forget: Option<&'static str>,
+        /// `decide` answers for past decisions too (and `decided` fails).
+        finds_past: bool,
     }
 
     impl Fake {
@@ -189,6 +199,7 @@ mod tests {
                     .collect(),
                 asked: Mutex::default(),
                 forget: None,
+                finds_past: false,
             }
         }
     }
@@ -210,7 +221,15 @@ mod tests {
             &input.0
         }
 
+        fn finds_past_decisions(&self) -> bool {
+            self.finds_past
+        }
+
         async fn decided(&self, keys: Vec<String>) -> Result<HashMap<String, String>, Transient> {
+            assert!(
+                !self.finds_past,
+                "decided asked of a stage that finds them itself"
+            );
             Ok(keys
                 .into_iter()
                 .filter_map(|k| Some((k.clone(), self.before.get(&k)?.clone())))
@@ -230,7 +249,9 @@ mod tests {
                 .filter(|f| Some(f.input.0.as_str()) != self.forget)
                 .map(|f| {
                     let (key, refuse) = f.input.clone();
-                    let verdict = if refuse {
+                    let verdict = if let Some(before) = self.before.get(&key) {
+                        Ok(before.clone())
+                    } else if refuse {
                         Err(("refused", format!("{key} refused")))
                     } else {
                         Ok(format!("now@{}", f.message.offset()))
@@ -302,6 +323,22 @@ mod tests {
         );
         // Only the new keys, once each, in batch order.
         assert_eq!(*stage.asked.lock().unwrap(), [vec!["a", "c", "d"]]);
+    }
+
+    #[tokio::test]
+    async fn a_stage_that_finds_past_decisions_itself_is_handed_every_key() {
+        let stage = Fake {
+            finds_past: true,
+            ..Fake::new(&["b"])
+        };
+        let outcomes = outcomes(&stage, "g", &batch(&["a", "b", "a", ""]))
+            .await
+            .unwrap();
+        assert_eq!(
+            described(outcomes),
+            ["now@0", "before", "now@0", "dlq:undecodable"]
+        );
+        assert_eq!(*stage.asked.lock().unwrap(), [vec!["a", "b"]]);
     }
 
     #[tokio::test]
