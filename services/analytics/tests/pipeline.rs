@@ -400,32 +400,30 @@ async fn pipeline_fed_orders_show_up_everywhere_with_the_right_figures() {
     let real_revenue: i64 = real_paid.iter().sum();
     let probe_count = probes.len() as i64;
     let real_payments = real_paid.len() as i64;
-    let live = kit::eventually(
+    // The probes' payments count too, so the payments alone can reach the
+    // real ones' number early: wait for the real revenue as well.
+    let (live, seen_cents) = kit::eventually(
         Duration::from_secs(30),
         "live figures to count everything",
         || {
             let stack = &stack;
             async move {
-                let live = stack
-                    .json(format!("{}/analytics/live", stack.analytics))
+                let text = stack
+                    .text(format!("{}/analytics/live", stack.analytics))
                     .await;
+                let live: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let money: MoneyFields = serde_json::from_str(&text).unwrap();
+                let cents = money.revenue_per_minute.unwrap().minor();
                 let orders = live["ordersLastMinute"].as_i64().unwrap();
                 let payments = live["paymentsLastMinute"].as_i64().unwrap();
-                let done = orders >= N as i64 && payments >= real_payments;
-                done.then_some(live)
+                let done = orders >= N as i64 && payments >= real_payments && cents >= real_revenue;
+                done.then_some((live, cents))
             }
         },
     )
     .await;
     let orders_seen = live["ordersLastMinute"].as_i64().unwrap();
     assert!(orders_seen <= N as i64 + probe_count, "{live}");
-    let live_money: MoneyFields = serde_json::from_str(
-        &stack
-            .text(format!("{}/analytics/live", stack.analytics))
-            .await,
-    )
-    .unwrap();
-    let seen_cents = live_money.revenue_per_minute.unwrap().minor();
     assert!(
         seen_cents >= real_revenue && seen_cents <= real_revenue + 450 * probe_count,
         "{live} vs {real_revenue}"
