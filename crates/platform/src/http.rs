@@ -360,11 +360,14 @@ mod tests {
     use tower::ServiceExt as _;
     use tracing_subscriber::layer::{Context, SubscriberExt as _};
 
-    /// The string and number fields of every span opened, by span name.
-    #[derive(Clone, Default)]
-    struct Spans(Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>);
+    /// A span's fields as (name, value), values as text.
+    type Recorded = Vec<(String, String)>;
 
-    struct Fields<'a>(&'a mut Vec<(String, String)>);
+    /// The fields of every span opened, by span name.
+    #[derive(Clone, Default)]
+    struct Spans(Arc<Mutex<Vec<(String, Recorded)>>>);
+
+    struct Fields<'a>(&'a mut Recorded);
 
     impl tracing::field::Visit for Fields<'_> {
         fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
@@ -391,11 +394,10 @@ mod tests {
 
     /// The request span's attributes for one request to a route that
     /// answers any method.
-    async fn request_span(method: &str, uri: &str) -> Vec<(String, String)> {
+    async fn request_span(method: &str, uri: &str) -> Recorded {
         let spans = Spans::default();
-        let _default = tracing::subscriber::set_default(
-            tracing_subscriber::registry().with(spans.clone()),
-        );
+        let _default =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
         let app = Router::new()
             .route("/orders/{id}", axum::routing::any(|| async { "ok" }))
             .layer(axum::middleware::from_fn(trace_request));
@@ -427,7 +429,10 @@ mod tests {
         for method in ["GET", "PROPFIND", "PURGE"] {
             let fields = request_span(method, "/orders/o-1").await;
             assert_eq!(field(&fields, "http.request.method"), method);
-            assert_eq!(field(&fields, "otel.name"), format!("{method} /orders/{{id}}"));
+            assert_eq!(
+                field(&fields, "otel.name"),
+                format!("{method} /orders/{{id}}")
+            );
             assert_eq!(field(&fields, "http.route"), "/orders/{id}");
             assert_eq!(field(&fields, "url.path"), "/orders/o-1");
             assert_eq!(field(&fields, "otel.kind"), "server");
