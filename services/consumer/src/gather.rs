@@ -148,8 +148,9 @@ async fn gather<S: Stage + 'static>(
 mod tests {
     use super::*;
     use crate::runner::Outgoing;
+    use crate::stage::tests::{emitted, messages};
     use crate::stage::{Fresh, Refusal, Verdicts};
-    use rdkafka::message::{Message, OwnedHeaders, Timestamp};
+    use rdkafka::message::Message;
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use std::sync::Mutex;
@@ -206,30 +207,35 @@ mod tests {
         }
 
         fn emit(&self, decision: &String, _: &tracing::Span) -> Result<Vec<Outgoing>, Transient> {
-            Ok(vec![Outgoing {
-                topic: "out".into(),
-                key: Vec::new(),
-                payload: decision.clone().into_bytes(),
-                headers: OwnedHeaders::new(),
-            }])
+            Ok(emitted(decision))
         }
     }
 
     fn batch(partition: i32, keys: &[&str]) -> Arc<[OwnedMessage]> {
-        keys.iter()
-            .enumerate()
-            .map(|(offset, k)| {
-                OwnedMessage::new(
-                    Some(k.as_bytes().to_vec()),
-                    None,
-                    "in".into(),
-                    Timestamp::NotAvailable,
-                    partition,
-                    offset as i64,
-                    None,
-                )
-            })
-            .collect()
+        messages(partition, keys).into()
+    }
+
+    /// Hands in a batch of "a", and once its call started, `rest` (one
+    /// batch each, on partitions 1, 2, …) behind it: every batch's result,
+    /// the first's first.
+    async fn behind_a_call(
+        stage: &Slow,
+        gather: Gather,
+        rest: &[&[&str]],
+    ) -> Vec<Result<Vec<Outcome>, Transient>> {
+        let gather = Arc::new(gather);
+        let first = {
+            let gather = gather.clone();
+            tokio::spawn(async move { gather.outcomes(batch(0, &["a"])).await })
+        };
+        stage.started(1).await;
+        let rest = futures::future::join_all(
+            (1..)
+                .zip(rest)
+                .map(|(partition, keys)| gather.outcomes(batch(partition, keys))),
+        )
+        .await;
+        std::iter::once(first.await.unwrap()).chain(rest).collect()
     }
 
     fn payloads(outcomes: Result<Vec<Outcome>, Transient>) -> Result<Vec<String>, String> {
@@ -263,24 +269,12 @@ mod tests {
     async fn batches_that_wait_behind_a_call_share_the_next_and_each_gets_its_own_outcomes() {
         let stage = Arc::new(Slow::default());
         let (gather, seen) = spawn(&stage, 1, 100);
-        let gather = Arc::new(gather);
-        let first = {
-            let gather = gather.clone();
-            tokio::spawn(async move { gather.outcomes(batch(0, &["a"])).await })
-        };
-        // Once the first call started, three batches behind it.
-        stage.started(1).await;
-        let rest = futures::future::join_all([
-            gather.outcomes(batch(1, &["b", "c"])),
-            gather.outcomes(batch(2, &["d"])),
-            gather.outcomes(batch(3, &["e", "f", "g"])),
-        ])
-        .await;
-        assert_eq!(payloads(first.await.unwrap()), Ok(vec!["a".into()]));
-        let rest: Vec<_> = rest.into_iter().map(payloads).collect();
+        let all = behind_a_call(&stage, gather, &[&["b", "c"], &["d"], &["e", "f", "g"]]).await;
+        let all: Vec<_> = all.into_iter().map(payloads).collect();
         assert_eq!(
-            rest,
+            all,
             [
+                Ok(vec!["a".to_string()]),
                 Ok(vec!["b".to_string(), "c".into()]),
                 Ok(vec!["d".to_string()]),
                 Ok(vec!["e".to_string(), "f".into(), "g".into()]),
@@ -298,20 +292,13 @@ mod tests {
     async fn a_batch_that_would_overflow_a_call_opens_the_next() {
         let stage = Arc::new(Slow::default());
         let (gather, _) = spawn(&stage, 1, 3);
-        let gather = Arc::new(gather);
-        let first = {
-            let gather = gather.clone();
-            tokio::spawn(async move { gather.outcomes(batch(0, &["a"])).await })
-        };
-        stage.started(1).await;
-        let rest = futures::future::join_all([
-            gather.outcomes(batch(1, &["b", "c"])),
-            gather.outcomes(batch(2, &["d", "e"])),
-            gather.outcomes(batch(3, &["f", "g", "h", "i"])),
-        ])
+        let all = behind_a_call(
+            &stage,
+            gather,
+            &[&["b", "c"], &["d", "e"], &["f", "g", "h", "i"]],
+        )
         .await;
-        assert!(first.await.unwrap().is_ok());
-        assert!(rest.iter().all(Result::is_ok));
+        assert!(all.iter().all(Result::is_ok));
         // At most three messages a call, but a batch bigger than that is
         // never split: it gets a call of its own.
         assert_eq!(

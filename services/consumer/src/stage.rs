@@ -174,7 +174,7 @@ pub async fn outcomes<S: Stage, M: Borrow<OwnedMessage> + Sync>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rdkafka::message::{Message, OwnedHeaders, Timestamp};
     use std::sync::Mutex;
@@ -262,16 +262,12 @@ mod tests {
         }
 
         fn emit(&self, decision: &String, _: &tracing::Span) -> Result<Vec<Outgoing>, Transient> {
-            Ok(vec![Outgoing {
-                topic: "out".into(),
-                key: Vec::new(),
-                payload: decision.clone().into_bytes(),
-                headers: OwnedHeaders::new(),
-            }])
+            Ok(emitted(decision))
         }
     }
 
-    fn batch(payloads: &[&str]) -> Vec<OwnedMessage> {
+    /// One partition's messages with these payloads, from offset 0.
+    pub(crate) fn messages(partition: i32, payloads: &[&str]) -> Vec<OwnedMessage> {
         payloads
             .iter()
             .enumerate()
@@ -281,12 +277,26 @@ mod tests {
                     None,
                     "in".into(),
                     Timestamp::NotAvailable,
-                    0,
+                    partition,
                     offset as i64,
                     None,
                 )
             })
             .collect()
+    }
+
+    /// What a test stage emits for a decision: one message carrying it.
+    pub(crate) fn emitted(decision: &str) -> Vec<Outgoing> {
+        vec![Outgoing {
+            topic: "out".into(),
+            key: Vec::new(),
+            payload: decision.as_bytes().to_vec(),
+            headers: OwnedHeaders::new(),
+        }]
+    }
+
+    fn batch(payloads: &[&str]) -> Vec<OwnedMessage> {
+        messages(0, payloads)
     }
 
     /// Each outcome as text: the emitted payload, or `dlq:<reason>`.
