@@ -119,13 +119,7 @@ async fn gather<S: Stage + 'static>(
         tokio::spawn(async move {
             let _slot = slot;
             let messages: Vec<&OwnedMessage> = taken.iter().flat_map(|r| r.batch.iter()).collect();
-            let call = stage::outcomes(&*stage, &group, &messages);
-            let result = tokio::time::timeout(timeout, call)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Transient(format!("batch not handled within {timeout:?}")))
-                });
-            match result {
+            match stage::outcomes_within(&*stage, &group, &messages, timeout).await {
                 Ok(outcomes) => {
                     let mut outcomes = outcomes.into_iter();
                     for request in taken {

@@ -667,15 +667,8 @@ impl<S: Stage> Work<S> {
                 // The gatherer bounds each call by BATCH_TIMEOUT.
                 Some(gather) => gather.outcomes(batch.clone()).await,
                 None => {
-                    let handled = stage::outcomes(&*self.stage, &self.config.group, batch);
-                    tokio::time::timeout(self.config.batch_timeout, handled)
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(Transient(format!(
-                                "batch not handled within {:?}",
-                                self.config.batch_timeout
-                            )))
-                        })
+                    let (group, timeout) = (&self.config.group, self.config.batch_timeout);
+                    stage::outcomes_within(&*self.stage, group, batch, timeout).await
                 }
             };
             match attempt {

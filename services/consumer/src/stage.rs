@@ -47,15 +47,8 @@ pub trait Stage: Send + Sync {
     /// The key the input's decision is recorded under.
     fn key<'i>(&self, input: &'i Self::Input) -> &'i str;
 
-    /// Whether `decide` itself finds the decisions made before, so that
-    /// the runner does not ask `decided` first: persist's unique orderId
-    /// turns an order stored before into a duplicate, which it then reads.
-    fn finds_past_decisions(&self) -> bool {
-        false
-    }
-
-    /// Decisions recorded before for these keys (distinct, not empty);
-    /// not asked when the stage `finds_past_decisions`.
+    /// Decisions recorded before for these keys (distinct, not empty).
+    /// A stage whose `decide` finds them itself answers none.
     fn decided(
         &self,
         keys: Vec<String>,
@@ -118,7 +111,7 @@ pub async fn outcomes<S: Stage, M: Borrow<OwnedMessage> + Sync>(
             .map(str::to_owned)
             .collect()
     };
-    let decided = if keys.is_empty() || stage.finds_past_decisions() {
+    let decided = if keys.is_empty() {
         HashMap::new()
     } else {
         stage.decided(keys).await?
@@ -173,6 +166,19 @@ pub async fn outcomes<S: Stage, M: Borrow<OwnedMessage> + Sync>(
         .collect()
 }
 
+/// [`outcomes`], bounded by `timeout`: a stage that hangs instead of
+/// failing is a transient failure of the batch.
+pub async fn outcomes_within<S: Stage, M: Borrow<OwnedMessage> + Sync>(
+    stage: &S,
+    group: &str,
+    batch: &[M],
+    timeout: std::time::Duration,
+) -> Result<Vec<Outcome>, Transient> {
+    tokio::time::timeout(timeout, outcomes(stage, group, batch))
+        .await
+        .unwrap_or_else(|_| Err(Transient(format!("batch not handled within {timeout:?}"))))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -186,8 +192,6 @@ pub(crate) mod tests {
         before: HashMap<String, String>,
         asked: Mutex<Vec<Vec<String>>>,
         forget: Option<&'static str>,
-        /// `decide` answers for past decisions too (and `decided` fails).
-        finds_past: bool,
     }
 
     impl Fake {
@@ -199,7 +203,6 @@ pub(crate) mod tests {
                     .collect(),
                 asked: Mutex::default(),
                 forget: None,
-                finds_past: false,
             }
         }
     }
@@ -221,15 +224,7 @@ pub(crate) mod tests {
             &input.0
         }
 
-        fn finds_past_decisions(&self) -> bool {
-            self.finds_past
-        }
-
         async fn decided(&self, keys: Vec<String>) -> Result<HashMap<String, String>, Transient> {
-            assert!(
-                !self.finds_past,
-                "decided asked of a stage that finds them itself"
-            );
             Ok(keys
                 .into_iter()
                 .filter_map(|k| Some((k.clone(), self.before.get(&k)?.clone())))
@@ -249,9 +244,7 @@ pub(crate) mod tests {
                 .filter(|f| Some(f.input.0.as_str()) != self.forget)
                 .map(|f| {
                     let (key, refuse) = f.input.clone();
-                    let verdict = if let Some(before) = self.before.get(&key) {
-                        Ok(before.clone())
-                    } else if refuse {
+                    let verdict = if refuse {
                         Err(("refused", format!("{key} refused")))
                     } else {
                         Ok(format!("now@{}", f.message.offset()))
@@ -333,22 +326,6 @@ pub(crate) mod tests {
         );
         // Only the new keys, once each, in batch order.
         assert_eq!(*stage.asked.lock().unwrap(), [vec!["a", "c", "d"]]);
-    }
-
-    #[tokio::test]
-    async fn a_stage_that_finds_past_decisions_itself_is_handed_every_key() {
-        let stage = Fake {
-            finds_past: true,
-            ..Fake::new(&["b"])
-        };
-        let outcomes = outcomes(&stage, "g", &batch(&["a", "b", "a", ""]))
-            .await
-            .unwrap();
-        assert_eq!(
-            described(outcomes),
-            ["now@0", "before", "now@0", "dlq:undecodable"]
-        );
-        assert_eq!(*stage.asked.lock().unwrap(), [vec!["a", "b"]]);
     }
 
     #[tokio::test]
