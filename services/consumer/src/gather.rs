@@ -18,29 +18,30 @@ use rdkafka::message::OwnedMessage;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::runner::Transient;
-use crate::stage::{self, Outcome, Stage};
+use crate::stage::{self, Outcome, Prepared, Stage};
 
 type Reply = oneshot::Sender<Result<Vec<Outcome>, Transient>>;
 
-struct Request {
+struct Request<P> {
     batch: Arc<[OwnedMessage]>,
+    prepared: Prepared<P>,
     reply: Reply,
 }
 
 /// The handle the lanes hand their batches in through.
-pub struct Gather {
-    queue: mpsc::UnboundedSender<Request>,
+pub struct Gather<S: Stage> {
+    queue: mpsc::UnboundedSender<Request<S::Prepared>>,
 }
 
 /// How many batches and messages each gathered call carried.
 pub type Observe = Box<dyn Fn(usize, usize) + Send + Sync>;
 
-impl Gather {
+impl<S: Stage + 'static> Gather<S> {
     /// Starts the gatherer on the current runtime. Each call is bounded by
     /// `timeout` (a dependency that hangs is a transient failure of every
     /// batch it carries), and a call that panics fails its batches the
     /// same way. The gatherer ends when its handle is dropped.
-    pub fn spawn<S: Stage + 'static>(
+    pub fn spawn(
         stage: Arc<S>,
         group: String,
         calls: usize,
@@ -60,13 +61,23 @@ impl Gather {
         ));
         Gather { queue }
     }
+}
 
+impl<S: Stage> Gather<S> {
     /// One outcome per message of `batch`, in order, from the call that
-    /// carried it.
-    pub async fn outcomes(&self, batch: Arc<[OwnedMessage]>) -> Result<Vec<Outcome>, Transient> {
+    /// carried it, given what the lane prepared for it.
+    pub async fn outcomes(
+        &self,
+        batch: Arc<[OwnedMessage]>,
+        prepared: Prepared<S::Prepared>,
+    ) -> Result<Vec<Outcome>, Transient> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Request { batch, reply })
+            .send(Request {
+                batch,
+                prepared,
+                reply,
+            })
             .map_err(|_| Transient("the stage's gatherer has stopped".into()))?;
         answer
             .await
@@ -81,11 +92,11 @@ async fn gather<S: Stage + 'static>(
     max: usize,
     timeout: Duration,
     observe: Arc<Observe>,
-    mut requests: mpsc::UnboundedReceiver<Request>,
+    mut requests: mpsc::UnboundedReceiver<Request<S::Prepared>>,
 ) {
     let slots = Arc::new(Semaphore::new(calls));
     // A batch that did not fit the last call opens the next.
-    let mut carried: Option<Request> = None;
+    let mut carried: Option<Request<S::Prepared>> = None;
     loop {
         let slot = slots
             .clone()
@@ -118,8 +129,12 @@ async fn gather<S: Stage + 'static>(
         let (stage, group) = (stage.clone(), group.clone());
         tokio::spawn(async move {
             let _slot = slot;
+            let mut prepared = Prepared::new();
+            for request in &mut taken {
+                prepared.extend(std::mem::take(&mut request.prepared));
+            }
             let messages: Vec<&OwnedMessage> = taken.iter().flat_map(|r| r.batch.iter()).collect();
-            match stage::outcomes_within(&*stage, &group, &messages, timeout).await {
+            match stage::outcomes_within(&*stage, &group, &messages, &prepared, timeout).await {
                 Ok(outcomes) => {
                     let mut outcomes = outcomes.into_iter();
                     for request in taken {
@@ -171,6 +186,7 @@ mod tests {
     impl Stage for Slow {
         type Input = String;
         type Decision = String;
+        type Prepared = String;
 
         fn decode(&self, message: &OwnedMessage) -> Result<String, Refusal> {
             Ok(String::from_utf8(message.payload().unwrap_or_default().to_vec()).unwrap())
@@ -184,8 +200,12 @@ mod tests {
             Ok(HashMap::new())
         }
 
-        async fn decide(&self, fresh: &[Fresh<'_, String>]) -> Result<Verdicts<String>, Transient> {
+        async fn decide(
+            &self,
+            fresh: &[Fresh<'_, String, String>],
+        ) -> Result<Verdicts<String>, Transient> {
             let keys: Vec<String> = fresh.iter().map(|f| f.input.clone()).collect();
+            let prepared: Vec<Option<String>> = fresh.iter().map(|f| f.prepared.cloned()).collect();
             self.calls.lock().unwrap().push(keys.clone());
             let now = self.active.fetch_add(1, SeqCst) + 1;
             self.peak.fetch_max(now, SeqCst);
@@ -197,7 +217,15 @@ mod tests {
             if keys.iter().any(|k| k == "panic") {
                 panic!("the stage crashed");
             }
-            Ok(keys.into_iter().map(|k| (k.clone(), Ok(k))).collect())
+            // A key decides as itself, with what was prepared for it.
+            Ok(keys
+                .into_iter()
+                .zip(prepared)
+                .map(|(k, p)| {
+                    let decision = p.map_or_else(|| k.clone(), |p| format!("{k}+{p}"));
+                    (k, Ok(decision))
+                })
+                .collect())
         }
 
         fn emit(&self, decision: &String, _: &tracing::Span) -> Result<Vec<Outgoing>, Transient> {
@@ -214,19 +242,19 @@ mod tests {
     /// the first's first.
     async fn behind_a_call(
         stage: &Slow,
-        gather: Gather,
+        gather: Gather<Slow>,
         rest: &[&[&str]],
     ) -> Vec<Result<Vec<Outcome>, Transient>> {
         let gather = Arc::new(gather);
         let first = {
             let gather = gather.clone();
-            tokio::spawn(async move { gather.outcomes(batch(0, &["a"])).await })
+            tokio::spawn(async move { gather.outcomes(batch(0, &["a"]), Prepared::new()).await })
         };
         stage.started(1).await;
         let rest = futures::future::join_all(
             (1..)
                 .zip(rest)
-                .map(|(partition, keys)| gather.outcomes(batch(partition, keys))),
+                .map(|(partition, keys)| gather.outcomes(batch(partition, keys), Prepared::new())),
         )
         .await;
         std::iter::once(first.await.unwrap()).chain(rest).collect()
@@ -245,7 +273,7 @@ mod tests {
 
     type Seen = Arc<Mutex<Vec<(usize, usize)>>>;
 
-    fn spawn(stage: &Arc<Slow>, calls: usize, max: usize) -> (Gather, Seen) {
+    fn spawn(stage: &Arc<Slow>, calls: usize, max: usize) -> (Gather<Slow>, Seen) {
         let seen: Seen = Arc::default();
         let observed = seen.clone();
         let gather = Gather::spawn(
@@ -310,13 +338,15 @@ mod tests {
     async fn a_failed_or_panicking_call_fails_only_its_own_batches() {
         let stage = Arc::new(Slow::default());
         let (gather, _) = spawn(&stage, 2, 100);
-        let failed = gather.outcomes(batch(0, &["x", "fail"])).await;
+        let failed = gather
+            .outcomes(batch(0, &["x", "fail"]), Prepared::new())
+            .await;
         assert_eq!(payloads(failed), Err("refused".into()));
-        let crashed = gather.outcomes(batch(1, &["panic"])).await;
+        let crashed = gather.outcomes(batch(1, &["panic"]), Prepared::new()).await;
         assert!(payloads(crashed).is_err());
         // The gatherer goes on.
         assert_eq!(
-            payloads(gather.outcomes(batch(2, &["y"])).await),
+            payloads(gather.outcomes(batch(2, &["y"]), Prepared::new()).await),
             Ok(vec!["y".into()])
         );
     }
@@ -325,11 +355,12 @@ mod tests {
     async fn two_calls_may_run_at_once() {
         let stage = Arc::new(Slow::default());
         let (gather, seen) = spawn(&stage, 2, 100);
-        let both = futures::future::join(gather.outcomes(batch(0, &["a"])), async {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            gather.outcomes(batch(1, &["b"])).await
-        })
-        .await;
+        let both =
+            futures::future::join(gather.outcomes(batch(0, &["a"]), Prepared::new()), async {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                gather.outcomes(batch(1, &["b"]), Prepared::new()).await
+            })
+            .await;
         assert!(both.0.is_ok() && both.1.is_ok());
         // Each went in its own call, and the calls overlapped.
         assert_eq!(*seen.lock().unwrap(), [(1, 1), (1, 1)]);
@@ -344,11 +375,34 @@ mod tests {
             let gather = &gather;
             async move {
                 tokio::time::sleep(Duration::from_millis(p as u64 * 7)).await;
-                gather.outcomes(batch(p, &["k"])).await
+                gather.outcomes(batch(p, &["k"]), Prepared::new()).await
             }
         }))
         .await;
         assert!(all.iter().all(Result::is_ok));
         assert_eq!(stage.peak.load(SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn what_each_lane_prepared_reaches_the_gathered_call() {
+        let stage = Arc::new(Slow::default());
+        let (gather, seen) = spawn(&stage, 1, 100);
+        let gather = Arc::new(gather);
+        let first = {
+            let gather = gather.clone();
+            tokio::spawn(async move { gather.outcomes(batch(0, &["a"]), Prepared::new()).await })
+        };
+        stage.started(1).await;
+        let prepared = |key: &str, p: &str| Prepared::from([(key.to_string(), p.to_string())]);
+        let (b, c) = futures::future::join(
+            gather.outcomes(batch(1, &["b"]), prepared("b", "pb")),
+            gather.outcomes(batch(2, &["c", "d"]), prepared("c", "pc")),
+        )
+        .await;
+        assert_eq!(payloads(first.await.unwrap()), Ok(vec!["a".into()]));
+        assert_eq!(payloads(b), Ok(vec!["b+pb".into()]));
+        assert_eq!(payloads(c), Ok(vec!["c+pc".into(), "d".into()]));
+        // The two lanes' batches went in one call.
+        assert_eq!(*seen.lock().unwrap(), [(1, 1), (2, 3)]);
     }
 }

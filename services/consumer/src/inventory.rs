@@ -408,6 +408,7 @@ fn decode_validated(msg: &OwnedMessage) -> Result<OrderValidated, Refusal> {
 impl Stage for Inventory {
     type Input = OrderValidated;
     type Decision = ReservationDocument;
+    type Prepared = ();
 
     fn decode(&self, message: &OwnedMessage) -> Result<OrderValidated, Refusal> {
         decode_validated(message)

@@ -556,6 +556,7 @@ impl Stage for Notify {
     type Input = Notification;
     /// Delivered on every channel.
     type Decision = ();
+    type Prepared = ();
 
     fn decode(&self, message: &OwnedMessage) -> Result<Notification, Refusal> {
         self.notification(message)

@@ -5,9 +5,13 @@
 //! decision is recorded in `payments` (`_id` = orderId); a redelivered
 //! order finds it and only re-emits it.
 //!
-//! The charges of a batch overlap (up to the gateway's concurrency), and its
-//! new orders are settled together in one transaction of bulk writes; when
-//! one of them cannot be (cancelled meanwhile, a conflict that persists),
+//! Each partition's lane charges its own batch (`Stage::prepare`; the
+//! charges overlap up to the gateway's concurrency, across the lanes)
+//! before handing it to the gathered call that settles it, so the gateway's
+//! waiting for the next batches goes on while one call settles. An order
+//! settled before is found then and never charged again. A call's new
+//! orders are settled together in one transaction of bulk writes; when one
+//! of them cannot be (cancelled meanwhile, a conflict that persists),
 //! nothing of it is kept and each order is settled in its own transaction.
 
 use std::collections::HashMap;
@@ -31,7 +35,7 @@ use time::OffsetDateTime;
 
 use crate::event::{batch_span, decode, find_by_ids, together, transient, NewEvent};
 use crate::runner::{Outgoing, Transient};
-use crate::stage::{Fresh, Refusal, Stage, Verdicts};
+use crate::stage::{Fresh, Prepared, Refusal, Stage, Verdicts};
 
 pub const SOURCE: &str = "/orderflow/consumer/payment";
 
@@ -42,6 +46,14 @@ pub struct Gateway {
     pub latency: Duration,
     /// Charges in flight at once.
     pub concurrency: usize,
+}
+
+/// What a lane found out about an order before the call that settles it.
+pub enum Charge {
+    /// Settled before (a redelivery, a replay): re-emitted, not charged.
+    Settled(PaymentDocument),
+    /// The gateway's answer: `Some(detail)` when declined.
+    Answered(Option<String>),
 }
 
 pub struct Payment {
@@ -85,6 +97,30 @@ impl Payment {
             tokio::time::sleep(self.gateway.latency).await;
         }
         decline(&self.gateway.rule, &order.order_id, order.total_amount)
+    }
+
+    /// The orders' charges, by orderId: the record of those settled
+    /// before, and the gateway's answer for the others, asked concurrently.
+    async fn charges(&self, orders: &[&StockReserved]) -> Result<Prepared<Charge>, Transient> {
+        let ids = orders.iter().map(|o| o.order_id.clone()).collect();
+        let settled =
+            find_by_ids(&self.payments(), ids, |p| p.order_id.clone(), "payments").await?;
+        let new: Vec<&StockReserved> = orders
+            .iter()
+            .filter(|o| !settled.contains_key(&o.order_id))
+            .copied()
+            .collect();
+        let answers = futures::future::join_all(new.iter().map(|o| self.charge(o))).await;
+        let mut charges: Prepared<Charge> = settled
+            .into_iter()
+            .map(|(id, record)| (id, Charge::Settled(record)))
+            .collect();
+        charges.extend(
+            new.iter()
+                .zip(answers)
+                .map(|(o, answer)| (o.order_id.clone(), Charge::Answered(answer))),
+        );
+        Ok(charges)
     }
 
     async fn settle(
@@ -321,6 +357,7 @@ fn decode_reserved(msg: &OwnedMessage) -> Result<StockReserved, Refusal> {
 impl Stage for Payment {
     type Input = StockReserved;
     type Decision = PaymentDocument;
+    type Prepared = Charge;
 
     fn decode(&self, message: &OwnedMessage) -> Result<StockReserved, Refusal> {
         decode_reserved(message)
@@ -330,45 +367,77 @@ impl Stage for Payment {
         &order.order_id
     }
 
-    async fn decided(
-        &self,
-        ids: Vec<String>,
-    ) -> Result<HashMap<String, PaymentDocument>, Transient> {
-        find_by_ids(&self.payments(), ids, |p| p.order_id.clone(), "payments").await
+    /// Charges the lane's orders (an undecodable message is the call's to
+    /// dead-letter).
+    async fn prepare(&self, batch: &[OwnedMessage]) -> Result<Prepared<Charge>, Transient> {
+        let decoded: Vec<StockReserved> = batch
+            .iter()
+            .filter_map(|m| decode_reserved(m).ok())
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        let orders: Vec<&StockReserved> = decoded
+            .iter()
+            .filter(|o| seen.insert(o.order_id.as_str()))
+            .collect();
+        if orders.is_empty() {
+            return Ok(Prepared::new());
+        }
+        self.charges(&orders).await
+    }
+
+    /// None: `prepare` (or, for an order it did not see, `decide`) finds
+    /// the payments settled before.
+    async fn decided(&self, _: Vec<String>) -> Result<HashMap<String, PaymentDocument>, Transient> {
+        Ok(HashMap::new())
     }
 
     async fn decide(
         &self,
-        fresh: &[Fresh<'_, StockReserved>],
+        fresh: &[Fresh<'_, StockReserved, Charge>],
     ) -> Result<Verdicts<PaymentDocument>, Transient> {
-        // Charge concurrently, as a gateway client would (PAYMENT_CONCURRENCY
-        // at once across the lanes), while other lanes settle theirs.
-        let answers: Vec<Option<String>> =
-            futures::future::join_all(fresh.iter().map(|f| self.charge(f.input))).await;
-        let _settling = self.settling.lock().await;
+        let unprepared: Vec<&StockReserved> = fresh
+            .iter()
+            .filter(|f| f.prepared.is_none())
+            .map(|f| f.input)
+            .collect();
+        let late = if unprepared.is_empty() {
+            Prepared::new()
+        } else {
+            self.charges(&unprepared).await?
+        };
         let mut verdicts = Verdicts::with_capacity(fresh.len());
+        let mut new: Vec<(&Fresh<'_, StockReserved, Charge>, Option<&str>)> = Vec::new();
+        for f in fresh {
+            match f.prepared.or_else(|| late.get(&f.input.order_id)) {
+                Some(Charge::Settled(record)) => {
+                    verdicts.insert(record.order_id.clone(), Ok(record.clone()));
+                }
+                Some(Charge::Answered(answer)) => new.push((f, answer.as_deref())),
+                None => return Err(Transient(format!("{} was not charged", f.input.order_id))),
+            }
+        }
+        if new.is_empty() {
+            return Ok(verdicts);
+        }
+        let _settling = self.settling.lock().await;
         // Settled together when there are several.
-        if fresh.len() > 1 {
-            let orders: Vec<(&StockReserved, Option<&str>)> = fresh
-                .iter()
-                .zip(&answers)
-                .map(|(f, answer)| (f.input, answer.as_deref()))
-                .collect();
-            let span = batch_span(fresh.iter().map(|f| f.span));
+        if new.len() > 1 {
+            let orders: Vec<(&StockReserved, Option<&str>)> =
+                new.iter().map(|(f, answer)| (f.input, *answer)).collect();
+            let span = batch_span(new.iter().map(|(f, _)| f.span));
             if let Some(records) = self.settle_together(&orders).instrument(span).await {
-                for (record, f) in records.into_iter().zip(fresh) {
+                for (record, (f, _)) in records.into_iter().zip(&new) {
                     log_settled(&record, f.span);
                     verdicts.insert(record.order_id.clone(), Ok(record));
                 }
                 return Ok(verdicts);
             }
         }
-        for (f, declined) in fresh.iter().zip(&answers) {
+        for (f, declined) in new {
             let now = bson_date(OffsetDateTime::now_utc());
             let p = async {
                 in_transaction!(self.db.client(), |session| {
-                    self.settle(session, f.input, declined.as_deref(), now)
-                        .await
+                    self.settle(session, f.input, declined, now).await
                 })
             }
             .instrument(f.span.clone())

@@ -266,6 +266,7 @@ fn document(
 impl Stage for Persist {
     type Input = OrderPlaced;
     type Decision = OrderDocument;
+    type Prepared = ();
 
     fn decode(&self, message: &OwnedMessage) -> Result<OrderPlaced, Refusal> {
         decode_placed(message)

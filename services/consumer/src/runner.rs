@@ -186,10 +186,10 @@ pub struct Runner<S> {
 }
 
 /// What every lane shares: the stage, its clients and settings.
-struct Work<S> {
+struct Work<S: Stage> {
     stage: Arc<S>,
     /// Where the lanes hand in their batches when they are gathered.
-    gather: Option<Gather>,
+    gather: Option<Gather<S>>,
     consumer: Arc<StageConsumer>,
     producer: FutureProducer,
     config: RunnerConfig,
@@ -663,14 +663,7 @@ impl<S: Stage> Work<S> {
     ) -> Option<Vec<Outcome>> {
         let mut backoff = Backoff::new(self.config.max_backoff);
         loop {
-            let attempt = match &self.gather {
-                // The gatherer bounds each call by BATCH_TIMEOUT.
-                Some(gather) => gather.outcomes(batch.clone()).await,
-                None => {
-                    let (group, timeout) = (&self.config.group, self.config.batch_timeout);
-                    stage::outcomes_within(&*self.stage, group, batch, timeout).await
-                }
-            };
+            let attempt = self.attempt(batch).await;
             match attempt {
                 Ok(outcomes) => return Some(outcomes),
                 Err(Transient(e)) => {
@@ -682,6 +675,21 @@ impl<S: Stage> Work<S> {
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }
+            }
+        }
+    }
+
+    /// One try at a batch's outcomes: the lane prepares it, then the stage
+    /// decides it, in a gathered call or on its own.
+    async fn attempt(&self, batch: &Arc<[OwnedMessage]>) -> Result<Vec<Outcome>, Transient> {
+        let timeout = self.config.batch_timeout;
+        let prepared = stage::prepare_within(&*self.stage, batch, timeout).await?;
+        match &self.gather {
+            // The gatherer bounds each call by BATCH_TIMEOUT.
+            Some(gather) => gather.outcomes(batch.clone(), prepared).await,
+            None => {
+                let group = &self.config.group;
+                stage::outcomes_within(&*self.stage, group, batch, &prepared, timeout).await
             }
         }
     }

@@ -24,12 +24,17 @@ use crate::runner::{Outgoing, Transient};
 pub type Refusal = (&'static str, String);
 
 /// A key decided for the first time in this batch: the first message that
-/// carries it, decoded, and the span it is processed in.
-pub struct Fresh<'a, I> {
+/// carries it, decoded, the span it is processed in, and what the stage's
+/// `prepare` found out about it, if it did.
+pub struct Fresh<'a, I, P = ()> {
     pub input: &'a I,
     pub message: &'a OwnedMessage,
     pub span: &'a tracing::Span,
+    pub prepared: Option<&'a P>,
 }
+
+/// What a stage's `prepare` found out before a batch's call, by key.
+pub type Prepared<P> = HashMap<String, P>;
 
 /// What `decide` came to, by key: a decision, or a refusal that
 /// dead-letters every message of the batch carrying the key.
@@ -40,6 +45,8 @@ pub trait Stage: Send + Sync {
     type Input: Send + Sync;
     /// What the stage decided for one key, as it is recorded.
     type Decision: Send + Sync;
+    /// What `prepare` finds out about a key (most stages: nothing, `()`).
+    type Prepared: Send + Sync + 'static;
 
     /// Decodes a message, or says why it can never be one of this stage's.
     fn decode(&self, message: &OwnedMessage) -> Result<Self::Input, Refusal>;
@@ -47,8 +54,21 @@ pub trait Stage: Send + Sync {
     /// The key the input's decision is recorded under.
     fn key<'i>(&self, input: &'i Self::Input) -> &'i str;
 
+    /// Work on one lane's batch before the call that decides it, for a
+    /// stage that waits on something other than the store (payment's
+    /// gateway): each lane prepares its own batch, so that while one
+    /// gathered call runs, the next batches' waiting is already under way
+    /// instead of inside their call. By key; a key left out is `decide`'s
+    /// to do. Bounded by the batch timeout; retried with the batch.
+    fn prepare(
+        &self,
+        _batch: &[OwnedMessage],
+    ) -> impl Future<Output = Result<Prepared<Self::Prepared>, Transient>> + Send {
+        async { Ok(Prepared::new()) }
+    }
+
     /// Decisions recorded before for these keys (distinct, not empty).
-    /// A stage whose `decide` finds them itself answers none.
+    /// A stage whose `prepare` or `decide` finds them itself answers none.
     fn decided(
         &self,
         keys: Vec<String>,
@@ -59,7 +79,7 @@ pub trait Stage: Send + Sync {
     /// transient failure of the batch.
     fn decide(
         &self,
-        fresh: &[Fresh<'_, Self::Input>],
+        fresh: &[Fresh<'_, Self::Input, Self::Prepared>],
     ) -> impl Future<Output = Result<Verdicts<Self::Decision>, Transient>> + Send;
 
     /// The messages a decision stands for: the same every time it is
@@ -86,11 +106,13 @@ pub enum Outcome {
 /// idempotent).
 ///
 /// The batch is one lane's, or several lanes' gathered into one call
-/// ([`crate::gather`]): the messages themselves or references to them.
+/// ([`crate::gather`]): the messages themselves or references to them,
+/// with what `prepare` found out about their keys.
 pub async fn outcomes<S: Stage, M: Borrow<OwnedMessage> + Sync>(
     stage: &S,
     group: &str,
     batch: &[M],
+    prepared: &Prepared<S::Prepared>,
 ) -> Result<Vec<Outcome>, Transient> {
     let decoded: Vec<Result<(S::Input, tracing::Span), Refusal>> = batch
         .iter()
@@ -116,7 +138,7 @@ pub async fn outcomes<S: Stage, M: Borrow<OwnedMessage> + Sync>(
     } else {
         stage.decided(keys).await?
     };
-    let fresh: Vec<Fresh<'_, S::Input>> = {
+    let fresh: Vec<Fresh<'_, S::Input, S::Prepared>> = {
         let mut seen = HashSet::new();
         batch
             .iter()
@@ -125,10 +147,11 @@ pub async fn outcomes<S: Stage, M: Borrow<OwnedMessage> + Sync>(
                 let message = message.borrow();
                 let (input, span) = d.as_ref().ok()?;
                 let key = stage.key(input);
-                (!decided.contains_key(key) && seen.insert(key)).then_some(Fresh {
+                (!decided.contains_key(key) && seen.insert(key)).then(|| Fresh {
                     input,
                     message,
                     span,
+                    prepared: prepared.get(key),
                 })
             })
             .collect()
@@ -172,9 +195,26 @@ pub async fn outcomes_within<S: Stage, M: Borrow<OwnedMessage> + Sync>(
     stage: &S,
     group: &str,
     batch: &[M],
+    prepared: &Prepared<S::Prepared>,
     timeout: std::time::Duration,
 ) -> Result<Vec<Outcome>, Transient> {
-    tokio::time::timeout(timeout, outcomes(stage, group, batch))
+    within(timeout, outcomes(stage, group, batch, prepared)).await
+}
+
+/// The stage's `prepare` of one lane's batch, bounded by `timeout`.
+pub async fn prepare_within<S: Stage>(
+    stage: &S,
+    batch: &[OwnedMessage],
+    timeout: std::time::Duration,
+) -> Result<Prepared<S::Prepared>, Transient> {
+    within(timeout, stage.prepare(batch)).await
+}
+
+async fn within<T>(
+    timeout: std::time::Duration,
+    work: impl Future<Output = Result<T, Transient>>,
+) -> Result<T, Transient> {
+    tokio::time::timeout(timeout, work)
         .await
         .unwrap_or_else(|_| Err(Transient(format!("batch not handled within {timeout:?}"))))
 }
@@ -210,6 +250,7 @@ pub(crate) mod tests {
     impl Stage for Fake {
         type Input = (String, bool);
         type Decision = String;
+        type Prepared = String;
 
         fn decode(&self, message: &OwnedMessage) -> Result<Self::Input, Refusal> {
             let text = std::str::from_utf8(message.payload().unwrap_or_default()).unwrap();
@@ -233,7 +274,7 @@ pub(crate) mod tests {
 
         async fn decide(
             &self,
-            fresh: &[Fresh<'_, Self::Input>],
+            fresh: &[Fresh<'_, Self::Input, String>],
         ) -> Result<Verdicts<String>, Transient> {
             self.asked
                 .lock()
@@ -247,7 +288,8 @@ pub(crate) mod tests {
                     let verdict = if refuse {
                         Err(("refused", format!("{key} refused")))
                     } else {
-                        Ok(format!("now@{}", f.message.offset()))
+                        let prepared = f.prepared.map(|p| format!("+{p}")).unwrap_or_default();
+                        Ok(format!("now@{}{prepared}", f.message.offset()))
                     };
                     (key, verdict)
                 })
@@ -311,7 +353,9 @@ pub(crate) mod tests {
     async fn every_message_gets_its_keys_outcome_and_each_new_key_is_decided_once() {
         let stage = Fake::new(&["b"]);
         let messages = batch(&["a", "", "b", "a", "c:refuse", "c:refuse", "d"]);
-        let outcomes = outcomes(&stage, "g", &messages).await.unwrap();
+        let outcomes = outcomes(&stage, "g", &messages, &Prepared::new())
+            .await
+            .unwrap();
         assert_eq!(
             described(outcomes),
             [
@@ -331,7 +375,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn nothing_new_asks_for_no_decision() {
         let stage = Fake::new(&["b"]);
-        let outcomes = outcomes(&stage, "g", &batch(&["b", "", "b"]))
+        let outcomes = outcomes(&stage, "g", &batch(&["b", "", "b"]), &Prepared::new())
             .await
             .unwrap();
         assert_eq!(described(outcomes), ["before", "dlq:undecodable", "before"]);
@@ -344,9 +388,26 @@ pub(crate) mod tests {
             forget: Some("x"),
             ..Fake::new(&[])
         };
-        let failed = outcomes(&stage, "g", &batch(&["a", "x"]))
+        let failed = outcomes(&stage, "g", &batch(&["a", "x"]), &Prepared::new())
             .await
             .unwrap_err();
         assert_eq!(failed.0, "x was not decided");
+    }
+
+    #[tokio::test]
+    async fn what_was_prepared_for_a_key_reaches_its_decision() {
+        let stage = Fake::new(&["b"]);
+        let prepared: Prepared<String> = [("a", "charged"), ("b", "charged")]
+            .into_iter()
+            .map(|(k, p)| (k.to_string(), p.to_string()))
+            .collect();
+        let outcomes = outcomes(&stage, "g", &batch(&["a", "b", "c", "a"]), &prepared)
+            .await
+            .unwrap();
+        // "b" was decided before; "c" was not prepared.
+        assert_eq!(
+            described(outcomes),
+            ["now@0+charged", "before", "now@2", "now@0+charged"]
+        );
     }
 }
