@@ -262,6 +262,15 @@ wait_http() {
   done
 }
 
+# The pipeline's asynchronous back end (the four stages, analytics and
+# MongoDB) runs at a lower CPU priority than the intake path (producer,
+# orders-api, the broker, Redis): nice 5, a third of the intake's CPU
+# weight when the cores are contended, as the operator's CPU requests give
+# it in a cluster (ADR 0014). BACKEND_NICE=0 runs everything alike.
+BACKEND_NICE=${BACKEND_NICE:-5}
+case "$BACKEND_NICE" in ''|*[!0-9]*) die "BACKEND_NICE must be 0 to 19, not '$BACKEND_NICE'" ;; esac
+[ "$BACKEND_NICE" -le 19 ] || die "BACKEND_NICE must be 0 to 19, not '$BACKEND_NICE'"
+
 # start NAME COMMAND... : runs a command in the background under RUN_DIR.
 start() {
   local name=$1; shift
@@ -281,10 +290,10 @@ start_kafka() { # PORT [CONTROLLER_PORT]
 start_mongo() { # PORT
   mkdir -p "$RUN_DIR/mongo"
   if [ "${ORDERFLOW_MONGO:-py}" = rs ]; then
-    start mongo "$TOOLS/bin/secantusd-rs" --host 127.0.0.1 --port "$1" \
+    start mongo nice -n "$BACKEND_NICE" "$TOOLS/bin/secantusd-rs" --host 127.0.0.1 --port "$1" \
       --storage-path "$RUN_DIR/mongo" --cache-size 256M
   else
-    start mongo "$VENV/bin/secantusd-py" --host 127.0.0.1 --port "$1" --storage-path "$RUN_DIR/mongo"
+    start mongo nice -n "$BACKEND_NICE" "$VENV/bin/secantusd-py" --host 127.0.0.1 --port "$1" --storage-path "$RUN_DIR/mongo"
   fi
   wait_port "$1" mongo 60
 }
