@@ -43,7 +43,18 @@ pub struct Component {
     pub stage: Option<&'static str>,
     pub redis: bool,
     pub mongo: bool,
+    /// Its CPU request, which is also its weight on a contended node.
+    pub cpu_request: &'static str,
 }
+
+/// The intake path's CPU request (the producer, and orders-api, which
+/// forwards `POST /orders` to it): three times the back end's, so on a
+/// busy node a request waits for the stages' batch work a third as often
+/// (ADR 0014; `scripts/up` gives local processes the same weights with
+/// `nice`).
+pub const INTAKE_CPU: &str = "300m";
+/// The asynchronous back end's: the four stages and analytics.
+pub const BACKEND_CPU: &str = "100m";
 
 pub const COMPONENTS: [Component; 7] = [
     Component {
@@ -52,6 +63,7 @@ pub const COMPONENTS: [Component; 7] = [
         port: 3000,
         stage: None,
         redis: true,
+        cpu_request: INTAKE_CPU,
         mongo: false,
     },
     Component {
@@ -60,6 +72,7 @@ pub const COMPONENTS: [Component; 7] = [
         port: 3003,
         stage: None,
         redis: false,
+        cpu_request: INTAKE_CPU,
         mongo: true,
     },
     Component {
@@ -68,6 +81,7 @@ pub const COMPONENTS: [Component; 7] = [
         port: 3001,
         stage: None,
         redis: true,
+        cpu_request: BACKEND_CPU,
         mongo: true,
     },
     Component {
@@ -76,6 +90,7 @@ pub const COMPONENTS: [Component; 7] = [
         port: 3010,
         stage: Some(STAGES[0].name),
         redis: false,
+        cpu_request: BACKEND_CPU,
         mongo: true,
     },
     Component {
@@ -84,6 +99,7 @@ pub const COMPONENTS: [Component; 7] = [
         port: 3010,
         stage: Some(STAGES[1].name),
         redis: false,
+        cpu_request: BACKEND_CPU,
         mongo: true,
     },
     Component {
@@ -92,6 +108,7 @@ pub const COMPONENTS: [Component; 7] = [
         port: 3010,
         stage: Some(STAGES[2].name),
         redis: false,
+        cpu_request: BACKEND_CPU,
         mongo: true,
     },
     Component {
@@ -100,6 +117,7 @@ pub const COMPONENTS: [Component; 7] = [
         port: 3010,
         stage: Some(STAGES[3].name),
         redis: false,
+        cpu_request: BACKEND_CPU,
         mongo: true,
     },
 ];
@@ -281,7 +299,7 @@ pub fn deployment(pipeline: &OrderPipeline, c: &Component) -> Deployment {
         readiness_probe: Some(probe("/readyz", 5, 3)),
         liveness_probe: Some(probe("/healthz", 10, 6)),
         resources: Some(ResourceRequirements {
-            requests: Some(quantities("100m", "64Mi")),
+            requests: Some(quantities(c.cpu_request, "64Mi")),
             limits: Some(quantities("1", "256Mi")),
             ..ResourceRequirements::default()
         }),
@@ -662,6 +680,23 @@ spec:
             assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
             assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
             assert!(c["resources"]["limits"]["memory"].is_string());
+        }
+    }
+
+    #[test]
+    fn the_intake_path_outweighs_the_back_end_three_to_one() {
+        let objects = owned_json(&pipeline(MINIMAL));
+        let cpu = |name: &str| {
+            let d = find(&objects, "Deployment", &format!("main-{name}"));
+            let c = &d["spec"]["template"]["spec"]["containers"][0]["resources"];
+            assert_eq!(c["limits"]["cpu"], "1", "{name}");
+            c["requests"]["cpu"].as_str().unwrap().to_owned()
+        };
+        for intake in ["producer", "orders-api"] {
+            assert_eq!(cpu(intake), "300m");
+        }
+        for back_end in std::iter::once("analytics").chain(STAGES.iter().map(|s| s.name)) {
+            assert_eq!(cpu(back_end), "100m");
         }
     }
 
