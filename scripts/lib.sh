@@ -282,6 +282,9 @@ start() {
   echo $! >"$RUN_DIR/$name.pid"
 }
 
+# start_backend NAME COMMAND... : start, at the back end's priority.
+start_backend() { start "$1" nice -n "$BACKEND_NICE" "${@:2}"; }
+
 start_kafka() { # PORT [CONTROLLER_PORT]
   start kafka "$ROOT/scripts/kafka/broker" "$1" "${2:-$(($1 + 1))}" "$RUN_DIR/kafka"
   wait_kafka "$1" 90
@@ -290,10 +293,10 @@ start_kafka() { # PORT [CONTROLLER_PORT]
 start_mongo() { # PORT
   mkdir -p "$RUN_DIR/mongo"
   if [ "${ORDERFLOW_MONGO:-py}" = rs ]; then
-    start mongo nice -n "$BACKEND_NICE" "$TOOLS/bin/secantusd-rs" --host 127.0.0.1 --port "$1" \
+    start_backend mongo "$TOOLS/bin/secantusd-rs" --host 127.0.0.1 --port "$1" \
       --storage-path "$RUN_DIR/mongo" --cache-size 256M
   else
-    start mongo nice -n "$BACKEND_NICE" "$VENV/bin/secantusd-py" --host 127.0.0.1 --port "$1" --storage-path "$RUN_DIR/mongo"
+    start_backend mongo "$VENV/bin/secantusd-py" --host 127.0.0.1 --port "$1" --storage-path "$RUN_DIR/mongo"
   fi
   wait_port "$1" mongo 60
 }
