@@ -268,8 +268,8 @@ wait_http() {
 # weight when the cores are contended, as the operator's CPU requests give
 # it in a cluster (ADR 0014). BACKEND_NICE=0 runs everything alike.
 BACKEND_NICE=${BACKEND_NICE:-5}
-case "$BACKEND_NICE" in ''|*[!0-9]*) die "BACKEND_NICE must be 0 to 19, not '$BACKEND_NICE'" ;; esac
-[ "$BACKEND_NICE" -le 19 ] || die "BACKEND_NICE must be 0 to 19, not '$BACKEND_NICE'"
+[[ $BACKEND_NICE =~ ^[0-9]+$ ]] && [ "$BACKEND_NICE" -le 19 ] \
+  || die "BACKEND_NICE must be 0 to 19, not '$BACKEND_NICE'"
 
 # start NAME COMMAND... : runs a command in the background under RUN_DIR.
 start() {

@@ -49,7 +49,7 @@ pub struct Component {
 
 /// The intake path's CPU request (the producer, and orders-api, which
 /// forwards `POST /orders` to it): three times the back end's, so on a
-/// busy node a request waits for the stages' batch work a third as often
+/// busy node it gets three times a back-end container's share of the CPU
 /// (ADR 0014; `scripts/up` gives local processes the same weights with
 /// `nice`).
 pub const INTAKE_CPU: &str = "300m";
@@ -63,8 +63,8 @@ pub const COMPONENTS: [Component; 7] = [
         port: 3000,
         stage: None,
         redis: true,
-        cpu_request: INTAKE_CPU,
         mongo: false,
+        cpu_request: INTAKE_CPU,
     },
     Component {
         name: "orders-api",
@@ -72,8 +72,8 @@ pub const COMPONENTS: [Component; 7] = [
         port: 3003,
         stage: None,
         redis: false,
-        cpu_request: INTAKE_CPU,
         mongo: true,
+        cpu_request: INTAKE_CPU,
     },
     Component {
         name: "analytics",
@@ -81,8 +81,8 @@ pub const COMPONENTS: [Component; 7] = [
         port: 3001,
         stage: None,
         redis: true,
-        cpu_request: BACKEND_CPU,
         mongo: true,
+        cpu_request: BACKEND_CPU,
     },
     Component {
         name: STAGES[0].name,
@@ -90,8 +90,8 @@ pub const COMPONENTS: [Component; 7] = [
         port: 3010,
         stage: Some(STAGES[0].name),
         redis: false,
-        cpu_request: BACKEND_CPU,
         mongo: true,
+        cpu_request: BACKEND_CPU,
     },
     Component {
         name: STAGES[1].name,
@@ -99,8 +99,8 @@ pub const COMPONENTS: [Component; 7] = [
         port: 3010,
         stage: Some(STAGES[1].name),
         redis: false,
-        cpu_request: BACKEND_CPU,
         mongo: true,
+        cpu_request: BACKEND_CPU,
     },
     Component {
         name: STAGES[2].name,
@@ -108,8 +108,8 @@ pub const COMPONENTS: [Component; 7] = [
         port: 3010,
         stage: Some(STAGES[2].name),
         redis: false,
-        cpu_request: BACKEND_CPU,
         mongo: true,
+        cpu_request: BACKEND_CPU,
     },
     Component {
         name: STAGES[3].name,
@@ -117,8 +117,8 @@ pub const COMPONENTS: [Component; 7] = [
         port: 3010,
         stage: Some(STAGES[3].name),
         redis: false,
-        cpu_request: BACKEND_CPU,
         mongo: true,
+        cpu_request: BACKEND_CPU,
     },
 ];
 
