@@ -124,6 +124,45 @@ ensure_mongo() {
     || die "pip install secantusdb failed"
 }
 
+# Postfix's smtp-sink, the SMTP server of benchmarks (ORDERFLOW_SMTP=sink,
+# scripts/bench): Postfix's test server for measuring SMTP clients, in C,
+# which speaks SMTP and discards the mail. Unpacked once from Debian's
+# postfix package into $TOOLS, not installed (no MTA configured or started).
+SMTP_SINK=$TOOLS/postfix/usr/sbin/smtp-sink
+ensure_smtp_sink() {
+  [ -x "$SMTP_SINK" ] && return 0
+  command -v apt-get >/dev/null || die "smtp-sink comes from Debian's postfix package and there is no apt-get"
+  log "unpacking Postfix's smtp-sink into $TOOLS/postfix"
+  local tmp sudo=""
+  tmp=$(mktemp -d)
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if ! (cd "$tmp" && apt-get download -qq postfix >/dev/null 2>&1); then
+    # No package lists yet (a fresh machine).
+    $sudo apt-get update -qq >/dev/null || die "apt-get update failed"
+    (cd "$tmp" && apt-get download -qq postfix >/dev/null 2>&1) || die "apt-get download postfix failed"
+  fi
+  mkdir -p "$TOOLS/postfix"
+  dpkg-deb -x "$tmp"/postfix_*.deb "$TOOLS/postfix" || die "unpacking postfix failed"
+  rm -rf "$tmp"
+}
+
+# start_smtp PORT: the local SMTP server, aiosmtpd keeping each mail in
+# $RUN_DIR/mail (what `scripts/up` shows a developer), or smtp-sink
+# (ORDERFLOW_SMTP=sink). At the back end's priority: the mail relay serves
+# notify, not the intake, and runs elsewhere in a deployment (ADR 0014).
+start_smtp() {
+  if [ "${ORDERFLOW_SMTP:-aiosmtpd}" = sink ]; then
+    ensure_smtp_sink
+    local as_user=()
+    # Refuses to run as root without a user to switch to.
+    [ "$(id -u)" -ne 0 ] || as_user=(-u nobody)
+    start_backend smtp env LD_LIBRARY_PATH="$TOOLS/postfix/usr/lib/postfix" "$SMTP_SINK" "${as_user[@]}" "127.0.0.1:$1" 1000
+  else
+    start_backend smtp "$VENV/bin/aiosmtpd" -n -l "127.0.0.1:$1" -c aiosmtpd.handlers.Mailbox "$RUN_DIR/mail"
+  fi
+  wait_port "$1" smtp 15
+}
+
 # Offline validators of the Kubernetes manifests (scripts/check-manifests).
 ensure_validators() {
   [ -x "$VENV/bin/kubernetes-validate" ] && "$VENV/bin/python" -c 'import jsonschema' 2>/dev/null && return 0
