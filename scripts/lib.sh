@@ -151,6 +151,10 @@ ensure_smtp_sink() {
 # (ORDERFLOW_SMTP=sink). At the back end's priority: the mail relay serves
 # notify, not the intake, and runs elsewhere in a deployment (ADR 0014).
 start_smtp() {
+  case ${ORDERFLOW_SMTP:-aiosmtpd} in
+    sink | aiosmtpd) ;;
+    *) die "ORDERFLOW_SMTP must be aiosmtpd or sink, not '$ORDERFLOW_SMTP'" ;;
+  esac
   if [ "${ORDERFLOW_SMTP:-aiosmtpd}" = sink ]; then
     ensure_smtp_sink
     local as_user=()
