@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use orderflow_domain::events::{OrderPlaced, PlacedItem};
@@ -18,7 +18,7 @@ use orderflow_testkit::cluster::{self, Kube};
 use serde_json::{json, Value};
 
 mod support;
-use support::{install_crd, leading, spawn_operator, Operator};
+use support::{install_crd, leading, spawn_operator, Killed, Operator};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../charts/orderflow");
 const SAMPLE: &str = concat!(
@@ -791,33 +791,35 @@ fn order(i: usize) -> Vec<u8> {
 }
 
 /// A real persist stage outside the cluster, in the stage's consumer group.
-fn spawn_persist(brokers: &str, topics: &BTreeMap<&'static str, String>, db: &str) -> Child {
-    Command::new(kit::binary("consumer"))
-        .args(["--stage", "persist", "--port", "0", "--bind", "127.0.0.1"])
-        .args([
-            "--kafka-brokers",
-            brokers,
-            "--mongo-url",
-            &kit::mongo_url(db),
-        ])
-        .args([
-            "--topic-orders",
-            &topics["orders"],
-            "--topic-validated",
-            &topics["validated"],
-        ])
-        .args([
-            "--topic-notifications",
-            &topics["notifications"],
-            "--topic-dlq",
-            &topics["dlq"],
-        ])
-        .env("RUST_LOG", "warn")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting the persist stage")
+fn spawn_persist(brokers: &str, topics: &BTreeMap<&'static str, String>, db: &str) -> Killed {
+    Killed(
+        Command::new(kit::binary("consumer"))
+            .args(["--stage", "persist", "--port", "0", "--bind", "127.0.0.1"])
+            .args([
+                "--kafka-brokers",
+                brokers,
+                "--mongo-url",
+                &kit::mongo_url(db),
+            ])
+            .args([
+                "--topic-orders",
+                &topics["orders"],
+                "--topic-validated",
+                &topics["validated"],
+            ])
+            .args([
+                "--topic-notifications",
+                &topics["notifications"],
+                "--topic-dlq",
+                &topics["dlq"],
+            ])
+            .env("RUST_LOG", "warn")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the persist stage"),
+    )
 }
 
 fn persist_replicas(kube: &Kube, ns: &str) -> i64 {
@@ -895,7 +897,7 @@ async fn persist_scales_on_real_lag_capped_by_partitions_and_back_without_flappi
     // wants only as many replicas as partitions still lag, so once the
     // partitions drain unevenly it may already want one.
     let db = kit::unique("scaled");
-    let mut stage_process = spawn_persist(&brokers, &topics, &db);
+    let stage_process = spawn_persist(&brokers, &topics, &db);
     let mut last_high = Instant::now();
     let mut track = |k: &Kube| {
         let desired = pipeline(k, &app, "shop").and_then(|p| {
@@ -965,8 +967,7 @@ async fn persist_scales_on_real_lag_capped_by_partitions_and_back_without_flappi
         early_falls, 0,
         "flapping under a sawtooth, (time, replicas): {changes:?}"
     );
-    let _ = stage_process.kill();
-    let _ = stage_process.wait();
+    drop(stage_process);
     release.uninstall(&kube);
 }
 

@@ -8,7 +8,7 @@
 //! `scripts/test real_ingress` and `scripts/test real_gateway` run them.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use orderflow_testkit::stack::Stack;
 use serde_json::{json, Value};
 
 mod support;
-use support::{install_crd, spawn_operator};
+use support::{install_crd, spawn_operator, Killed};
 
 const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
 const HOST: &str = "orders.example.com";
@@ -104,15 +104,6 @@ fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         ],
     );
     (dir.join("ca.crt"), dir.join("tls.crt"), dir.join("tls.key"))
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// One pipeline with orderflow running locally behind it, and Traefik.

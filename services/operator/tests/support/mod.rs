@@ -30,6 +30,17 @@ impl Drop for Operator {
     }
 }
 
+/// A process a test started, killed when dropped: also when an assertion
+/// fails first, so a failed test leaves nothing running.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the operator as replica `name` with `kubeconfig`; `env` adds to
 /// or overrides the defaults (Lease in namespace `ops`, lease 3 s, renew
 /// deadline 2 s, retry 500 ms). Its output goes to `log` when given.
