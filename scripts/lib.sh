@@ -20,20 +20,23 @@ export PATH="$TOOLS/bin:$VENV/bin:$HOME/.cargo/bin:$PATH"
 log() { printf '\033[1m[orderflow]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31m[orderflow] error:\033[0m %s\n' "$*" >&2; exit 1; }
 
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 APT_UPDATED=0
+# The package lists, fetched at most once a run.
+apt_update() {
+  [ $APT_UPDATED -eq 0 ] || return 0
+  $SUDO apt-get update -qq >/dev/null || die "apt-get update failed"
+  APT_UPDATED=1
+}
 apt_install() {
   local missing=()
   for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
   [ ${#missing[@]} -eq 0 ] && return 0
   command -v apt-get >/dev/null || die "need Debian packages ${missing[*]} and there is no apt-get"
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
   log "installing Debian packages: ${missing[*]}"
-  if [ $APT_UPDATED -eq 0 ]; then
-    $sudo apt-get update -qq >/dev/null || die "apt-get update failed"
-    APT_UPDATED=1
-  fi
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null \
+  apt_update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null \
     || die "apt-get install ${missing[*]} failed"
 }
 
@@ -133,12 +136,11 @@ ensure_smtp_sink() {
   [ -x "$SMTP_SINK" ] && return 0
   command -v apt-get >/dev/null || die "smtp-sink comes from Debian's postfix package and there is no apt-get"
   log "unpacking Postfix's smtp-sink into $TOOLS/postfix"
-  local tmp sudo=""
+  local tmp
   tmp=$(mktemp -d)
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
   if ! (cd "$tmp" && apt-get download -qq postfix >/dev/null 2>&1); then
     # No package lists yet (a fresh machine).
-    $sudo apt-get update -qq >/dev/null || die "apt-get update failed"
+    apt_update
     (cd "$tmp" && apt-get download -qq postfix >/dev/null 2>&1) || die "apt-get download postfix failed"
   fi
   mkdir -p "$TOOLS/postfix"
@@ -152,18 +154,18 @@ ensure_smtp_sink() {
 # notify, not the intake, and runs elsewhere in a deployment (ADR 0014).
 start_smtp() {
   case ${ORDERFLOW_SMTP:-aiosmtpd} in
-    sink | aiosmtpd) ;;
+    sink)
+      ensure_smtp_sink
+      local as_user=()
+      # Refuses to run as root without a user to switch to.
+      [ "$(id -u)" -ne 0 ] || as_user=(-u nobody)
+      start_backend smtp env LD_LIBRARY_PATH="$TOOLS/postfix/usr/lib/postfix" "$SMTP_SINK" "${as_user[@]}" "127.0.0.1:$1" 1000
+      ;;
+    aiosmtpd)
+      start_backend smtp "$VENV/bin/aiosmtpd" -n -l "127.0.0.1:$1" -c aiosmtpd.handlers.Mailbox "$RUN_DIR/mail"
+      ;;
     *) die "ORDERFLOW_SMTP must be aiosmtpd or sink, not '$ORDERFLOW_SMTP'" ;;
   esac
-  if [ "${ORDERFLOW_SMTP:-aiosmtpd}" = sink ]; then
-    ensure_smtp_sink
-    local as_user=()
-    # Refuses to run as root without a user to switch to.
-    [ "$(id -u)" -ne 0 ] || as_user=(-u nobody)
-    start_backend smtp env LD_LIBRARY_PATH="$TOOLS/postfix/usr/lib/postfix" "$SMTP_SINK" "${as_user[@]}" "127.0.0.1:$1" 1000
-  else
-    start_backend smtp "$VENV/bin/aiosmtpd" -n -l "127.0.0.1:$1" -c aiosmtpd.handlers.Mailbox "$RUN_DIR/mail"
-  fi
   wait_port "$1" smtp 15
 }
 
