@@ -128,10 +128,13 @@ ensure_mongo() {
 }
 
 # Postfix's smtp-sink, the SMTP server of benchmarks (ORDERFLOW_SMTP=sink,
-# scripts/bench): Postfix's test server for measuring SMTP clients, in C,
-# which speaks SMTP and discards the mail. Unpacked once from Debian's
-# postfix package into $TOOLS, not installed (no MTA configured or started).
+# scripts/bench) and of the tests of SMTP pipelining: Postfix's test server
+# for measuring SMTP clients, in C, which speaks SMTP and discards the mail
+# (or dumps it, -d). Unpacked once from Debian's postfix package into
+# $TOOLS, not installed (no MTA configured or started); it needs Postfix's
+# libraries (SMTP_SINK_LIBS on LD_LIBRARY_PATH).
 SMTP_SINK=$TOOLS/postfix/usr/sbin/smtp-sink
+SMTP_SINK_LIBS=$TOOLS/postfix/usr/lib/postfix
 ensure_smtp_sink() {
   [ -x "$SMTP_SINK" ] && return 0
   command -v apt-get >/dev/null || die "smtp-sink comes from Debian's postfix package and there is no apt-get"
@@ -159,7 +162,7 @@ start_smtp() {
       local as_user=()
       # Refuses to run as root without a user to switch to.
       [ "$(id -u)" -ne 0 ] || as_user=(-u nobody)
-      start_backend smtp env LD_LIBRARY_PATH="$TOOLS/postfix/usr/lib/postfix" "$SMTP_SINK" "${as_user[@]}" "127.0.0.1:$1" 1000
+      start_backend smtp env LD_LIBRARY_PATH="$SMTP_SINK_LIBS" "$SMTP_SINK" "${as_user[@]}" "127.0.0.1:$1" 1000
       ;;
     aiosmtpd)
       start_backend smtp "$VENV/bin/aiosmtpd" -n -l "127.0.0.1:$1" -c aiosmtpd.handlers.Mailbox "$RUN_DIR/mail"

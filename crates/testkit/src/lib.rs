@@ -480,54 +480,56 @@ pub fn spawn_mongo(port: u16, dir: &std::path::Path) -> Server {
     }
 }
 
-/// A private SMTP server (aiosmtpd) that stores every message it accepts in
-/// a Maildir, so a test can count what was really delivered.
+/// A private SMTP server that keeps every message it accepts, so a test can
+/// count what was really delivered: aiosmtpd (in a Maildir), or Postfix's
+/// smtp-sink (a file per mail), which offers PIPELINING.
 pub struct SmtpSink {
     pub server: Server,
-    maildir: TempDir,
+    kind: SmtpKind,
+    mail: TempDir,
+}
+
+#[derive(Clone, Copy)]
+enum SmtpKind {
+    Aiosmtpd,
+    Postfix,
 }
 
 /// One stored e-mail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mail {
+    /// The envelope's recipients, separated by ", ".
     pub to: String,
     pub subject: String,
     pub message_id: String,
 }
 
+/// aiosmtpd: what the saga tests deliver to.
 pub fn spawn_smtp() -> SmtpSink {
-    let port = free_port();
-    let maildir = TempDir::new("maildir");
-    let child = aiosmtpd(port, &maildir);
-    SmtpSink {
-        server: Server {
-            child,
-            port,
-            _dir: None,
-        },
-        maildir,
-    }
+    SmtpSink::spawn(SmtpKind::Aiosmtpd)
 }
 
-fn aiosmtpd(port: u16, maildir: &TempDir) -> Child {
-    let child = Command::new(required("ORDERFLOW_TEST_AIOSMTPD"))
-        .args([
-            "-n",
-            "-l",
-            &format!("127.0.0.1:{port}"),
-            "-c",
-            "aiosmtpd.handlers.Mailbox",
-        ])
-        .arg(maildir.0.join("box"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting aiosmtpd");
-    wait_listening(port, "aiosmtpd");
-    child
+/// Postfix's smtp-sink (the bench's SMTP server), which offers PIPELINING.
+pub fn spawn_postfix_smtp() -> SmtpSink {
+    SmtpSink::spawn(SmtpKind::Postfix)
 }
 
 impl SmtpSink {
+    fn spawn(kind: SmtpKind) -> SmtpSink {
+        let port = free_port();
+        let mail = TempDir::new("mail");
+        let child = smtp_server(kind, port, &mail);
+        SmtpSink {
+            server: Server {
+                child,
+                port,
+                _dir: None,
+            },
+            kind,
+            mail,
+        }
+    }
+
     /// SIGKILL: connections are refused until [`SmtpSink::restart`].
     pub fn stop(&mut self) {
         self.server.kill();
@@ -535,38 +537,89 @@ impl SmtpSink {
 
     /// The server back on the same port, with the same mailbox.
     pub fn restart(&mut self) {
-        self.server.child = aiosmtpd(self.server.port, &self.maildir);
+        self.server.child = smtp_server(self.kind, self.server.port, &self.mail);
     }
 
     pub fn url(&self) -> String {
         format!("smtp://127.0.0.1:{}", self.server.port)
     }
 
-    /// Every message received so far.
+    /// Every message received in full so far.
     pub fn mails(&self) -> Vec<Mail> {
-        let Ok(entries) = std::fs::read_dir(self.maildir.0.join("box").join("new")) else {
+        let dir = match self.kind {
+            SmtpKind::Aiosmtpd => self.mail.0.join("box").join("new"),
+            SmtpKind::Postfix => self.mail.0.clone(),
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
             return Vec::new();
         };
         entries
             .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-            .map(|text| {
-                let header = |name: &str| {
-                    text.lines()
-                        .take_while(|l| !l.is_empty())
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-                        })
-                        .unwrap_or_default()
+            .filter_map(|text| {
+                let headers: Vec<(&str, &str)> = text
+                    .lines()
+                    .take_while(|l| !l.is_empty())
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k, v.trim()))
+                    .collect();
+                let all = |name: &'static str| {
+                    headers
+                        .iter()
+                        .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| *v)
                 };
-                Mail {
-                    to: header("X-RcptTo"),
+                let header = |name: &'static str| all(name).next().unwrap_or_default().to_owned();
+                let to = match self.kind {
+                    SmtpKind::Aiosmtpd => header("X-RcptTo"),
+                    // A dump is complete when its closing empty line is
+                    // written; one X-Rcpt-Args line per recipient.
+                    SmtpKind::Postfix if !text.ends_with("\n\n") => return None,
+                    SmtpKind::Postfix => all("X-Rcpt-Args")
+                        .map(|a| a.trim_start_matches('<').trim_end_matches('>'))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                };
+                Some(Mail {
+                    to,
                     subject: header("Subject"),
                     message_id: header("Message-ID"),
-                }
+                })
             })
             .collect()
     }
+}
+
+fn smtp_server(kind: SmtpKind, port: u16, mail: &TempDir) -> Child {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let listen = format!("127.0.0.1:{port}");
+    let mut command = match kind {
+        SmtpKind::Aiosmtpd => {
+            let mut c = Command::new(required("ORDERFLOW_TEST_AIOSMTPD"));
+            c.args(["-n", "-l", &listen, "-c", "aiosmtpd.handlers.Mailbox"])
+                .arg(mail.0.join("box"));
+            c
+        }
+        SmtpKind::Postfix => {
+            let mut c = Command::new(required("ORDERFLOW_TEST_SMTP_SINK"));
+            c.env("LD_LIBRARY_PATH", required("ORDERFLOW_TEST_SMTP_SINK_LIBS"));
+            // smtp-sink refuses to run as root without a user to become,
+            // who then writes the dumps.
+            if std::fs::metadata("/proc/self").unwrap().uid() == 0 {
+                c.args(["-u", "nobody"]);
+                std::fs::set_permissions(&mail.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+            }
+            // A file per mail: the template plus a random suffix.
+            c.arg("-d").arg(mail.0.join("mail.")).args([&listen, "100"]);
+            c
+        }
+    };
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the SMTP server");
+    wait_listening(port, "the SMTP server");
+    child
 }
 
 /// How far `group` has committed on `topic`, and where the topic ends:

@@ -181,22 +181,36 @@ impl AsyncSmtpConnection {
             mail_options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
 
-        try_smtp!(
-            self.command(Mail::new(envelope.from().cloned(), mail_options))
-                .await,
-            self
-        );
+        let mail = Mail::new(envelope.from().cloned(), mail_options);
+        if self.server_info().supports_feature(Extension::Pipelining) {
+            // orderflow: RFC 2920. The envelope (MAIL, every RCPT, DATA) in
+            // one write, then its replies in order: one round trip instead
+            // of two and more. The first refusal ends the transaction, as it
+            // does below; the connection is aborted, with the remaining
+            // replies unread, so it is never reused out of step.
+            let mut commands = mail.to_string();
+            for to_address in envelope.to() {
+                commands.push_str(&Rcpt::new(to_address.clone(), vec![]).to_string());
+            }
+            commands.push_str(&Data.to_string());
+            try_smtp!(self.write(commands.as_bytes()).await, self);
+            for _ in 0..envelope.to().len() + 2 {
+                try_smtp!(self.read_response().await, self);
+            }
+        } else {
+            try_smtp!(self.command(mail).await, self);
 
-        // Recipient
-        for to_address in envelope.to() {
-            try_smtp!(
-                self.command(Rcpt::new(to_address.clone(), vec![])).await,
-                self
-            );
+            // Recipient
+            for to_address in envelope.to() {
+                try_smtp!(
+                    self.command(Rcpt::new(to_address.clone(), vec![])).await,
+                    self
+                );
+            }
+
+            // Data
+            try_smtp!(self.command(Data).await, self);
         }
-
-        // Data
-        try_smtp!(self.command(Data).await, self);
 
         // Message content
         let result = try_smtp!(self.message(email).await, self);
@@ -272,6 +286,16 @@ impl AsyncSmtpConnection {
         self.command(Noop).await.is_ok()
     }
 
+    /// orderflow: whether the server has closed the connection (or sent
+    /// something unasked, such as a 421 before closing), seen without a
+    /// round trip: one poll of the socket, which finds an end of stream,
+    /// data or an error there only if the server did. An idle connection
+    /// polls as pending.
+    pub fn closed_by_peer(&mut self) -> bool {
+        use futures_util::FutureExt;
+        self.stream.fill_buf().now_or_never().is_some()
+    }
+
     /// Sends an AUTH command with the given mechanism, and handles the challenge if needed
     pub async fn auth(
         &mut self,
@@ -321,13 +345,19 @@ impl AsyncSmtpConnection {
         B: AsRef<[u8]>,
     {
         let mut codec = ClientCodec::new();
+        // orderflow: each part is written when the next one is in hand, and
+        // the terminator goes with the last: one write (and one segment) for
+        // a message in one part, instead of two.
+        let mut out_buf = Vec::new();
         for message_part in message {
-            let message_part = message_part.as_ref();
-            let mut out_buf = Vec::with_capacity(message_part.len());
-            codec.encode(message_part, &mut out_buf);
-            self.write(out_buf.as_slice()).await?;
+            if !out_buf.is_empty() {
+                self.write(out_buf.as_slice()).await?;
+                out_buf.clear();
+            }
+            codec.encode(message_part.as_ref(), &mut out_buf);
         }
-        self.write(b"\r\n.\r\n").await?;
+        out_buf.extend_from_slice(b"\r\n.\r\n");
+        self.write(out_buf.as_slice()).await?;
 
         self.read_response().await
     }

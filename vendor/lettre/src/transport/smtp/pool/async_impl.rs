@@ -20,6 +20,9 @@ use crate::{
     transport::smtp::{async_transport::AsyncSmtpClient, error},
 };
 
+/// orderflow: how long a parked connection is reused without a NOOP.
+const RECENTLY_PARKED: Duration = Duration::from_secs(1);
+
 pub(crate) struct Pool<E: Executor> {
     config: PoolConfig,
     connections: Mutex<Option<Vec<ParkedConnection>>>,
@@ -170,10 +173,22 @@ impl<E: Executor> Pool<E> {
 
             match conn {
                 Some(conn) => {
+                    // orderflow: a connection parked a moment ago is checked
+                    // by one poll of its socket, not a NOOP round trip: a
+                    // server that closed it (a restart, its idle timeout)
+                    // has left an end of stream there. An older one still
+                    // gets the NOOP, which also finds a peer that vanished
+                    // without closing.
+                    let recent = conn.idle_duration() < RECENTLY_PARKED;
                     let mut conn = conn.unpark();
+                    let usable = if recent {
+                        !conn.closed_by_peer()
+                    } else {
+                        conn.test_connected().await
+                    };
 
                     // TODO: handle the client try another connection if this one isn't good
-                    if !conn.test_connected().await {
+                    if !usable {
                         #[cfg(feature = "tracing")]
                         tracing::debug!("dropping a broken connection");
 
