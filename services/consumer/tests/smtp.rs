@@ -37,6 +37,19 @@ fn mail(to: &[&str], subject: &str) -> Message {
         .unwrap()
 }
 
+/// One connection of lettre's, not pooled: after its EHLO.
+async fn connect(port: u16) -> AsyncSmtpConnection {
+    AsyncSmtpConnection::connect_tokio1(
+        ("127.0.0.1", port),
+        Some(Duration::from_secs(10)),
+        &ClientId::default(),
+        None,
+        None,
+    )
+    .await
+    .unwrap()
+}
+
 /// The mails the sink holds, once it holds `count` of them.
 fn wait_for_mails(sink: &kit::SmtpSink, count: usize) -> Vec<kit::Mail> {
     let started = Instant::now();
@@ -54,15 +67,7 @@ async fn pooled_mail_to_postfix_pipelines_the_envelope_and_every_mail_arrives_on
     let sink = kit::spawn_postfix_smtp();
     // Postfix offers PIPELINING and the client sees it, so every mail below
     // goes with its envelope (MAIL, RCPT…, DATA) in one write.
-    let connection = AsyncSmtpConnection::connect_tokio1(
-        ("127.0.0.1", sink.server.port),
-        Some(Duration::from_secs(10)),
-        &ClientId::default(),
-        None,
-        None,
-    )
-    .await
-    .unwrap();
+    let connection = connect(sink.server.port).await;
     assert!(
         connection
             .server_info()
@@ -204,15 +209,7 @@ async fn the_envelope_goes_in_one_write_and_a_refused_recipient_ends_the_connect
     let port = listener.local_addr().unwrap().port();
     let server = std::thread::spawn(move || scripted_server(listener));
 
-    let mut connection = AsyncSmtpConnection::connect_tokio1(
-        ("127.0.0.1", port),
-        Some(Duration::from_secs(10)),
-        &ClientId::default(),
-        None,
-        None,
-    )
-    .await
-    .unwrap();
+    let mut connection = connect(port).await;
     let envelope = |to: &str| {
         Envelope::new(
             Some("shop@example.com".parse().unwrap()),
