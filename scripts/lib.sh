@@ -319,6 +319,10 @@ BACKEND_NICE=${BACKEND_NICE:-5}
 [[ $BACKEND_NICE =~ ^[0-9]+$ ]] && [ "$BACKEND_NICE" -le 19 ] \
   || die "BACKEND_NICE must be 0 to 19, not '$BACKEND_NICE'"
 
+# The channels notify delivers over in `scripts/up` (and so in the bench,
+# whose MongoDB ceiling writes one delivery record per channel and order).
+NOTIFY_CHANNELS=${NOTIFY_CHANNELS:-log,smtp}
+
 # start NAME COMMAND... : runs a command in the background under RUN_DIR.
 start() {
   local name=$1; shift

@@ -64,6 +64,14 @@ struct Args {
     mongo_ceiling: Option<u64>,
     #[arg(long, default_value_t = 100)]
     ceiling_batch: usize,
+    /// The channels notify delivers over: the ceiling writes one delivery
+    /// record per channel and order.
+    #[arg(long, default_value = "log,smtp", value_delimiter = ',')]
+    ceiling_channels: Vec<String>,
+    /// Delivery records per insert at most: notify's records writer takes
+    /// those of the deliveries in flight (NOTIFY_CONCURRENCY) together.
+    #[arg(long, default_value_t = 16)]
+    ceiling_records_per_write: usize,
     /// Write one line per request to this file: Unix ms, orderId, outcome
     /// (the HTTP status, `timeout` or `connection-error`). scripts/chaos
     /// reads it.
@@ -238,7 +246,11 @@ async fn main() -> anyhow::Result<()> {
         return seed(&args.seed_mongo, n).await;
     }
     if let Some(n) = args.mongo_ceiling {
-        return ceiling::run(&args.seed_mongo, n, args.ceiling_batch.max(1)).await;
+        let notify = ceiling::Notify {
+            channels: args.ceiling_channels.clone(),
+            records_per_write: args.ceiling_records_per_write.max(1),
+        };
+        return ceiling::run(&args.seed_mongo, n, args.ceiling_batch.max(1), &notify).await;
     }
     let prefix = args
         .prefix
