@@ -270,6 +270,14 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     let consumer = orderflow_platform::kafka::consumer(&args.kafka, &client_id, &group)?;
     let mut registry = Registry::with_prefix(format!("orderflow_{stage}"));
     let metrics = RunnerMetrics::register(&mut registry, &consumer);
+    let records_per_write = notify::records_per_write();
+    if args.stage == StageName::Notify {
+        registry.register(
+            "records_per_write",
+            "Delivery records each insert carried (the deliveries in flight share one)",
+            records_per_write.clone(),
+        );
+    }
     // One stats document per process: the pod name where there is one.
     let member = format!(
         "{stage}/{}/{}",
@@ -364,7 +372,11 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
             topics.payment.clone(),
             topics.notifications.clone(),
         )),
-        StageName::Notify => run!(notify::Notify::new(&db, args.notify_config())?),
+        StageName::Notify => run!(notify::Notify::new(
+            &db,
+            args.notify_config(),
+            records_per_write
+        )?),
     };
     tracing::info!(%addr, stage, %group, "stage running");
 

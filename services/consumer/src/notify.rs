@@ -34,6 +34,7 @@ use orderflow_domain::events::{types, LowStock, OrderConfirmed, OrderRejected};
 use orderflow_platform::coalesce::Coalescer;
 use orderflow_platform::mongo::documents::{bson_date, DeliveryDocument, DeliveryStatus};
 use orderflow_platform::mongo::{DUPLICATE_KEY, NOTIFICATIONS};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use rdkafka::message::OwnedMessage;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -123,8 +124,18 @@ struct Failure {
     error: String,
 }
 
+/// The histogram of how many delivery records each insert carried.
+pub fn records_per_write() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 7))
+}
+
 impl Notify {
-    pub fn new(db: &Database, config: NotifyConfig) -> anyhow::Result<Self> {
+    /// `records_per_write` observes each insert of delivery records.
+    pub fn new(
+        db: &Database,
+        config: NotifyConfig,
+        records_per_write: Histogram,
+    ) -> anyhow::Result<Self> {
         let smtp = if config.channels.contains(&Channel::Smtp) {
             Some(
                 AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.smtp_url)
@@ -168,6 +179,7 @@ impl Notify {
             // Each delivery in flight waits for its record, so a write
             // carries at most NOTIFY_CONCURRENCY of them.
             records: Coalescer::spawn(config.concurrency, move |records| {
+                records_per_write.observe(records.len() as f64);
                 record_deliveries(deliveries.clone(), records)
             }),
             config,

@@ -12,9 +12,9 @@
 //! payment looks up past decisions, then in one transaction commits the
 //! reservations, confirms the orders and inserts the payments; notify looks
 //! up past deliveries (one per channel and order) and inserts the new ones,
-//! one write after another, each carrying as many as notify's records
-//! writer takes at most (the deliveries in flight, `--ceiling-records-per-write`):
-//! the best case of its group commit.
+//! one write after another, each carrying as many as notify's inserts did
+//! on average in the run compared (`--ceiling-records-per-write`; scripts/bench
+//! reads it from notify's `records_per_write` metric).
 
 use std::time::Instant;
 

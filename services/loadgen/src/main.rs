@@ -68,8 +68,8 @@ struct Args {
     /// record per channel and order.
     #[arg(long, default_value = "log,smtp", value_delimiter = ',')]
     ceiling_channels: Vec<String>,
-    /// Delivery records per insert at most: notify's records writer takes
-    /// those of the deliveries in flight (NOTIFY_CONCURRENCY) together.
+    /// Delivery records per insert: notify's records writer takes those of
+    /// the deliveries in flight together (its `records_per_write` metric).
     #[arg(long, default_value_t = 16)]
     ceiling_records_per_write: usize,
     /// Write one line per request to this file: Unix ms, orderId, outcome
