@@ -181,35 +181,32 @@ impl AsyncSmtpConnection {
             mail_options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
 
-        let mail = Mail::new(envelope.from().cloned(), mail_options);
+        // orderflow: the envelope (MAIL, every RCPT, DATA) as one list of
+        // commands. With a server that offers PIPELINING (RFC 2920) it goes
+        // in one write and its replies are read in order: one round trip
+        // instead of two and more. Otherwise, one command at a time. The
+        // first refusal ends the transaction either way; the connection is
+        // aborted, with any remaining replies unread, so it is never reused
+        // out of step.
+        let envelope_commands: Vec<String> =
+            std::iter::once(Mail::new(envelope.from().cloned(), mail_options).to_string())
+                .chain(
+                    envelope
+                        .to()
+                        .iter()
+                        .map(|to_address| Rcpt::new(to_address.clone(), vec![]).to_string()),
+                )
+                .chain(std::iter::once(Data.to_string()))
+                .collect();
         if self.server_info().supports_feature(Extension::Pipelining) {
-            // orderflow: RFC 2920. The envelope (MAIL, every RCPT, DATA) in
-            // one write, then its replies in order: one round trip instead
-            // of two and more. The first refusal ends the transaction, as it
-            // does below; the connection is aborted, with the remaining
-            // replies unread, so it is never reused out of step.
-            let mut commands = mail.to_string();
-            for to_address in envelope.to() {
-                commands.push_str(&Rcpt::new(to_address.clone(), vec![]).to_string());
-            }
-            commands.push_str(&Data.to_string());
-            try_smtp!(self.write(commands.as_bytes()).await, self);
-            for _ in 0..envelope.to().len() + 2 {
+            try_smtp!(self.write(envelope_commands.concat().as_bytes()).await, self);
+            for _ in &envelope_commands {
                 try_smtp!(self.read_response().await, self);
             }
         } else {
-            try_smtp!(self.command(mail).await, self);
-
-            // Recipient
-            for to_address in envelope.to() {
-                try_smtp!(
-                    self.command(Rcpt::new(to_address.clone(), vec![])).await,
-                    self
-                );
+            for command in &envelope_commands {
+                try_smtp!(self.command(command).await, self);
             }
-
-            // Data
-            try_smtp!(self.command(Data).await, self);
         }
 
         // Message content
