@@ -57,6 +57,11 @@ pub struct Args {
     /// Retry-After.
     #[arg(long = "wait-clients", env = "WAIT_CLIENTS", default_value_t = 1024)]
     pub wait_clients: usize,
+    /// How long the `waitFor` watcher keeps its change stream on `orders`
+    /// open after the last long-poll ended (none is open while nobody
+    /// waits: an open one costs the database an event per write).
+    #[arg(long = "wait-stream-linger", env = "WAIT_STREAM_LINGER", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub wait_stream_linger: std::time::Duration,
     /// The producer's base URL: `POST /orders` is handed to it (for an
     /// Ingress that cannot route by method). Unset: POST /orders is 405.
     #[arg(long = "producer-url", env = "PRODUCER_URL")]
@@ -80,7 +85,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     // Not ready (and no re-post is safe) until the unique indexes exist.
     let indexes = orderflow_platform::mongo::Indexes::ensure(&db, &shutdown).await;
     let mut registry = Registry::with_prefix("orderflow_orders_api");
-    let watcher = watch::Watcher::new(args.wait_clients, &mut registry);
+    let watcher = watch::Watcher::new(args.wait_clients, args.wait_stream_linger, &mut registry);
     tokio::spawn(watcher.clone().run(
         db.collection(orderflow_platform::mongo::ORDERS),
         shutdown.clone(),

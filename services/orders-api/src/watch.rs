@@ -6,6 +6,13 @@
 //! every second only as a safety net. Without a change stream it polls every
 //! [`POLL`]. Waiters are capped: past the cap, the caller gets 503 with
 //! `Retry-After` instead of one more query loop.
+//!
+//! The change stream is open only while someone waits, and for a linger
+//! after the last waiter leaves (a burst of long-polls reuses it). An open
+//! stream makes the server produce an event for every write to `orders`,
+//! three per order, whether anyone waits or not: with one open, SecantusDB
+//! spent 395–458 µs of CPU per order of the stages' writes instead of
+//! 345–360 (issue 12, docs/benchmarks.md), and orders-api decoded them all.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,10 +38,16 @@ pub struct Watcher {
     /// orderId → (its latest state, how many wait for it).
     waiting: Mutex<HashMap<String, (Latest, usize)>>,
     wake: Notify,
+    /// Told when a waiter registers: the change stream opens on demand.
+    demand: Notify,
     permits: Arc<Semaphore>,
     polls: Counter,
     waiters: Gauge,
+    /// 1 while the change stream is open.
+    stream_open: Gauge,
     streaming: std::sync::atomic::AtomicBool,
+    /// How long the stream stays open after the last waiter left.
+    linger: Duration,
 }
 
 /// One registered waiter; unregisters when dropped.
@@ -63,14 +76,17 @@ impl Drop for Waiter {
 pub struct Full;
 
 impl Watcher {
-    pub fn new(cap: usize, registry: &mut Registry) -> Arc<Watcher> {
+    pub fn new(cap: usize, linger: Duration, registry: &mut Registry) -> Arc<Watcher> {
         let w = Watcher {
             waiting: Mutex::default(),
             wake: Notify::new(),
+            demand: Notify::new(),
             permits: Arc::new(Semaphore::new(cap.max(1))),
             polls: Counter::default(),
             waiters: Gauge::default(),
+            stream_open: Gauge::default(),
             streaming: Default::default(),
+            linger,
         };
         registry.register(
             "wait_polls",
@@ -81,6 +97,11 @@ impl Watcher {
             "waiters",
             "waitFor long-polls waiting now",
             w.waiters.clone(),
+        );
+        registry.register(
+            "change_stream_open",
+            "1 while the watcher's change stream on orders is open (only while someone waits, and a linger after)",
+            w.stream_open.clone(),
         );
         Arc::new(w)
     }
@@ -98,6 +119,7 @@ impl Watcher {
         };
         self.waiters.inc();
         self.wake.notify_one();
+        self.demand.notify_one();
         Ok(Waiter {
             latest,
             id: id.to_owned(),
@@ -135,12 +157,15 @@ impl Watcher {
                     _ = self.wake.notified() => continue,
                 }
             }
+            // Read before the query: a change the query cannot have seen
+            // is then one the stream delivers.
+            let streaming = self.streaming();
             self.polls.inc();
             match self.poll(&orders, ids).await {
                 Ok(()) => {}
                 Err(e) => tracing::warn!(error = %e, "waitFor watcher: MongoDB query failed"),
             }
-            let pause = if self.streaming() { SAFETY_POLL } else { POLL };
+            let pause = if streaming { SAFETY_POLL } else { POLL };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
@@ -174,42 +199,98 @@ impl Watcher {
         Ok(())
     }
 
-    /// Wakes the loop on every change of `orders`, while the server offers
-    /// a change stream; tries to open one again every 30 s otherwise.
+    /// Wakes the loop on every change of `orders` while someone waits (and
+    /// for the linger after), while the server offers a change stream;
+    /// after a failed or broken stream, tries again after 30 s.
     async fn follow_changes(
         self: Arc<Self>,
         orders: mongodb::Collection<bson::Document>,
         shutdown: CancellationToken,
     ) {
-        while !shutdown.is_cancelled() {
-            match orders.watch().await {
-                Ok(mut stream) => {
-                    self.streaming
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                    loop {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            next = stream.next() => match next {
-                                Some(Ok(_)) => self.wake.notify_one(),
-                                Some(Err(e)) => {
-                                    tracing::info!(error = %e, "orders change stream ended; polling");
-                                    break;
-                                }
-                                None => break,
-                            },
-                        }
-                    }
-                    self.streaming
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, "no change stream on orders; polling every 100 ms")
+        loop {
+            while self.nobody_waits() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.demand.notified() => {}
                 }
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            let broken = match orders.watch().await {
+                Ok(stream) => {
+                    self.set_streaming(true);
+                    let ended = self.stream_while_wanted(stream, &shutdown).await;
+                    self.set_streaming(false);
+                    match ended {
+                        StreamEnd::Shutdown => return,
+                        StreamEnd::Unwanted => false,
+                        StreamEnd::Broken => true,
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "no change stream on orders; polling every 100 ms");
+                    true
+                }
+            };
+            if broken {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                }
             }
         }
     }
+
+    /// Passes on the stream's changes until nobody has waited for the
+    /// linger, the stream ends, or shutdown.
+    async fn stream_while_wanted(
+        &self,
+        mut stream: mongodb::change_stream::ChangeStream<
+            mongodb::change_stream::event::ChangeStreamEvent<bson::Document>,
+        >,
+        shutdown: &CancellationToken,
+    ) -> StreamEnd {
+        let mut check = tokio::time::interval(
+            (self.linger / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)),
+        );
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut idle_since: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return StreamEnd::Shutdown,
+                next = stream.next() => match next {
+                    Some(Ok(_)) => self.wake.notify_one(),
+                    Some(Err(e)) => {
+                        tracing::info!(error = %e, "orders change stream ended; polling");
+                        return StreamEnd::Broken;
+                    }
+                    None => return StreamEnd::Broken,
+                },
+                _ = check.tick() => {
+                    if !self.nobody_waits() {
+                        idle_since = None;
+                    } else if idle_since.get_or_insert_with(tokio::time::Instant::now).elapsed() >= self.linger {
+                        return StreamEnd::Unwanted;
+                    }
+                }
+            }
+        }
+    }
+
+    fn nobody_waits(&self) -> bool {
+        self.waiting.lock().expect("waiters").is_empty()
+    }
+
+    fn set_streaming(&self, open: bool) {
+        self.streaming
+            .store(open, std::sync::atomic::Ordering::Relaxed);
+        self.stream_open.set(i64::from(open));
+    }
+}
+
+/// Why the change stream was closed.
+enum StreamEnd {
+    Shutdown,
+    /// Nobody waited for the linger.
+    Unwanted,
+    /// The server ended it or it failed.
+    Broken,
 }

@@ -1121,6 +1121,84 @@ async fn long_polls_share_one_watcher_and_are_capped() {
     assert!(!r.headers().contains_key("preference-applied"));
 }
 
+/// A gauge of orders-api's /metrics.
+async fn gauge(api: &Api, name: &str) -> i64 {
+    let text = api.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}: {text}"))
+}
+
+/// Issue 12: the waitFor watcher's change stream makes the database
+/// produce an event for every write to `orders`, so it is open only while
+/// someone waits (and a linger after): not while nobody does, reopened for
+/// the next waiter, and an update still reaches that waiter through it.
+#[tokio::test]
+async fn the_change_stream_is_open_only_while_someone_waits() {
+    const OPEN: &str = "orderflow_orders_api_change_stream_open";
+    let api = std::sync::Arc::new(Api::start_with(&["--wait-stream-linger", "1s"]).await);
+    api.insert(vec![order("cs-1", "c", OrderStatus::Placed, 100, now_ms())])
+        .await;
+    // Nobody waits: writes, and no stream for them.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(gauge(&api, OPEN).await, 0, "a stream with nobody waiting");
+
+    for round in 0..2 {
+        let waiter = {
+            let api = api.clone();
+            tokio::spawn(async move {
+                let r = api.get("/orders/cs-1?waitFor=final&timeout=20").await;
+                let applied = r.headers().contains_key("preference-applied");
+                let body: Value = r.json().await.unwrap();
+                (applied, body["status"].as_str().unwrap().to_owned())
+            })
+        };
+        kit::eventually(
+            std::time::Duration::from_secs(10),
+            "the stream opened",
+            || async { (gauge(&api, OPEN).await == 1).then_some(()) },
+        )
+        .await;
+        // Streaming, the watcher polls only as a safety net (each 1 s),
+        // not every 100 ms.
+        let polls = wait_polls(&api).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let during = wait_polls(&api).await - polls;
+        assert!(during <= 4, "round {round}: {during} polls in 1.5 s");
+        let status = if round == 0 { "confirmed" } else { "cancelled" };
+        api.db
+            .collection::<bson::Document>("orders")
+            .update_one(
+                bson::doc! {"orderId": "cs-1"},
+                bson::doc! {"$set": {"status": status}, "$inc": {"version": 1}},
+            )
+            .await
+            .unwrap();
+        let (applied, got) = waiter.await.unwrap();
+        assert!(applied && got == status, "round {round}: {got}");
+        // The last waiter left: the stream closes after the linger (1 s).
+        kit::eventually(
+            std::time::Duration::from_secs(10),
+            "the stream closed",
+            || async { (gauge(&api, OPEN).await == 0).then_some(()) },
+        )
+        .await;
+        if round == 0 {
+            // Back to a placed order for the second waiter.
+            api.db
+                .collection::<bson::Document>("orders")
+                .update_one(
+                    bson::doc! {"orderId": "cs-1"},
+                    bson::doc! {"$set": {"status": "placed"}, "$inc": {"version": 1}},
+                )
+                .await
+                .unwrap();
+        }
+    }
+}
+
 /// Issue 14, defect 4: every service sheds requests past MAX_CONCURRENCY at
 /// once (503, Retry-After) and answers 503 past REQUEST_TIMEOUT, both as
 /// problems.
