@@ -46,6 +46,14 @@ struct Args {
     /// reserved (went through inventory and payment).
     #[arg(long)]
     verify_final: bool,
+    /// Instead of posting orders: check that the `count` orders of an
+    /// earlier run (--prefix) are in --verify-mongo (and, with
+    /// --verify-final, past placed / reserved), then exit. scripts/bench
+    /// waits for the stages by their metrics and checks MongoDB only
+    /// afterwards: counting there while the run is measured takes the
+    /// database's time from the pipeline it measures.
+    #[arg(long, requires = "prefix", requires = "verify_mongo")]
+    check_only: bool,
     /// Instead of posting orders: GET this path (e.g. `/orders?limit=50`)
     /// `count` times and report its latency.
     #[arg(long)]
@@ -256,6 +264,9 @@ async fn main() -> anyhow::Result<()> {
         .prefix
         .clone()
         .unwrap_or_else(|| format!("lg-{}", std::process::id()));
+    if args.check_only {
+        return verify(&args, &prefix, args.count, None).await;
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections)
         .timeout(Duration::from_secs(30))
@@ -450,60 +461,82 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    if let Some(mongo) = &args.verify_mongo {
-        let client = mongodb::Client::with_uri_str(mongo).await?;
-        let db = client
-            .default_database()
-            .unwrap_or_else(|| client.database("orders"));
-        let orders = db.collection::<bson::Document>("orders");
-        let filter = doc! {"orderId": of_run(&prefix)};
-        let deadline = Instant::now() + args.verify_timeout;
-        let stored = loop {
-            let asked = Instant::now();
-            let n = orders.count_documents(filter.clone()).await?;
-            if n >= accepted || Instant::now() > deadline {
-                break n;
-            }
-            tokio::time::sleep(poll_pause(asked.elapsed())).await;
-        };
+    if args.verify_mongo.is_some() {
+        verify(&args, &prefix, accepted, Some(started)).await?;
+    }
+    Ok(())
+}
+
+/// Waits until the `accepted` orders of run `prefix` are in --verify-mongo
+/// (and with --verify-final, past placed / reserved), failing past
+/// --verify-timeout; with `started` (the first request), reports the rates
+/// since.
+async fn verify(
+    args: &Args,
+    prefix: &str,
+    accepted: u64,
+    started: Option<Instant>,
+) -> anyhow::Result<()> {
+    let Some(mongo) = &args.verify_mongo else {
+        return Ok(());
+    };
+    let client = mongodb::Client::with_uri_str(mongo).await?;
+    let db = client
+        .default_database()
+        .unwrap_or_else(|| client.database("orders"));
+    let orders = db.collection::<bson::Document>("orders");
+    let filter = doc! {"orderId": of_run(prefix)};
+    let deadline = Instant::now() + args.verify_timeout;
+    let stored = loop {
+        let asked = Instant::now();
+        let n = orders.count_documents(filter.clone()).await?;
+        if n >= accepted || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(poll_pause(asked.elapsed())).await;
+    };
+    println!("\nverification against MongoDB");
+    println!("  stored     {stored} of {accepted} accepted");
+    if let Some(started) = started {
         let e2e = started.elapsed();
-        println!("\nverification against MongoDB");
-        println!("  stored     {stored} of {accepted} accepted");
         println!(
             "  end-to-end {:.0} orders/s into MongoDB ({:.2} s from first request)",
             stored as f64 / e2e.as_secs_f64(),
             e2e.as_secs_f64()
         );
-        if stored != accepted {
-            anyhow::bail!(
-                "{} accepted orders are missing from MongoDB",
-                accepted - stored
-            );
-        }
-        if args.verify_final {
-            let open = doc! {"orderId": of_run(&prefix),
-            "status": {"$in": ["placed", "reserved"]}};
-            let settled_at = loop {
-                let asked = Instant::now();
-                let n = orders.count_documents(open.clone()).await?;
-                if n == 0 {
-                    break started.elapsed();
-                }
-                if Instant::now() > deadline {
-                    anyhow::bail!("{n} orders still placed or reserved");
-                }
-                tokio::time::sleep(poll_pause(asked.elapsed())).await;
-            };
-            let mut by_status = BTreeMap::new();
-            for s in ["confirmed", "rejected"] {
-                let f = doc! {"orderId": of_run(&prefix), "status": s};
-                by_status.insert(s, orders.count_documents(f).await?);
+    }
+    if stored != accepted {
+        anyhow::bail!(
+            "{} accepted orders are missing from MongoDB",
+            accepted - stored
+        );
+    }
+    if args.verify_final {
+        let open = doc! {"orderId": of_run(prefix),
+        "status": {"$in": ["placed", "reserved"]}};
+        let settled_at = loop {
+            let asked = Instant::now();
+            let n = orders.count_documents(open.clone()).await?;
+            if n == 0 {
+                break started.map(|s| s.elapsed());
             }
-            println!(
+            if Instant::now() > deadline {
+                anyhow::bail!("{n} orders still placed or reserved");
+            }
+            tokio::time::sleep(poll_pause(asked.elapsed())).await;
+        };
+        let mut by_status = BTreeMap::new();
+        for s in ["confirmed", "rejected"] {
+            let f = doc! {"orderId": of_run(prefix), "status": s};
+            by_status.insert(s, orders.count_documents(f).await?);
+        }
+        match settled_at {
+            Some(at) => println!(
                 "  through all stages {:.0} orders/s ({:.2} s from first request; {by_status:?})",
-                accepted as f64 / settled_at.as_secs_f64(),
-                settled_at.as_secs_f64()
-            );
+                accepted as f64 / at.as_secs_f64(),
+                at.as_secs_f64()
+            ),
+            None => println!("  final      {accepted} of {accepted} ({by_status:?})"),
         }
     }
     Ok(())
