@@ -63,16 +63,18 @@ ensure_kafka() {
 # kafka_java CLASS ARGS...: runs a class from the Kafka jars (the broker, the
 # storage tool, the perf tools) with a bounded heap (KAFKA_HEAP). The command
 # line is also left in KAFKA_JAVA, for `start`, which cannot run a function.
-# KAFKA_JVM_OPTS adds JVM options (for example -Xlog:gc:file=gc.log).
+# KAFKA_JVM_OPTS adds JVM options (for example -Xlog:gc:file=gc.log);
+# KAFKA_GC replaces the collector's options (Kafka's own G1 settings).
 kafka_java() {
   kafka_java_cmd "$@"
   "${KAFKA_JAVA[@]}"
 }
 kafka_java_cmd() {
-  local heap opts
+  local heap opts gc
   read -r -a heap <<<"${KAFKA_HEAP:--Xms256m -Xmx768m}"
   read -r -a opts <<<"${KAFKA_JVM_OPTS:-}"
-  KAFKA_JAVA=(java "${heap[@]}" "${opts[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExplicitGCInvokesConcurrent
+  read -r -a gc <<<"${KAFKA_GC:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExplicitGCInvokesConcurrent}"
+  KAFKA_JAVA=(java "${heap[@]}" "${opts[@]}" "${gc[@]}"
     -Djava.awt.headless=true -Dlog4j2.configurationFile="${KAFKA_LOG4J:-$ROOT/scripts/kafka/log4j2.properties}"
     -Dkafka.logs.dir="${KAFKA_LOG_DIR:-${RUN_DIR:-.}/kafka}" -cp "$KAFKA_HOME/libs/*" "$@")
 }
