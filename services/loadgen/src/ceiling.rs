@@ -6,6 +6,11 @@
 //! the pipeline and one stage never races itself. The orders/s it reaches
 //! is what the database allows the pipeline at best.
 //!
+//! The documents are the stages' own, with orders of 1 to 4 lines as
+//! loadgen posts them (until 2026-12-06 every order had one line and the
+//! later records carried placeholders: 1 618 bytes sent per order against
+//! the pipeline's 2 074, by the server's counters).
+//!
 //! Per batch: persist inserts the orders (`insertMany`); inventory looks
 //! up past decisions, then in one transaction moves the orders to
 //! `reserved`, takes each product's quantity and inserts the reservations;
@@ -28,9 +33,20 @@ use tokio::sync::mpsc;
 
 use crate::{synthetic_order, Rng, PRODUCTS};
 
-/// One batch on its way through the stages: each order's id, product and
-/// quantity.
-type Batch = Vec<(String, &'static str, i64)>;
+/// One order on its way through the stages: what the stages' later
+/// writes carry.
+struct Passing {
+    id: String,
+    customer: String,
+    total_cents: i64,
+    /// Product and quantity of each line.
+    lines: Vec<(&'static str, i64)>,
+}
+
+type Batch = Vec<Passing>;
+
+/// Lines per order: 1 to 4, as loadgen posts them.
+const MAX_LINES: u64 = 4;
 
 /// What notify writes per order: a delivery record per channel, grouped.
 pub struct Notify {
@@ -67,11 +83,14 @@ pub async fn run(mongo: &str, orders: u64, batch: usize, notify: &Notify) -> any
             while next < orders {
                 let docs: Vec<OrderDocument> = (next..(next + batch as u64).min(orders))
                     .map(|k| {
+                        let lines = 1 + rng.below(MAX_LINES);
+                        // As long as the bench's ids (bench-PID-max-N).
                         synthetic_order(
-                            format!("ceil-{k:08}"),
+                            format!("ceiling-{k:012}"),
                             OrderStatus::Placed,
                             now,
                             k as i64,
+                            lines,
                             &mut rng,
                         )
                     })
@@ -79,13 +98,22 @@ pub async fn run(mongo: &str, orders: u64, batch: usize, notify: &Notify) -> any
                 next += docs.len() as u64;
                 let passing: Batch = docs
                     .iter()
-                    .map(|o| {
-                        let product = PRODUCTS
+                    .map(|o| Passing {
+                        id: o.order_id.clone(),
+                        customer: o.customer_id.clone(),
+                        total_cents: o.total_cents,
+                        lines: o
+                            .items
                             .iter()
-                            .find(|p| p.0 == o.items[0].product_id)
-                            .expect("a catalogue product")
-                            .0;
-                        (o.order_id.clone(), product, o.items[0].quantity)
+                            .map(|i| {
+                                let product = PRODUCTS
+                                    .iter()
+                                    .find(|p| p.0 == i.product_id)
+                                    .expect("a catalogue product")
+                                    .0;
+                                (product, i.quantity)
+                            })
+                            .collect(),
                     })
                     .collect();
                 db.collection::<OrderDocument>(ORDERS)
@@ -111,12 +139,14 @@ pub async fn run(mongo: &str, orders: u64, batch: usize, notify: &Notify) -> any
             while let Some(batch) = at_notify.recv().await {
                 let records: Vec<Document> = batch
                     .iter()
-                    .flat_map(|(id, _, _)| {
+                    .flat_map(|o| {
                         channels.iter().map(move |channel| {
+                            let id = &o.id;
                             doc! {"_id": format!("order_confirmed:{id}/{channel}"),
                             "key": format!("order_confirmed:{id}"), "kind": "order_confirmed",
-                            "channel": channel, "recipient": "c@example.com",
-                            "subject": "Your order is confirmed", "status": "delivered",
+                            "channel": channel,
+                            "recipient": format!("{}@customers.orderflow.local", o.customer),
+                            "subject": format!("Your order {id} is confirmed"), "status": "delivered",
                             "attempts": 1, "at": bson::DateTime::now()}
                         })
                     })
@@ -190,7 +220,7 @@ async fn lookup(db: &Database, collection: &str, batch: &Batch) -> mongodb::erro
     find_ids(
         db,
         collection,
-        batch.iter().map(|(id, _, _)| id.as_str()).collect(),
+        batch.iter().map(|o| o.id.as_str()).collect(),
     )
     .await
 }
@@ -218,7 +248,7 @@ async fn reserve(
     batch: &Batch,
 ) -> mongodb::error::Result<()> {
     let now = bson::DateTime::now();
-    let ids: Vec<&str> = batch.iter().map(|(id, _, _)| id.as_str()).collect();
+    let ids: Vec<&str> = batch.iter().map(|o| o.id.as_str()).collect();
     db.collection::<Document>(ORDERS)
         .update_many(
             doc! {"orderId": {"$in": &ids}, "status": OrderStatus::Placed.as_str()},
@@ -227,7 +257,7 @@ async fn reserve(
         .session(&mut *session)
         .await?;
     let mut totals = std::collections::BTreeMap::<&str, i64>::new();
-    for (_, product, quantity) in batch {
+    for (product, quantity) in batch.iter().flat_map(|o| &o.lines) {
         *totals.entry(product).or_default() += quantity;
     }
     for (product, total) in totals {
@@ -241,9 +271,14 @@ async fn reserve(
     }
     let reservations: Vec<Document> = batch
         .iter()
-        .map(|(id, product, quantity)| {
-            doc! {"_id": id, "customerId": "c", "currency": "USD", "totalCents": 100_i64,
-            "state": "reserved", "items": [{"productId": *product, "quantity": quantity}],
+        .map(|o| {
+            let items: Vec<Document> = o
+                .lines
+                .iter()
+                .map(|(product, quantity)| doc! {"productId": *product, "quantity": quantity})
+                .collect();
+            doc! {"_id": &o.id, "customerId": &o.customer, "currency": "USD",
+            "totalCents": o.total_cents, "state": "reserved", "items": items,
             "lowStock": [], "createdAt": now, "updatedAt": now}
         })
         .collect();
@@ -260,7 +295,7 @@ async fn settle(
     batch: &Batch,
 ) -> mongodb::error::Result<()> {
     let now = bson::DateTime::now();
-    let ids: Vec<&str> = batch.iter().map(|(id, _, _)| id.as_str()).collect();
+    let ids: Vec<&str> = batch.iter().map(|o| o.id.as_str()).collect();
     stock::commit_reservations(db, session, &ids, now).await?;
     db.collection::<Document>(ORDERS)
         .update_many(
@@ -269,11 +304,11 @@ async fn settle(
         )
         .session(&mut *session)
         .await?;
-    let payments: Vec<Document> = ids
+    let payments: Vec<Document> = batch
         .iter()
-        .map(|id| {
-            doc! {"_id": id, "customerId": "c", "currency": "USD", "amountCents": 100_i64,
-            "outcome": "approved", "processedAt": now}
+        .map(|o| {
+            doc! {"_id": &o.id, "customerId": &o.customer, "currency": "USD",
+            "amountCents": o.total_cents, "outcome": "approved", "processedAt": now}
         })
         .collect();
     db.collection::<Document>(PAYMENTS)

@@ -175,7 +175,7 @@ async fn seed(mongo: &str, n: u64) -> anyhow::Result<()> {
             .map(|k| {
                 let at = bson::DateTime::from_millis(now - (rng.below(month)) as i64);
                 let status = OrderStatus::ALL[rng.below(OrderStatus::ALL.len() as u64) as usize];
-                synthetic_order(format!("seed-{k:07}"), status, at, k as i64, &mut rng)
+                synthetic_order(format!("seed-{k:07}"), status, at, k as i64, 1, &mut rng)
             })
             .collect();
         i += batch.len() as u64;
@@ -194,32 +194,39 @@ fn synthetic_order(
     status: orderflow_domain::OrderStatus,
     at: bson::DateTime,
     offset: i64,
+    lines: u64,
     rng: &mut Rng,
 ) -> orderflow_platform::mongo::documents::OrderDocument {
     use orderflow_platform::mongo::documents::{
         ItemDocument, OrderDocument, SourceRef, StatusChange, Validation,
     };
-    let (pid, name, price) = PRODUCTS[rng.below(PRODUCTS.len() as u64) as usize];
-    let cents = orderflow_domain::Money::parse(price)
-        .map(|m| m.minor())
-        .unwrap_or(0);
-    let qty = 1 + rng.below(3) as i64;
+    let items: Vec<ItemDocument> = (0..lines.max(1))
+        .map(|_| {
+            let (pid, name, price) = PRODUCTS[rng.below(PRODUCTS.len() as u64) as usize];
+            let cents = orderflow_domain::Money::parse(price)
+                .map(|m| m.minor())
+                .unwrap_or(0);
+            let qty = 1 + rng.below(3) as i64;
+            ItemDocument {
+                product_id: pid.into(),
+                name: name.into(),
+                quantity: qty,
+                unit_price_cents: Some(cents),
+                line_total_cents: Some(cents * qty),
+                client_unit_price_cents: None,
+                tracked: true,
+            }
+        })
+        .collect();
+    let total_cents = items.iter().filter_map(|i| i.line_total_cents).sum();
     OrderDocument {
         order_id,
         customer_id: format!("cust-{}", rng.below(5000)),
         currency: "USD".into(),
         status,
         status_reason: None,
-        items: vec![ItemDocument {
-            product_id: pid.into(),
-            name: name.into(),
-            quantity: qty,
-            unit_price_cents: Some(cents),
-            line_total_cents: Some(cents * qty),
-            client_unit_price_cents: None,
-            tracked: true,
-        }],
-        total_cents: cents * qty,
+        items,
+        total_cents,
         client_total_cents: None,
         received_at: at,
         processed_at: at,
