@@ -64,7 +64,8 @@ ensure_kafka() {
 # storage tool, the perf tools) with a bounded heap (KAFKA_HEAP). The command
 # line is also left in KAFKA_JAVA, for `start`, which cannot run a function.
 # KAFKA_JVM_OPTS adds JVM options (for example -Xlog:gc:file=gc.log);
-# KAFKA_GC replaces the collector's options (Kafka's own G1 settings).
+# KAFKA_GC replaces the collector's options: the parallel collector, not
+# Kafka's own G1 settings, on this machine's two cores (ADR 0008).
 kafka_java() {
   kafka_java_cmd "$@"
   "${KAFKA_JAVA[@]}"
@@ -73,7 +74,7 @@ kafka_java_cmd() {
   local heap opts gc
   read -r -a heap <<<"${KAFKA_HEAP:--Xms256m -Xmx768m}"
   read -r -a opts <<<"${KAFKA_JVM_OPTS:-}"
-  read -r -a gc <<<"${KAFKA_GC:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExplicitGCInvokesConcurrent}"
+  read -r -a gc <<<"${KAFKA_GC:--XX:+UseParallelGC}"
   KAFKA_JAVA=(java "${heap[@]}" "${opts[@]}" "${gc[@]}"
     -Djava.awt.headless=true -Dlog4j2.configurationFile="${KAFKA_LOG4J:-$ROOT/scripts/kafka/log4j2.properties}"
     -Dkafka.logs.dir="${KAFKA_LOG_DIR:-${RUN_DIR:-.}/kafka}" -cp "$KAFKA_HOME/libs/*" "$@")
