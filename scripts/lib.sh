@@ -370,11 +370,20 @@ stop() {
   if kill -0 "$pid" 2>/dev/null; then
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
-    log "stopped $1"
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -9 "$pid" 2>/dev/null || true
+      log "stopped $1 (SIGKILL: still running 10 s after SIGTERM)"
+    else
+      log "stopped $1"
+    fi
   fi
   rm -f "$pidfile"
 }
+
+# orderflow's own processes, in the order scripts/down stops them: the
+# intake first, then the stages in pipeline order, then the readers; the
+# servers after them all, so each service can still drain and commit.
+SERVICES=(producer persist inventory payment notify orders-api analytics)
 
 # Stops every process with a pid file in RUN_DIR.
 stop_all() {
