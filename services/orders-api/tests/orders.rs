@@ -74,6 +74,17 @@ impl Drop for Api {
     }
 }
 
+/// Moves an order to `status` as a stage would (its version goes up).
+async fn set_status(db: &mongodb::Database, order_id: &str, status: &str) {
+    db.collection::<bson::Document>("orders")
+        .update_one(
+            bson::doc! {"orderId": order_id},
+            bson::doc! {"$set": {"status": status}, "$inc": {"version": 1}},
+        )
+        .await
+        .unwrap();
+}
+
 fn order(
     id: &str,
     customer: &str,
@@ -741,12 +752,7 @@ async fn wait_for_returns_when_the_status_is_reached_or_on_timeout() {
                 .await
                 .unwrap();
             tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-            coll.update_one(
-                bson::doc! {"orderId": "slow"},
-                bson::doc! {"$set": {"status": "confirmed"}, "$inc": {"version": 1}},
-            )
-            .await
-            .unwrap();
+            set_status(&db, "slow", "confirmed").await;
         })
     };
     let started = std::time::Instant::now();
@@ -1082,14 +1088,7 @@ async fn long_polls_share_one_watcher_and_are_capped() {
     assert_eq!(api.get("/orders/w-0").await.status(), StatusCode::OK);
 
     // One order confirmed: its waiter answers at once.
-    api.db
-        .collection::<bson::Document>("orders")
-        .update_one(
-            bson::doc! {"orderId": "w-7"},
-            bson::doc! {"$set": {"status": "confirmed"}, "$inc": {"version": 1}},
-        )
-        .await
-        .unwrap();
+    set_status(&api.db, "w-7", "confirmed").await;
     let mut answers = Vec::new();
     for w in waits {
         answers.push(w.await.unwrap());
@@ -1168,14 +1167,7 @@ async fn the_change_stream_is_open_only_while_someone_waits() {
         let during = wait_polls(&api).await - polls;
         assert!(during <= 4, "round {round}: {during} polls in 1.5 s");
         let status = if round == 0 { "confirmed" } else { "cancelled" };
-        api.db
-            .collection::<bson::Document>("orders")
-            .update_one(
-                bson::doc! {"orderId": "cs-1"},
-                bson::doc! {"$set": {"status": status}, "$inc": {"version": 1}},
-            )
-            .await
-            .unwrap();
+        set_status(&api.db, "cs-1", status).await;
         let (applied, got) = waiter.await.unwrap();
         assert!(applied && got == status, "round {round}: {got}");
         // The last waiter left: the stream closes after the linger (1 s).
@@ -1187,14 +1179,7 @@ async fn the_change_stream_is_open_only_while_someone_waits() {
         .await;
         if round == 0 {
             // Back to a placed order for the second waiter.
-            api.db
-                .collection::<bson::Document>("orders")
-                .update_one(
-                    bson::doc! {"orderId": "cs-1"},
-                    bson::doc! {"$set": {"status": "placed"}, "$inc": {"version": 1}},
-                )
-                .await
-                .unwrap();
+            set_status(&api.db, "cs-1", "placed").await;
         }
     }
 }
