@@ -43,9 +43,9 @@ pub struct Watcher {
     permits: Arc<Semaphore>,
     polls: Counter,
     waiters: Gauge,
-    /// 1 while the change stream is open.
+    /// 1 while the change stream is open: what [`Watcher::streaming`]
+    /// reads.
     stream_open: Gauge,
-    streaming: std::sync::atomic::AtomicBool,
     /// How long the stream stays open after the last waiter left.
     linger: Duration,
 }
@@ -85,7 +85,6 @@ impl Watcher {
             polls: Counter::default(),
             waiters: Gauge::default(),
             stream_open: Gauge::default(),
-            streaming: Default::default(),
             linger,
         };
         registry.register(
@@ -130,7 +129,7 @@ impl Watcher {
 
     /// Whether a change stream wakes the loop.
     pub fn streaming(&self) -> bool {
-        self.streaming.load(std::sync::atomic::Ordering::Relaxed)
+        self.stream_open.get() == 1
     }
 
     /// Serves every waiter until shutdown.
@@ -280,8 +279,6 @@ impl Watcher {
     }
 
     fn set_streaming(&self, open: bool) {
-        self.streaming
-            .store(open, std::sync::atomic::Ordering::Relaxed);
         self.stream_open.set(i64::from(open));
     }
 }
