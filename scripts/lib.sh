@@ -66,16 +66,20 @@ ensure_kafka() {
 # KAFKA_JVM_OPTS adds JVM options (for example -Xlog:gc:file=gc.log);
 # KAFKA_GC replaces the collector's options: the parallel collector, not
 # Kafka's own G1 settings, on this machine's two cores (ADR 0008).
+# KAFKA_JIT replaces the compiler's: C1 only (-XX:TieredStopAtLevel=1);
+# empty gives the JVM's tiered C1 and C2, whose compiling took about half
+# of the broker's CPU for minutes after a start (ADR 0008).
 kafka_java() {
   kafka_java_cmd "$@"
   "${KAFKA_JAVA[@]}"
 }
 kafka_java_cmd() {
-  local heap opts gc
+  local heap opts gc jit
   read -r -a heap <<<"${KAFKA_HEAP:--Xms256m -Xmx768m}"
   read -r -a opts <<<"${KAFKA_JVM_OPTS:-}"
   read -r -a gc <<<"${KAFKA_GC:--XX:+UseParallelGC}"
-  KAFKA_JAVA=(java "${heap[@]}" "${opts[@]}" "${gc[@]}"
+  read -r -a jit <<<"${KAFKA_JIT--XX:TieredStopAtLevel=1}"
+  KAFKA_JAVA=(java "${heap[@]}" "${opts[@]}" "${gc[@]}" "${jit[@]}"
     -Djava.awt.headless=true -Dlog4j2.configurationFile="${KAFKA_LOG4J:-$ROOT/scripts/kafka/log4j2.properties}"
     -Dkafka.logs.dir="${KAFKA_LOG_DIR:-${RUN_DIR:-.}/kafka}" -cp "$KAFKA_HOME/libs/*" "$@")
 }
