@@ -263,6 +263,11 @@ pub fn observer(args: &KafkaArgs, client_id: &str, group: &str) -> anyhow::Resul
             ("enable.auto.offset.store", "false".into()),
             ("auto.offset.reset", "latest".into()),
             ("enable.partition.eof", "false".into()),
+            // Live figures in per-second buckets can wait a tenth of a
+            // second for a fuller fetch: at the tail of a busy stream the
+            // broker would otherwise answer after every produce request.
+            ("fetch.wait.max.ms", "100".into()),
+            ("fetch.min.bytes", "65536".into()),
         ]),
     )
 }
