@@ -2,7 +2,8 @@
 //! staff; order confirmed / rejected to the customer) over every configured
 //! channel — SMTP, an HMAC-signed webhook, the log — with retries and
 //! exponential backoff, and records each delivery in `notifications`
-//! (`_id` = `<key>/<channel>`), so a redelivered or replayed event is not
+//! (`_id` = `<key>/<channel>`; a notification's channels in one write,
+//! after the last of them), so a redelivered or replayed event is not
 //! delivered again. Only a *delivered* record counts: a failed one is
 //! tried again on redelivery or re-drive.
 //!
@@ -106,8 +107,9 @@ pub struct Notify {
     down: Mutex<HashSet<Channel>>,
     /// NOTIFY_CONCURRENCY, shared by the partitions' lanes.
     sending: tokio::sync::Semaphore,
-    /// Records deliveries: the deliveries in flight share the writes.
-    records: Coalescer<DeliveryDocument, mongodb::error::Error>,
+    /// Records deliveries, a notification's channels together: the
+    /// notifications in flight share the writes.
+    records: Coalescer<Vec<DeliveryDocument>, mongodb::error::Error>,
 }
 
 /// How one delivery ended.
@@ -176,9 +178,10 @@ impl Notify {
         Ok(Notify {
             db: db.clone(),
             sending: tokio::sync::Semaphore::new(config.concurrency.max(1)),
-            // Each delivery in flight waits for its record, so a write
-            // carries at most NOTIFY_CONCURRENCY of them.
-            records: Coalescer::spawn(config.concurrency, move |records| {
+            // Each notification in flight waits for its records, so a
+            // write carries those of at most NOTIFY_CONCURRENCY of them.
+            records: Coalescer::spawn(config.concurrency, move |records: Vec<Vec<_>>| {
+                let records: Vec<DeliveryDocument> = records.into_iter().flatten().collect();
                 records_per_write.observe(records.len() as f64);
                 record_deliveries(deliveries.clone(), records)
             }),
@@ -387,15 +390,16 @@ impl Notify {
         })
     }
 
-    /// Delivers over one channel with retries and records the result. With
-    /// the channel's breaker open, one attempt, and a failure is transient
-    /// for the whole batch (nothing recorded, nothing dead-lettered).
+    /// Delivers over one channel with retries; how it ended and the record
+    /// to write. With the channel's breaker open, one attempt, and a failure
+    /// is transient for the whole batch (nothing to record, nothing
+    /// dead-lettered).
     async fn deliver(
         &self,
         channel: Channel,
         n: &Notification,
         payload: &[u8],
-    ) -> Result<Delivery, Transient> {
+    ) -> Result<(Delivery, DeliveryDocument), Transient> {
         let probing = self.is_down(channel);
         let attempts_allowed = if probing {
             1
@@ -455,14 +459,11 @@ impl Notify {
             error: result.as_ref().err().cloned(),
             at: bson_date(OffsetDateTime::now_utc()),
         };
-        self.records
-            .submit(record)
-            .await
-            .map_err(|e| Transient(format!("recording a delivery: {e}")))?;
-        Ok(match result {
+        let delivery = match result {
             Ok(()) => Delivery::Delivered,
             Err(e) => Delivery::Failed(e),
-        })
+        };
+        Ok((delivery, record))
     }
 }
 
@@ -544,17 +545,41 @@ impl Notify {
         let n = fresh.input;
         let payload = rdkafka::Message::payload(fresh.message).unwrap_or_default();
         let mut failures = Vec::new();
+        let mut records = Vec::new();
+        let mut outage = None;
         for channel in &self.config.channels {
             if done.contains(&delivery_id(&n.key, *channel)) {
                 continue;
             }
-            let delivered = self
+            match self
                 .deliver(*channel, n, payload)
                 .instrument(fresh.span.clone())
-                .await?;
-            if let Delivery::Failed(e) = delivered {
-                failures.push(format!("{}: {e}", channel.as_str()));
+                .await
+            {
+                Ok((delivery, record)) => {
+                    if let Delivery::Failed(e) = delivery {
+                        failures.push(format!("{}: {e}", channel.as_str()));
+                    }
+                    records.push(record);
+                }
+                Err(transient) => {
+                    outage = Some(transient);
+                    break;
+                }
             }
+        }
+        // One write for the channels reached, after the last of them (a
+        // round trip per notification, not per channel), also when a later
+        // channel's outage makes the batch wait: what was sent is not sent
+        // again.
+        if !records.is_empty() {
+            self.records
+                .submit(records)
+                .await
+                .map_err(|e| Transient(format!("recording deliveries: {e}")))?;
+        }
+        if let Some(transient) = outage {
+            return Err(transient);
         }
         Ok(if failures.is_empty() {
             Ok(())
