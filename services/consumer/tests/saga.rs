@@ -1067,6 +1067,68 @@ async fn failing_webhooks_are_retried_then_dead_lettered_and_recorded_once() {
     );
 }
 
+/// A notification's channels are recorded together, after the last one
+/// (ADR 0004). When that last channel is down, the batch waits; the mail
+/// already sent must be recorded before it does, or every retry of the
+/// batch would send it again.
+#[tokio::test]
+async fn a_channel_reached_before_another_channels_outage_is_not_reached_again() {
+    let _turn = one_at_a_time().await;
+    kit::telemetry();
+    let mut saga = Saga::new(&kit::kafka(), "later-outage", &[]).await;
+    saga.seed(&[("a", 100, 100)]).await;
+    saga.hooks.lock().unwrap().always_fail = true;
+    saga.start_all();
+    // The first confirmation runs out of retries on the webhook: it is
+    // dead-lettered and the webhook's breaker opens.
+    saga.send(&[order("w-1".into(), "c-1".into(), &[("a", 1)])])
+        .await;
+    let parked = kit::consume(&saga.brokers, &saga.topics.dlq, 1, Duration::from_secs(60)).await;
+    assert_eq!(parked.len(), 1);
+    // The second one reaches SMTP, then finds the webhook down: its batch
+    // waits and is retried (a second at most between attempts).
+    saga.send(&[order("w-2".into(), "c-1".into(), &[("a", 1)])])
+        .await;
+    let mails_of = |saga: &Saga| {
+        saga.smtp
+            .mails()
+            .iter()
+            .filter(|m| m.subject.contains("order w-2 "))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while mails_of(&saga) == 0 {
+        assert!(Instant::now() < deadline, "no mail for w-2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(mails_of(&saga), 1, "sent again while the webhook was down");
+    let deliveries = all::<DeliveryDocument>(&saga.db, "notifications").await;
+    let smtp = deliveries
+        .iter()
+        .find(|d| d.id == "order_confirmed:w-2/smtp")
+        .expect("the mail is recorded while the batch waits");
+    assert_eq!(smtp.status, DeliveryStatus::Delivered);
+    assert!(deliveries
+        .iter()
+        .all(|d| d.id != "order_confirmed:w-2/webhook"));
+
+    // The webhook answers again: w-2 reaches it, and SMTP is not tried again.
+    saga.hooks.lock().unwrap().always_fail = false;
+    saga.settle(2, Duration::from_secs(120)).await;
+    assert_eq!(
+        saga.hooks
+            .lock()
+            .unwrap()
+            .ids
+            .iter()
+            .filter(|id| id.as_str() == "order_confirmed:w-2")
+            .count(),
+        1
+    );
+    assert_eq!(mails_of(&saga), 1);
+}
+
 /// Issue 14, defect 1: an SMTP outage longer than the retries. At most one
 /// notification is dead-lettered (the one that found the outage); the rest
 /// wait and are delivered once the server is back; the dead-lettered one is
