@@ -387,7 +387,10 @@ stop() {
 # orderflow's own processes, in the order scripts/down stops them: the
 # intake first, then the stages in pipeline order, then the readers; the
 # servers after them all, so each service can still drain and commit.
-SERVICES=(producer persist inventory payment notify orders-api analytics)
+# The pipeline's stages, in order (crates/platform/src/topology.rs declares
+# them for the services; this is the scripts' copy).
+STAGES=(persist inventory payment notify)
+SERVICES=(producer "${STAGES[@]}" orders-api analytics)
 
 # Stops every process with a pid file in RUN_DIR.
 stop_all() {

@@ -147,6 +147,18 @@ mod tests {
     }
 
     #[test]
+    fn the_scripts_list_the_same_stages_in_the_same_order() {
+        let lib = include_str!("../../../scripts/lib.sh");
+        let line = lib
+            .lines()
+            .find_map(|l| l.strip_prefix("STAGES=("))
+            .and_then(|l| l.strip_suffix(')'))
+            .expect("scripts/lib.sh declares STAGES=(...)");
+        let names: Vec<&str> = STAGES.iter().map(|s| s.name).collect();
+        assert_eq!(line.split_whitespace().collect::<Vec<_>>(), names);
+    }
+
+    #[test]
     fn the_flags_take_their_defaults_and_variables_from_the_table() {
         use clap::Parser;
         #[derive(Parser)]

@@ -190,5 +190,31 @@ impl Drop for Stack {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A failing test's stack: what each service said last, before the
+        // logs' directory goes (a flake seen once is otherwise unexplained).
+        if std::thread::panicking() {
+            let mut logs: Vec<_> = std::fs::read_dir(&self.logs.0)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            logs.sort();
+            for path in logs {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(LOG_TAIL)..];
+                eprintln!(
+                    "--- {} (last {} of {} lines)\n{}",
+                    path.display(),
+                    tail.len(),
+                    lines.len(),
+                    tail.join("\n")
+                );
+            }
+        }
     }
 }
+
+/// Lines of each service's log a failing test prints.
+const LOG_TAIL: usize = 40;

@@ -319,6 +319,16 @@ impl Saga {
 
     /// Waits until every order is final and every stage has consumed (and
     /// committed) its whole input topic.
+    /// The mails the SMTP server received about order `id`.
+    fn mails_about(&self, id: &str) -> usize {
+        let subject = format!("order {id} ");
+        self.smtp
+            .mails()
+            .iter()
+            .filter(|m| m.subject.contains(&subject))
+            .count()
+    }
+
     async fn settle(&self, n: usize, timeout: Duration) {
         let started = Instant::now();
         loop {
@@ -1089,20 +1099,17 @@ async fn a_channel_reached_before_another_channels_outage_is_not_reached_again()
     // waits and is retried (a second at most between attempts).
     saga.send(&[order("w-2".into(), "c-1".into(), &[("a", 1)])])
         .await;
-    let mails_of = |saga: &Saga| {
-        saga.smtp
-            .mails()
-            .iter()
-            .filter(|m| m.subject.contains("order w-2 "))
-            .count()
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while mails_of(&saga) == 0 {
+    while saga.mails_about("w-2") == 0 {
         assert!(Instant::now() < deadline, "no mail for w-2");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(mails_of(&saga), 1, "sent again while the webhook was down");
+    assert_eq!(
+        saga.mails_about("w-2"),
+        1,
+        "sent again while the webhook was down"
+    );
     let deliveries = all::<DeliveryDocument>(&saga.db, "notifications").await;
     let smtp = deliveries
         .iter()
@@ -1126,7 +1133,7 @@ async fn a_channel_reached_before_another_channels_outage_is_not_reached_again()
             .count(),
         1
     );
-    assert_eq!(mails_of(&saga), 1);
+    assert_eq!(saga.mails_about("w-2"), 1);
 }
 
 /// Issue 14, defect 1: an SMTP outage longer than the retries. At most one
@@ -1163,14 +1170,7 @@ async fn an_smtp_outage_delays_mail_but_loses_none_and_a_redriven_failure_is_del
         "the outage cost {} dead letters",
         parked.len()
     );
-    let mails_of = |saga: &Saga, id: &str| {
-        saga.smtp
-            .mails()
-            .iter()
-            .filter(|m| m.subject.contains(&format!("order {id} ")))
-            .count()
-    };
-    let confirmed: Vec<&String> = ids.iter().filter(|id| mails_of(&saga, id) == 1).collect();
+    let confirmed: Vec<&String> = ids.iter().filter(|id| saga.mails_about(id) == 1).collect();
     assert_eq!(
         confirmed.len() + parked.len(),
         5,
@@ -1210,7 +1210,7 @@ async fn an_smtp_outage_delays_mail_but_loses_none_and_a_redriven_failure_is_del
         saga.settle(5, Duration::from_secs(60)).await;
     }
     for id in &ids {
-        assert_eq!(mails_of(&saga, id), 1, "{id}: {:?}", saga.smtp.mails());
+        assert_eq!(saga.mails_about(id), 1, "{id}: {:?}", saga.smtp.mails());
     }
     let deliveries = all::<DeliveryDocument>(&saga.db, "notifications").await;
     for id in &ids {
