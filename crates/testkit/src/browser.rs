@@ -166,10 +166,20 @@ impl Driver {
             if !(v.is_null() || v == Value::Bool(false)) {
                 return v;
             }
-            assert!(
-                started.elapsed() < timeout,
-                "{what}: not within {timeout:?}"
-            );
+            if started.elapsed() >= timeout {
+                // What the page showed when it gave up, and what its
+                // console said: a flake seen once can then be explained.
+                let page = self
+                    .eval(
+                        "return JSON.stringify({data: {...document.body.dataset}, \
+                         text: document.body.innerText.slice(0, 3000)})",
+                    )
+                    .await;
+                let console = self.console().await;
+                panic!(
+                    "{what}: not within {timeout:?}; the page: {page}; its console: {console:?}"
+                );
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
