@@ -108,15 +108,59 @@ async fn every_service_answers_within_its_openapi_document() {
                 "--- schemathesis against {name} ({url}):\n{text}\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            failed.push(*name);
+            failed.push(format!("{name}:\n{}", failures(&text)));
         }
     }
-    if !failed.is_empty() {
-        stack.print_log_tails();
-    }
+    // The failures themselves in the panic message: a CI excerpt keeps
+    // its end, past the stack's log tails.
     assert!(
         failed.is_empty(),
-        "contract failures in {failed:?} (output above)"
+        "contract failures (whole output above):\n{}",
+        failed.join("\n")
     );
     stack.assert_running();
+}
+
+/// Schemathesis's FAILURES and ERRORS sections (each up to the next
+/// section), at most 3 000 characters; the output's tail when it has
+/// neither.
+fn failures(output: &str) -> String {
+    let section = |l: &str| l.starts_with("====") && l.ends_with("====");
+    let mut keep = false;
+    let mut picked: Vec<&str> = Vec::new();
+    for l in output.lines() {
+        if section(l) {
+            keep = l.contains(" FAILURES ") || l.contains(" ERRORS ");
+        }
+        if keep {
+            picked.push(l);
+        }
+    }
+    if picked.is_empty() {
+        let lines: Vec<&str> = output.lines().collect();
+        picked = lines[lines.len().saturating_sub(30)..].to_vec();
+    }
+    let text = picked.join("\n");
+    match text.char_indices().nth(3000) {
+        Some((cut, _)) => format!("{}\n[…]", &text[..cut]),
+        None => text,
+    }
+}
+
+#[test]
+fn the_failures_and_errors_sections_are_what_the_panic_message_carries() {
+    let out = "Schemathesis v4\n ✅ Coverage\n\
+        =================================== FAILURES ===================================\n\
+        ___ POST /analytics/dlq/redrive ___\n\
+        1. Server error\n\
+        =================================== WARNINGS ===================================\n\
+        Missing test data\n\
+        ==== ERRORS ====\n\
+        Timeout\n";
+    let picked = failures(out);
+    assert!(picked.contains(" FAILURES "), "{picked}");
+    assert!(picked.contains("1. Server error"), "{picked}");
+    assert!(!picked.contains("Missing test data"), "{picked}");
+    assert!(picked.contains("Timeout"), "{picked}");
+    assert_eq!(failures("a\nb"), "a\nb");
 }

@@ -53,7 +53,7 @@ impl Console {
                 dlq_topic: args.topics.dlq.clone(),
                 topics: topics.clone(),
             },
-            timeline_reader: Mutex::new(orderflow_platform::kafka::group_reader(
+            timeline_reader: Mutex::new(orderflow_platform::kafka::position_reader(
                 &args.kafka,
                 "orderflow-analytics-timeline",
                 "orderflow-analytics-timeline",

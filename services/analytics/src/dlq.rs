@@ -356,7 +356,7 @@ pub struct Fetcher {
 
 impl Fetcher {
     pub fn new(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Fetcher> {
-        let reader = orderflow_platform::kafka::group_reader(
+        let reader = orderflow_platform::kafka::position_reader(
             kafka,
             "orderflow-analytics-dlq-fetch",
             "orderflow-analytics-dlq",
@@ -389,6 +389,14 @@ impl Fetcher {
         let mut at = TopicPartitionList::new();
         at.add_partition_offset(&self.topic, partition, Offset::Offset(offset))?;
         self.reader.assign(&at)?;
+        let read = self.read_at(offset);
+        // Not left fetching between reads (see `position_reader`).
+        let _ = self.reader.unassign();
+        read
+    }
+
+    /// The assigned partition's message at `offset`.
+    fn read_at(&self, offset: i64) -> anyhow::Result<Option<Letter>> {
         let deadline = std::time::Instant::now() + KAFKA_TIMEOUT;
         while std::time::Instant::now() < deadline {
             match self.reader.poll(Duration::from_millis(250)) {
