@@ -9,7 +9,6 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use secrecy::ExposeSecret;
 
@@ -17,6 +16,9 @@ use crate::config::KafkaArgs;
 
 pub mod headers;
 pub mod offsets;
+mod producer;
+
+pub use producer::Producer;
 
 /// A client configuration: brokers and client id, then the role's
 /// `defaults`, then the `KAFKA_CONFIG` extras (security, tuning), which win.
@@ -82,12 +84,14 @@ fn build<T: rdkafka::config::FromClientConfig>(
 /// An idempotent producer that waits for every in-sync replica (acks=all),
 /// with a 5 ms linger (measured against none: ADR 0008).
 /// `delivery_timeout` bounds how long librdkafka keeps retrying a message.
+/// Its delivery reports are served on the Tokio runtime ([`Producer`]):
+/// call it from within one.
 pub fn producer(
     args: &KafkaArgs,
     client_id: &str,
     delivery_timeout: Duration,
-) -> anyhow::Result<FutureProducer> {
-    build(
+) -> anyhow::Result<Producer> {
+    let config = config(
         args,
         client_id,
         &[
@@ -99,7 +103,8 @@ pub fn producer(
                 delivery_timeout.as_millis().to_string(),
             ),
         ],
-    )
+    )?;
+    Producer::from_config(&config).context("creating a Kafka client")
 }
 
 /// The pipeline stages' consumer: a [`StreamConsumer`] with a
@@ -349,9 +354,8 @@ pub trait MetadataClient: Send + Sync + 'static {
     fn fetch_any_metadata(&self, timeout: Duration) -> rdkafka::error::KafkaResult<()>;
 }
 
-impl MetadataClient for FutureProducer {
+impl MetadataClient for Producer {
     fn fetch_any_metadata(&self, timeout: Duration) -> rdkafka::error::KafkaResult<()> {
-        use rdkafka::producer::Producer as _;
         self.client().fetch_metadata(None, timeout).map(|_| ())
     }
 }

@@ -12,9 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use orderflow_platform::config::{KafkaArgs, TopicArgs};
+use orderflow_platform::kafka::Producer;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 
@@ -99,13 +100,13 @@ pub async fn mongo_db(name: &str) -> mongodb::Database {
     client.database(name)
 }
 
-pub fn producer(brokers: &str) -> FutureProducer {
+pub fn producer(brokers: &str) -> Producer {
     orderflow_platform::kafka::producer(&kafka_args(brokers), "testkit", Duration::from_secs(30))
         .unwrap()
 }
 
 /// Produces raw bytes to a topic and waits for the acknowledgement.
-pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
+pub async fn produce(producer: &Producer, topic: &str, key: &str, payload: &[u8]) {
     producer
         .send(
             FutureRecord::to(topic).key(key).payload(payload),

@@ -26,10 +26,11 @@ use bson::{doc, Document};
 use futures::TryStreamExt;
 use orderflow_platform::config::KafkaArgs;
 use orderflow_platform::kafka::headers::{self, dlq, HeaderBuilder};
+use orderflow_platform::kafka::Producer;
 use orderflow_platform::shutdown::CancellationToken;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
@@ -468,7 +469,7 @@ pub enum Outcome {
 
 /// Sends dead letters back and records it.
 pub struct Redriver {
-    pub producer: FutureProducer,
+    pub producer: Producer,
     pub redrives: mongodb::Collection<Document>,
     pub dlq_topic: String,
     /// The topics a dead letter may go back to: the pipeline's own.

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use orderflow_platform::kafka::headers::{dlq, HeaderBuilder};
+use orderflow_platform::kafka::Producer;
 use orderflow_platform::kafka::StageConsumer;
 use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -30,7 +31,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -180,7 +181,7 @@ impl RunnerMetrics {
 pub struct Runner<S> {
     pub stage: S,
     pub consumer: StageConsumer,
-    pub producer: FutureProducer,
+    pub producer: Producer,
     pub config: RunnerConfig,
     pub metrics: RunnerMetrics,
 }
@@ -191,7 +192,7 @@ struct Work<S: Stage> {
     /// Where the lanes hand in their batches when they are gathered.
     gather: Option<Gather<S>>,
     consumer: Arc<StageConsumer>,
-    producer: FutureProducer,
+    producer: Producer,
     config: RunnerConfig,
     metrics: RunnerMetrics,
 }
@@ -483,11 +484,7 @@ impl<S: Stage + 'static> Runner<S> {
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "final commit (nothing stored is fine)");
         }
-        let _ = tokio::task::spawn_blocking(move || {
-            use rdkafka::producer::Producer as _;
-            producer.flush(Duration::from_secs(10))
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
         Ok(())
     }
 }

@@ -11,10 +11,10 @@ use clap::Parser;
 use orderflow_platform::config::{HttpArgs, KafkaArgs, RedisArgs, TopicArgs};
 pub use orderflow_platform::http::Running;
 use orderflow_platform::http::{self, Ops};
+use orderflow_platform::kafka::Producer;
 use orderflow_platform::redis::LazyRedis;
 use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::registry::Registry;
-use rdkafka::producer::{FutureProducer, Producer};
 
 mod compat;
 mod orders;
@@ -64,7 +64,7 @@ pub struct Args {
 
 /// Shared by every request as one `Arc`.
 pub(crate) struct AppState {
-    producer: FutureProducer,
+    producer: Producer,
     topic: Arc<str>,
     /// The publish span's name, `"<topic> publish"`, made once.
     publish_span: Arc<str>,
