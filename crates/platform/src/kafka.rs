@@ -91,7 +91,7 @@ pub fn producer(
     client_id: &str,
     delivery_timeout: Duration,
 ) -> anyhow::Result<Producer> {
-    let config = config(
+    build(
         args,
         client_id,
         &[
@@ -103,8 +103,7 @@ pub fn producer(
                 delivery_timeout.as_millis().to_string(),
             ),
         ],
-    )?;
-    Producer::from_config(&config).context("creating a Kafka client")
+    )
 }
 
 /// The pipeline stages' consumer: a [`StreamConsumer`] with a

@@ -17,13 +17,12 @@
 //! oneshot, so the waiting request is woken on the same worker. Nothing
 //! runs while nothing is produced.
 
-use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use rdkafka::bindings as rdsys;
 use rdkafka::client::ClientContext;
-use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
+use rdkafka::config::{ClientConfig, FromClientConfig, FromClientConfigAndContext};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Message as _, OwnedMessage, Timestamp, ToBytes};
 use rdkafka::producer::future_producer::{Delivery, OwnedDeliveryResult};
@@ -50,10 +49,11 @@ pub struct Producer {
     inner: Arc<Inner>,
 }
 
+// Fields drop in order: the queue handle before the client it belongs to.
 struct Inner {
-    base: BaseProducer<Reports>,
     /// librdkafka's main queue, where the delivery reports arrive.
     queue: MainQueue,
+    base: BaseProducer<Reports>,
     wake: Arc<Notify>,
 }
 
@@ -103,10 +103,10 @@ unsafe extern "C" fn on_report(_: *mut rdsys::rd_kafka_t, opaque: *mut std::ffi:
     wake.notify_one();
 }
 
-impl Producer {
+impl FromClientConfig for Producer {
     /// Creates the producer from `config` and starts its pump on the
     /// current Tokio runtime.
-    pub fn from_config(config: &ClientConfig) -> KafkaResult<Producer> {
+    fn from_config(config: &ClientConfig) -> KafkaResult<Producer> {
         let base = BaseProducer::from_config_and_context(config, Reports)?;
         // SAFETY: the client pointer is valid while `base` lives; the
         // handle is released by `MainQueue` before `base` is dropped.
@@ -122,79 +122,77 @@ impl Producer {
                 Arc::as_ptr(&wake) as *mut std::ffi::c_void,
             )
         };
-        let inner = Arc::new(Inner { base, queue, wake });
+        let inner = Arc::new(Inner { queue, base, wake });
         tokio::spawn(pump(Arc::downgrade(&inner), inner.wake.clone()));
         Ok(Producer { inner })
     }
+}
 
+impl Producer {
     /// Sends `record` and waits for the broker's acknowledgement (or
     /// librdkafka's final error). While librdkafka's queue is full it tries
     /// again for up to `queue_timeout`, then answers `QueueFull`; the same
     /// contract as rdkafka's `FutureProducer::send`.
-    pub fn send<'a, K, P, T>(
+    pub async fn send<K, P, T>(
         &self,
-        record: FutureRecord<'a, K, P>,
+        record: FutureRecord<'_, K, P>,
         queue_timeout: T,
-    ) -> impl Future<Output = OwnedDeliveryResult> + 'a
+    ) -> OwnedDeliveryResult
     where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
         T: Into<Timeout>,
     {
-        let inner = self.inner.clone();
         let queue_timeout = queue_timeout.into();
-        async move {
-            let started = Instant::now();
-            let (tx, rx) = oneshot::channel();
-            let mut base =
-                rdkafka::producer::BaseRecord::with_opaque_to(record.topic, Box::new(tx));
-            base.partition = record.partition;
-            base.payload = record.payload;
-            base.key = record.key;
-            base.timestamp = record.timestamp;
-            base.headers = record.headers;
-            loop {
-                match inner.base.send(base) {
-                    Ok(()) => {
-                        return match rx.await {
-                            Ok(report) => report,
-                            // Only if the report was dropped unserved.
-                            Err(_) => Err((
-                                KafkaError::Canceled,
-                                OwnedMessage::new(
-                                    None,
-                                    None,
-                                    String::new(),
-                                    Timestamp::NotAvailable,
-                                    -1,
-                                    -1,
-                                    None,
-                                ),
-                            )),
-                        };
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                        if match queue_timeout {
-                            Timeout::Never => true,
-                            Timeout::After(t) => started.elapsed() < t,
-                        } =>
-                    {
-                        base = back;
-                        tokio::time::sleep(QUEUE_FULL_WAIT).await;
-                    }
-                    Err((e, back)) => {
-                        let owned = OwnedMessage::new(
-                            back.payload.map(|p| p.to_bytes().to_vec()),
-                            back.key.map(|k| k.to_bytes().to_vec()),
-                            back.topic.to_owned(),
-                            back.timestamp
-                                .map_or(Timestamp::NotAvailable, Timestamp::CreateTime),
-                            back.partition.unwrap_or(-1),
-                            0,
-                            back.headers,
-                        );
-                        return Err((e, owned));
-                    }
+        let started = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let mut base = rdkafka::producer::BaseRecord::with_opaque_to(record.topic, Box::new(tx));
+        base.partition = record.partition;
+        base.payload = record.payload;
+        base.key = record.key;
+        base.timestamp = record.timestamp;
+        base.headers = record.headers;
+        loop {
+            match self.inner.base.send(base) {
+                Ok(()) => {
+                    return match rx.await {
+                        Ok(report) => report,
+                        // Only if the report was dropped unserved.
+                        Err(_) => Err((
+                            KafkaError::Canceled,
+                            OwnedMessage::new(
+                                None,
+                                None,
+                                String::new(),
+                                Timestamp::NotAvailable,
+                                -1,
+                                -1,
+                                None,
+                            ),
+                        )),
+                    };
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if match queue_timeout {
+                        Timeout::Never => true,
+                        Timeout::After(t) => started.elapsed() < t,
+                    } =>
+                {
+                    base = back;
+                    tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                }
+                Err((e, back)) => {
+                    let owned = OwnedMessage::new(
+                        back.payload.map(|p| p.to_bytes().to_vec()),
+                        back.key.map(|k| k.to_bytes().to_vec()),
+                        back.topic.to_owned(),
+                        back.timestamp
+                            .map_or(Timestamp::NotAvailable, Timestamp::CreateTime),
+                        back.partition.unwrap_or(-1),
+                        0,
+                        back.headers,
+                    );
+                    return Err((e, owned));
                 }
             }
         }
@@ -230,23 +228,28 @@ async fn pump(inner: Weak<Inner>, wake: Arc<Notify>) {
         // Registered before looking, so a report queued meanwhile leaves
         // a permit and is not missed.
         let woken = wake.notified();
-        {
-            let Some(inner) = inner.upgrade() else { return };
-            let mut served = 0;
-            // SAFETY: the handle is valid while `inner` lives.
-            while unsafe { rdsys::rd_kafka_queue_length(inner.queue.0) } > 0 {
-                inner.base.poll(Duration::ZERO);
-                served += 1;
-                if served == REPORTS_PER_TURN {
-                    break;
-                }
-            }
-            if served == REPORTS_PER_TURN {
-                drop(inner);
-                tokio::task::yield_now().await;
-                continue;
-            }
+        let Some(producer) = inner.upgrade() else {
+            return;
+        };
+        let more = serve_turn(&producer);
+        drop(producer);
+        if more {
+            tokio::task::yield_now().await;
+        } else {
+            let _ = tokio::time::timeout(PUMP_FALLBACK, woken).await;
         }
-        let _ = tokio::time::timeout(PUMP_FALLBACK, woken).await;
     }
+}
+
+/// Serves queued events, at most [`REPORTS_PER_TURN`]; whether it stopped
+/// at that bound (there may be more).
+fn serve_turn(inner: &Inner) -> bool {
+    for _ in 0..REPORTS_PER_TURN {
+        // SAFETY: the handle is valid while `inner` lives.
+        if unsafe { rdsys::rd_kafka_queue_length(inner.queue.0) } == 0 {
+            return false;
+        }
+        inner.base.poll(Duration::ZERO);
+    }
+    true
 }
