@@ -80,8 +80,14 @@ async fn every_service_answers_within_its_openapi_document() {
                         "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
                         "--max-examples",
                         "25",
+                        // One worker: with two threads, hypothesis's
+                        // lambda descriptions call ast.parse at once, and
+                        // Debian's Python 3.11 then fails a request at
+                        // random with "AST constructor recursion depth
+                        // mismatch" (CPython gh-106905), an ERROR that is
+                        // schemathesis's, not the service's.
                         "--workers",
-                        "2",
+                        "1",
                         "--seed",
                         "20261202",
                         "--max-response-time",
