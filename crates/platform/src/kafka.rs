@@ -17,6 +17,7 @@ use crate::config::KafkaArgs;
 pub mod headers;
 pub mod offsets;
 mod producer;
+pub mod stats;
 
 pub use producer::Producer;
 
@@ -98,6 +99,10 @@ pub fn producer(
             ("enable.idempotence", "true".into()),
             ("acks", "all".into()),
             ("linger.ms", "5".into()),
+            (
+                "statistics.interval.ms",
+                stats::STATS_INTERVAL_MS.to_string(),
+            ),
             (
                 "message.timeout.ms",
                 delivery_timeout.as_millis().to_string(),

@@ -27,6 +27,8 @@ pub struct ReceivedSpan {
     /// (trace id, span id) of each linked span.
     pub links: Vec<(String, String)>,
     pub attributes: BTreeMap<String, String>,
+    /// Each span event: its name and its attributes' keys.
+    pub events: Vec<(String, Vec<String>)>,
 }
 
 type Spans = Arc<Mutex<Vec<ReceivedSpan>>>;
@@ -88,6 +90,14 @@ async fn receive(State(spans): State<Spans>, body: Bytes) -> &'static str {
                         .map(|a| {
                             let v = a.value.as_ref().and_then(|v| v.value.clone());
                             (a.key.clone(), v.map(text).unwrap_or_default())
+                        })
+                        .collect(),
+                    events: span
+                        .events
+                        .iter()
+                        .map(|e| {
+                            let keys = e.attributes.iter().map(|a| a.key.clone()).collect();
+                            (e.name.clone(), keys)
                         })
                         .collect(),
                 });

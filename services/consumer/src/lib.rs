@@ -270,6 +270,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     let consumer = orderflow_platform::kafka::consumer(&args.kafka, &client_id, &group)?;
     let mut registry = Registry::with_prefix(format!("orderflow_{stage}"));
     let metrics = RunnerMetrics::register(&mut registry, &consumer);
+    producer.stats().register(&mut registry);
     let records_per_write = notify::records_per_write();
     if args.stage == StageName::Notify {
         registry.register(

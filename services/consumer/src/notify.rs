@@ -301,6 +301,7 @@ impl Notify {
         match channel {
             Channel::Log => {
                 tracing::info!(
+                    target: orderflow_platform::telemetry::DELIVERY_LOG,
                     key = %n.key,
                     recipient = %n.recipient,
                     subject = %n.subject,

@@ -160,6 +160,29 @@ async fn one_order_is_one_trace_across_every_service() {
             "{service}: {line}"
         );
     }
+    // Annotations of the order's processing are span events; the log
+    // channel's notification is a delivery and stays out of the trace
+    // (it would copy the recipient into the trace store).
+    let events = |service: &str| -> Vec<(String, Vec<String>)> {
+        of(service)
+            .into_iter()
+            .flat_map(|s| s.events.clone())
+            .collect()
+    };
+    assert!(
+        events("inventory")
+            .iter()
+            .any(|(name, _)| name == "stock decided"),
+        "no \"stock decided\" event in inventory's spans: {:?}",
+        events("inventory")
+    );
+    assert!(
+        !events("notify")
+            .iter()
+            .any(|(name, keys)| name == "notification" || keys.iter().any(|k| k == "recipient")),
+        "the log channel's delivery became a span event: {:?}",
+        events("notify")
+    );
     // Database calls are child spans within the trace.
     let child_of = |child: &ReceivedSpan, service: &str| {
         spans

@@ -83,6 +83,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         args.recent_limit,
     ));
     let mut registry = Registry::with_prefix("orderflow_producer");
+    producer.stats().register(&mut registry);
     let state = AppState {
         producer: producer.clone(),
         topic: args.topics.orders.as_str().into(),

@@ -527,3 +527,64 @@ async fn compatibility_routes_accept_the_replaced_systems_bodies() {
     assert_eq!(published, ids, "exactly the accepted orders were published");
     assert_eq!(kit::message_count(&brokers, &p.topics.orders), 3);
 }
+
+/// librdkafka's statistics reach /metrics: the client's queueing and the
+/// broker's round trip, per broker, from the real broker's answers.
+#[tokio::test]
+async fn the_clients_view_of_the_broker_is_in_the_metrics() {
+    let p = Producer::start(
+        &kit::kafka(),
+        &kit::redis_url(),
+        &["--kafka-config", "statistics.interval.ms=200"],
+    )
+    .await;
+    let metric_line = |text: &str, name: &str, quantile: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!("orderflow_producer_{name}{{"))
+                    && l.contains(&format!("quantile=\"{quantile}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (queue, rtt, text) = loop {
+        // Orders keep coming, so each interval's windows have samples.
+        let body =
+            json!({"customerId": "stats", "items": [{"id": "p", "quantity": 1, "price": 1.0}]});
+        assert_eq!(
+            p.post(&body.to_string()).await.status(),
+            StatusCode::ACCEPTED
+        );
+        let text = p
+            .client
+            .get(format!("{}/metrics", p.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if let (Some(q), Some(r)) = (
+            metric_line(&text, "kafka_producer_queue_latency_seconds", "0.99"),
+            metric_line(&text, "kafka_producer_rtt_seconds", "0.99"),
+        ) {
+            break (q, r, text);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no librdkafka statistics in /metrics:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // A real round trip on loopback takes more than nothing and far less
+    // than a second; the queue time includes the 5 ms linger.
+    assert!(rtt > 0.0 && rtt < 1.0, "rtt p99 {rtt}\n{text}");
+    assert!((0.004..1.0).contains(&queue), "queue p99 {queue}\n{text}");
+    // The broker's label is librdkafka's name of it, host:port/id.
+    assert!(
+        text.contains("kafka_producer_rtt_seconds{broker=\""),
+        "{text}"
+    );
+    assert!(!text.contains("bootstrap"), "{text}");
+}

@@ -33,6 +33,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use tokio::sync::{oneshot, Notify};
 
+use super::stats::ProducerStats;
+
 /// How long a send waits between tries while librdkafka's queue is full.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(10);
 
@@ -57,10 +59,19 @@ struct Inner {
     wake: Arc<Notify>,
 }
 
-/// Completes each message's oneshot with its delivery report.
-pub struct Reports;
+/// Completes each message's oneshot with its delivery report, and keeps
+/// librdkafka's statistics as gauges.
+#[derive(Default)]
+pub struct Reports {
+    stats: ProducerStats,
+}
 
-impl ClientContext for Reports {}
+impl ClientContext for Reports {
+    // Statistics arrive on the main queue, served by the pump like reports.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.stats.record(&statistics);
+    }
+}
 
 impl ProducerContext for Reports {
     type DeliveryOpaque = Box<oneshot::Sender<OwnedDeliveryResult>>;
@@ -107,7 +118,7 @@ impl FromClientConfig for Producer {
     /// Creates the producer from `config` and starts its pump on the
     /// current Tokio runtime.
     fn from_config(config: &ClientConfig) -> KafkaResult<Producer> {
-        let base = BaseProducer::from_config_and_context(config, Reports)?;
+        let base = BaseProducer::from_config_and_context(config, Reports::default())?;
         // SAFETY: the client pointer is valid while `base` lives; the
         // handle is released by `MainQueue` before `base` is dropped.
         let queue =
@@ -202,6 +213,12 @@ impl Producer {
     /// most `timeout`. Blocking: call it from a blocking thread.
     pub fn flush<T: Into<Timeout>>(&self, timeout: T) -> KafkaResult<()> {
         self.inner.base.flush(timeout)
+    }
+
+    /// librdkafka's statistics of this producer, to register with the
+    /// service's metrics.
+    pub fn stats(&self) -> &ProducerStats {
+        &self.inner.base.context().stats
     }
 
     /// The underlying client (metadata requests).
