@@ -142,8 +142,10 @@ pub struct Args {
     /// How long one simulated charge takes (payment).
     #[arg(long, env = "PAYMENT_LATENCY", default_value = "20ms", value_parser = humantime::parse_duration)]
     pub payment_latency: Duration,
-    /// Charges in flight at once (payment).
-    #[arg(long, env = "PAYMENT_CONCURRENCY", default_value_t = 64)]
+    /// Charges in flight at once (payment): with the 20-ms gateway, at
+    /// most this many per 20 ms. 64 (3 200/s) held the whole pipeline's
+    /// drain back while the machine idled (docs/benchmarks.md, 2026-12-06).
+    #[arg(long, env = "PAYMENT_CONCURRENCY", default_value_t = 256)]
     pub payment_concurrency: usize,
     /// Delivery channels, comma-separated: log, smtp, webhook (notify).
     #[arg(
