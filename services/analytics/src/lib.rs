@@ -194,6 +194,9 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         tracing::warn!("no API tokens configured: every re-drive will be refused");
     }
     let console = std::sync::Arc::new(console::Console::new(&args, &db)?);
+    let mut registry = Registry::with_prefix("orderflow_analytics");
+    // The re-drive's producer: librdkafka's view of the broker.
+    console.redriver.producer.stats().register(&mut registry);
     tokio::task::spawn_blocking({
         let (index, shutdown) = (console.index.clone(), shutdown.clone());
         let reader = orderflow_platform::kafka::group_reader(
@@ -276,7 +279,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
             service: SERVICE,
             openapi: include_str!("../openapi.json"),
             checks,
-            registry: Registry::with_prefix("orderflow_analytics"),
+            registry,
         },
     );
     http::launch(SERVICE, &args.http, args.port, app, shutdown).await
