@@ -8,23 +8,20 @@ without `_bucket`. Prints the observations in between and their p50, p90
 and p99, interpolated linearly within the bucket they fall in (the buckets
 are what bounds the precision: a factor of 2 for orderflow's latencies).
 """
-import re
 import sys
 
-LINE = re.compile(r'^(\w+)\{([^}]*)\} ([0-9.eE+-]+|\+Inf)$')
+from prom import samples
 
 
 def buckets(path, metric, wanted):
     out = {}
-    for line in open(path):
-        m = LINE.match(line.strip())
-        if not m or m.group(1) != metric + "_bucket":
+    for name, labels, value in samples(path):
+        if name != metric + "_bucket":
             continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
         if any(labels.get(k) != v for k, v in wanted.items()):
             continue
         le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
-        out[le] = out.get(le, 0) + float(m.group(3))
+        out[le] = out.get(le, 0) + value
     return out
 
 

@@ -11,28 +11,24 @@ intervals; a report seen twice counts once. Prints, for the time in the
 client's queue, in the request queue and the broker's round trip, the
 median and the largest of the intervals' p50 and p99, in milliseconds.
 """
-import re
 import statistics
 import sys
 
-LINE = re.compile(r'^(\w+)\{([^}]*)\} ([0-9.eE+-]+)$')
+from prom import samples
+
 PARTS = [("queue", "kafka_producer_queue_latency_seconds"),
          ("request queue", "kafka_producer_request_queue_latency_seconds"),
          ("broker rtt", "kafka_producer_rtt_seconds")]
 
 
 def windows(path, prefix):
-    """{(part, quantile): value} of one scrape, summed over no brokers:
-    the intake has one broker, so the first seen is kept."""
+    """{(part, quantile): milliseconds} of one scrape. The intake talks to
+    one broker; were there more, the first broker's figures are kept."""
     out = {}
-    for line in open(path):
-        m = LINE.match(line.strip())
-        if not m:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+    for name, labels, value in samples(path):
         for part, metric in PARTS:
-            if m.group(1) == f"{prefix}_{metric}":
-                out.setdefault((part, labels.get("quantile")), float(m.group(3)) * 1000)
+            if name == f"{prefix}_{metric}":
+                out.setdefault((part, labels.get("quantile")), value * 1000)
     return out
 
 
