@@ -537,6 +537,13 @@ async fn bad_ranges_are_422_recent_orders_keep_exact_money_and_a_missing_redis_i
         .get(format!("http://{}/analytics/live", running.addr))
         .await;
     assert_eq!(r.status(), StatusCode::OK);
+    // /metrics answers without Redis too, and carries the re-drive
+    // producer's librdkafka gauges.
+    let metrics = stack.text(format!("http://{}/metrics", running.addr)).await;
+    assert!(
+        metrics.contains("orderflow_analytics_kafka_producer_messages_queued"),
+        "{metrics}"
+    );
     shutdown.cancel();
 }
 
