@@ -55,8 +55,17 @@ fn config(
         cfg.remove("session.timeout.ms");
         cfg.remove("heartbeat.interval.ms");
     }
+    // Only producers read librdkafka's statistics (`stats::ProducerStats`;
+    // their defaults name the interval). Any other client would hand each
+    // report to rdkafka's default handler, which logs it whole at INFO, so a
+    // `KAFKA_CONFIG` interval meant for the producers' gauges stays theirs.
+    if !defaults.iter().any(|(k, _)| *k == STATISTICS_INTERVAL) {
+        cfg.remove(STATISTICS_INTERVAL);
+    }
     Ok(cfg)
 }
+
+const STATISTICS_INTERVAL: &str = "statistics.interval.ms";
 
 fn build_with<
     C: rdkafka::client::ClientContext,
@@ -99,10 +108,7 @@ pub fn producer(
             ("enable.idempotence", "true".into()),
             ("acks", "all".into()),
             ("linger.ms", "5".into()),
-            (
-                "statistics.interval.ms",
-                stats::STATS_INTERVAL_MS.to_string(),
-            ),
+            (STATISTICS_INTERVAL, stats::STATS_INTERVAL_MS.to_string()),
             (
                 "message.timeout.ms",
                 delivery_timeout.as_millis().to_string(),
@@ -457,6 +463,21 @@ mod tests {
             StageContext::default(),
         );
         assert!(made.is_ok());
+    }
+
+    #[test]
+    fn a_statistics_interval_reaches_only_the_producers() {
+        let args = KafkaArgs {
+            brokers: "b".into(),
+            extra: "statistics.interval.ms=200".to_owned().into(),
+        };
+        let producer = [(STATISTICS_INTERVAL, "5000".into()), ("acks", "all".into())];
+        let cfg = config(&args, "id", &producer).unwrap();
+        assert_eq!(cfg.get(STATISTICS_INTERVAL), Some("200"));
+        for other in [&[][..], &[("group.id", "g".into())][..]] {
+            let cfg = config(&args, "id", other).unwrap();
+            assert_eq!(cfg.get(STATISTICS_INTERVAL), None);
+        }
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub struct Stack {
     processes: Vec<(String, Child)>,
     /// Each stage's consumer group, this stack's own.
     groups: Vec<(&'static str, String)>,
+    /// The HTTP port each stage was last started with.
+    stage_ports: Vec<(String, u16)>,
 }
 
 impl Stack {
@@ -46,6 +48,7 @@ impl Stack {
                 .iter()
                 .map(|s| (s.name, crate::unique(s.name)))
                 .collect(),
+            stage_ports: Vec::new(),
         }
     }
 
@@ -81,15 +84,33 @@ impl Stack {
         }
     }
 
-    /// One stage in this stack's group for it (the same on a restart).
+    /// One stage in this stack's group for it (the same on a restart), on
+    /// a free port unless `extra` names its `CONSUMER_PORT`.
     pub fn spawn_stage(&mut self, stage: &str, extra: &[(&str, String)]) {
+        let port = match extra.iter().find(|(k, _)| *k == "CONSUMER_PORT") {
+            Some((_, p)) => p.parse().expect("CONSUMER_PORT is a port"),
+            None => free_port(),
+        };
         let mut env = vec![
             ("STAGE", stage.to_owned()),
-            ("CONSUMER_PORT", free_port().to_string()),
+            ("CONSUMER_PORT", port.to_string()),
             ("CONSUMER_GROUP", self.group(stage).to_owned()),
         ];
         env.extend(extra.iter().cloned());
         self.spawn("consumer", stage, &env);
+        self.stage_ports.retain(|(s, _)| s != stage);
+        self.stage_ports.push((stage.to_owned(), port));
+    }
+
+    /// The base URL of `stage`'s HTTP server (health, `/metrics`).
+    pub fn stage_url(&self, stage: &str) -> String {
+        let port = self
+            .stage_ports
+            .iter()
+            .find(|(s, _)| s == stage)
+            .unwrap_or_else(|| panic!("{stage} was not started"))
+            .1;
+        format!("http://127.0.0.1:{port}")
     }
 
     /// The stage's consumer group in this stack.

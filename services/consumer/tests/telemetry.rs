@@ -1,10 +1,15 @@
+//! What the services tell an operator, from the real binaries.
+//!
 //! One order's trace, end to end and over the wire: the producer and the
-//! four stages run as separate processes (the real binaries) exporting over
-//! OTLP/HTTP to a receiver in this test. The order is posted with a known
-//! W3C `traceparent`; every service must report spans in that trace, each
+//! four stages run as separate processes exporting over OTLP/HTTP to a
+//! receiver in this test. The order is posted with a known W3C
+//! `traceparent`; every service must report spans in that trace, each
 //! stage's span a child of the previous service's, and the MongoDB and
 //! Redis calls as child spans. The batch exporter is set to wait a minute,
 //! so the spans arrive only because each process flushes on SIGTERM.
+//!
+//! Every stage's `/metrics`: its messages by outcome, and librdkafka's view
+//! of the broker from the producer it publishes its decisions with.
 
 use std::time::Duration;
 
@@ -221,4 +226,120 @@ async fn one_order_is_one_trace_across_every_service() {
             describe()
         );
     }
+}
+
+/// A metric's value from a Prometheus text exposition: the first line of
+/// `name` whose labels contain each of `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let (series, _) = l.rsplit_once(' ').unwrap_or((l, ""));
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            metric == name && labels.iter().all(|label| rest.contains(label))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stage_reports_its_messages_and_its_producers_view_of_the_broker() {
+    let topics = kit::topics("stagemetrics");
+    kit::create_topics(&kit::kafka(), &topics).await;
+    let db_name = kit::unique("stagemetrics");
+    // Fresh statistics windows every 200 ms instead of 5 s.
+    let mut stack = Stack::new(
+        &topics,
+        &db_name,
+        &[("KAFKA_CONFIG", "statistics.interval.ms=200")],
+    );
+    let producer_port = kit::free_port();
+    stack.spawn(
+        "producer",
+        "producer",
+        &[("API_PORT", producer_port.to_string())],
+    );
+    stack.spawn_stages();
+    let client = reqwest::Client::new();
+    let producer = format!("http://127.0.0.1:{producer_port}");
+    kit::ready(&producer).await;
+    for stage in ["persist", "inventory", "payment", "notify"] {
+        kit::ready(&stack.stage_url(stage)).await;
+    }
+
+    // The stages that publish decisions report their producer's round trip
+    // to the broker; notify publishes nothing, but its gauges are there.
+    let publishing = ["persist", "inventory", "payment"];
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut missing;
+    loop {
+        // Orders keep coming, so each statistics window has requests.
+        let r = client
+            .post(format!("{producer}/orders"))
+            .json(&serde_json::json!({"customerId": "c-metrics",
+                                      "items": [{"productId": "tea", "quantity": 1, "unitPrice": 3.20}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+        missing = Vec::new();
+        for stage in ["persist", "inventory", "payment", "notify"] {
+            let text = client
+                .get(format!("{}/metrics", stack.stage_url(stage)))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let prefix = format!("orderflow_{stage}");
+            let done = sample(
+                &text,
+                &format!("{prefix}_messages_total"),
+                &["outcome=\"done\""],
+            );
+            if done.unwrap_or(0.0) < 1.0 {
+                missing.push(format!("{stage}: no message done\n{text}"));
+            }
+            assert!(
+                sample(
+                    &text,
+                    &format!("{prefix}_kafka_producer_messages_queued"),
+                    &[]
+                )
+                .is_some(),
+                "{stage} does not export its producer's gauges:\n{text}"
+            );
+            if publishing.contains(&stage) {
+                match sample(
+                    &text,
+                    &format!("{prefix}_kafka_producer_rtt_seconds"),
+                    &["quantile=\"0.99\"", "broker=\""],
+                ) {
+                    // A real round trip on loopback: more than nothing, far
+                    // less than a second.
+                    Some(rtt) => assert!(rtt > 0.0 && rtt < 1.0, "{stage}: rtt p99 {rtt}\n{text}"),
+                    None => missing.push(format!("{stage}: no broker round trip\n{text}")),
+                }
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            stack.print_log_tails();
+            panic!("after 90 s:\n{}", missing.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The consumers got no statistics interval: rdkafka's default handler
+    // would have logged every report.
+    for stage in ["persist", "inventory", "payment", "notify"] {
+        let log = stack.log(stage);
+        assert!(
+            !log.contains("Client stats"),
+            "{stage} logged librdkafka's statistics:\n{log}"
+        );
+    }
+    stack.terminate().await;
 }
