@@ -322,9 +322,14 @@ wait_http() {
 # orders-api, the broker, Redis): nice 5, a third of the intake's CPU
 # weight when the cores are contended, as the operator's CPU requests give
 # it in a cluster (ADR 0014). BACKEND_NICE=0 runs everything alike.
+# BACKEND_SCHED=idle puts the back end in Linux's SCHED_IDLE class instead
+# of niceing it: the intake then preempts it at once on every wake-up, which
+# no CPU weight (nice, a cgroup's share) does; an experiment, ADR 0014.
 BACKEND_NICE=${BACKEND_NICE:-5}
 [[ $BACKEND_NICE =~ ^[0-9]+$ ]] && [ "$BACKEND_NICE" -le 19 ] \
   || die "BACKEND_NICE must be 0 to 19, not '$BACKEND_NICE'"
+BACKEND_SCHED=${BACKEND_SCHED:-nice}
+[[ $BACKEND_SCHED =~ ^(nice|idle)$ ]] || die "BACKEND_SCHED must be nice or idle, not '$BACKEND_SCHED'"
 
 # The channels notify delivers over in `scripts/up` (and so in the bench,
 # whose MongoDB ceiling writes one delivery record per channel and order).
@@ -342,7 +347,10 @@ start() {
 }
 
 # start_backend NAME COMMAND... : start, at the back end's priority.
-start_backend() { start "$1" nice -n "$BACKEND_NICE" "${@:2}"; }
+start_backend() {
+  if [ "$BACKEND_SCHED" = idle ]; then start "$1" chrt --idle 0 "${@:2}"
+  else start "$1" nice -n "$BACKEND_NICE" "${@:2}"; fi
+}
 
 start_kafka() { # PORT [CONTROLLER_PORT]
   start kafka "$ROOT/scripts/kafka/broker" "$1" "${2:-$(($1 + 1))}" "$RUN_DIR/kafka"
