@@ -253,6 +253,18 @@ pub fn binary(name: &str) -> std::path::PathBuf {
     path
 }
 
+/// A sample's value from a Prometheus text exposition: the first series
+/// called `name` whose labels include each of `labels` (`key="value"`).
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+        (metric == name && labels.iter().all(|label| rest.contains(label)))
+            .then(|| value.parse().ok())
+            .flatten()
+    })
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

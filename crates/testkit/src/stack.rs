@@ -77,6 +77,13 @@ impl Stack {
         self.processes.push((service.to_owned(), child));
     }
 
+    /// The producer service on a free port; its base URL.
+    pub fn spawn_producer(&mut self) -> String {
+        let port = free_port();
+        self.spawn("producer", "producer", &[("API_PORT", port.to_string())]);
+        format!("http://127.0.0.1:{port}")
+    }
+
     /// The four stages, each in a consumer group of this test's own.
     pub fn spawn_stages(&mut self) {
         for stage in orderflow_platform::topology::STAGES.iter().map(|s| s.name) {

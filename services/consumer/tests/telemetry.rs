@@ -36,15 +36,9 @@ async fn one_order_is_one_trace_across_every_service() {
             ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
         ],
     );
-    let producer_port = kit::free_port();
-    stack.spawn(
-        "producer",
-        "producer",
-        &[("API_PORT", producer_port.to_string())],
-    );
+    let producer = stack.spawn_producer();
     stack.spawn_stages();
     let client = reqwest::Client::new();
-    let producer = format!("http://127.0.0.1:{producer_port}");
     kit::ready(&producer).await;
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -228,20 +222,6 @@ async fn one_order_is_one_trace_across_every_service() {
     }
 }
 
-/// A metric's value from a Prometheus text exposition: the first line of
-/// `name` whose labels contain each of `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| {
-            let (series, _) = l.rsplit_once(' ').unwrap_or((l, ""));
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            metric == name && labels.iter().all(|label| rest.contains(label))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stage_reports_its_messages_and_its_producers_view_of_the_broker() {
     let topics = kit::topics("stagemetrics");
@@ -253,15 +233,9 @@ async fn every_stage_reports_its_messages_and_its_producers_view_of_the_broker()
         &db_name,
         &[("KAFKA_CONFIG", "statistics.interval.ms=200")],
     );
-    let producer_port = kit::free_port();
-    stack.spawn(
-        "producer",
-        "producer",
-        &[("API_PORT", producer_port.to_string())],
-    );
+    let producer = stack.spawn_producer();
     stack.spawn_stages();
     let client = reqwest::Client::new();
-    let producer = format!("http://127.0.0.1:{producer_port}");
     kit::ready(&producer).await;
     for stage in ["persist", "inventory", "payment", "notify"] {
         kit::ready(&stack.stage_url(stage)).await;
@@ -293,7 +267,7 @@ async fn every_stage_reports_its_messages_and_its_producers_view_of_the_broker()
                 .await
                 .unwrap();
             let prefix = format!("orderflow_{stage}");
-            let done = sample(
+            let done = kit::metric(
                 &text,
                 &format!("{prefix}_messages_total"),
                 &["outcome=\"done\""],
@@ -302,7 +276,7 @@ async fn every_stage_reports_its_messages_and_its_producers_view_of_the_broker()
                 missing.push(format!("{stage}: no message done\n{text}"));
             }
             assert!(
-                sample(
+                kit::metric(
                     &text,
                     &format!("{prefix}_kafka_producer_messages_queued"),
                     &[]
@@ -311,7 +285,7 @@ async fn every_stage_reports_its_messages_and_its_producers_view_of_the_broker()
                 "{stage} does not export its producer's gauges:\n{text}"
             );
             if publishing.contains(&stage) {
-                match sample(
+                match kit::metric(
                     &text,
                     &format!("{prefix}_kafka_producer_rtt_seconds"),
                     &["quantile=\"0.99\"", "broker=\""],

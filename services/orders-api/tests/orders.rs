@@ -1036,10 +1036,8 @@ async fn an_order_in_flight_is_not_deleted_until_it_is_final() {
 /// The `orderflow_orders_api_wait_polls_total` counter.
 async fn wait_polls(api: &Api) -> u64 {
     let text = api.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find(|l| l.starts_with("orderflow_orders_api_wait_polls_total "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
+    kit::metric(&text, "orderflow_orders_api_wait_polls_total", &[])
+        .map(|v| v as u64)
         .unwrap_or_else(|| panic!("no wait_polls counter: {text}"))
 }
 

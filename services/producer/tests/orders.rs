@@ -539,13 +539,11 @@ async fn the_clients_view_of_the_broker_is_in_the_metrics() {
     )
     .await;
     let metric_line = |text: &str, name: &str, quantile: &str| -> Option<f64> {
-        text.lines()
-            .find(|l| {
-                l.starts_with(&format!("orderflow_producer_{name}{{"))
-                    && l.contains(&format!("quantile=\"{quantile}\""))
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        kit::metric(
+            text,
+            &format!("orderflow_producer_{name}"),
+            &[&format!("quantile=\"{quantile}\"")],
+        )
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     let (queue, rtt, text) = loop {

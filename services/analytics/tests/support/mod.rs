@@ -34,12 +34,8 @@ impl Console {
         env_all.extend_from_slice(extra);
         let mut stack = Stack::new(&topics, &db, &env_all);
         stack.spawn_stages();
-        let (producer_port, analytics_port) = (kit::free_port(), kit::free_port());
-        stack.spawn(
-            "producer",
-            "producer",
-            &[("API_PORT", producer_port.to_string())],
-        );
+        let producer = stack.spawn_producer();
+        let analytics_port = kit::free_port();
         let env = vec![
             ("ANALYTICS_PORT".to_string(), analytics_port.to_string()),
             ("STAGE_GROUPS".into(), stack.stage_groups()),
@@ -49,7 +45,6 @@ impl Console {
         let as_ref: Vec<(&str, String)> =
             env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         stack.spawn("analytics", "analytics", &as_ref);
-        let producer = format!("http://127.0.0.1:{producer_port}");
         let analytics = format!("http://127.0.0.1:{analytics_port}");
         kit::ready(&producer).await;
         kit::ready(&analytics).await;

@@ -88,10 +88,7 @@ pub async fn leading(client: &reqwest::Client, port: u16) -> Option<bool> {
         .text()
         .await
         .ok()?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("orderflow_operator_leader "))?;
-    Some(line.ends_with(" 1"))
+    Some(kit::metric(&text, "orderflow_operator_leader", &[])? == 1.0)
 }
 
 /// Applies k8s/crd.yaml (server-side, so repeating it is harmless) and
