@@ -253,6 +253,20 @@ pub fn binary(name: &str) -> std::path::PathBuf {
     path
 }
 
+/// The `/metrics` text of the service at `base` (a panic if it does not
+/// answer).
+pub async fn scrape(client: &reqwest::Client, base: &str) -> String {
+    client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .unwrap_or_else(|e| panic!("{base}/metrics: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
 /// A sample's value from a Prometheus text exposition: the first series
 /// called `name` whose labels include each of `labels` (`key="value"`).
 pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {

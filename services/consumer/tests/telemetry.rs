@@ -258,14 +258,7 @@ async fn every_stage_reports_its_messages_and_its_producers_view_of_the_broker()
         assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
         missing = Vec::new();
         for stage in ["persist", "inventory", "payment", "notify"] {
-            let text = client
-                .get(format!("{}/metrics", stack.stage_url(stage)))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = kit::scrape(&client, &stack.stage_url(stage)).await;
             let prefix = format!("orderflow_{stage}");
             let done = kit::metric(
                 &text,

@@ -554,15 +554,7 @@ async fn the_clients_view_of_the_broker_is_in_the_metrics() {
             p.post(&body.to_string()).await.status(),
             StatusCode::ACCEPTED
         );
-        let text = p
-            .client
-            .get(format!("{}/metrics", p.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = kit::scrape(&p.client, &p.base).await;
         if let (Some(q), Some(r)) = (
             metric_line(&text, "kafka_producer_queue_latency_seconds", "0.99"),
             metric_line(&text, "kafka_producer_rtt_seconds", "0.99"),
