@@ -176,6 +176,10 @@ pub async fn run(mongo: &str, orders: u64, batch: usize, notify: &Notify) -> any
         done as f64 / seconds
     );
     db.drop().await?;
+    // Ends the transactions' sessions now: left to the client's drop, that
+    // runs in a task spawned as the runtime shuts down, and it panicked
+    // once (the driver's pool worker already gone) after a bench ceiling.
+    client.shutdown().await;
     Ok(())
 }
 
