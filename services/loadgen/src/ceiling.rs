@@ -31,7 +31,7 @@ use orderflow_platform::mongo::documents::{status_change, OrderDocument};
 use orderflow_platform::mongo::{stock, INVENTORY, NOTIFICATIONS, ORDERS, PAYMENTS, RESERVATIONS};
 use tokio::sync::mpsc;
 
-use crate::{synthetic_order, Rng, PRODUCTS};
+use crate::synthetic::{synthetic_order, Rng, PRODUCTS};
 
 /// One order on its way through the stages: what the stages' later
 /// writes carry.

@@ -7,13 +7,15 @@
 //! MongoDB (the data set of the read benchmarks).
 
 mod ceiling;
+mod seed;
+mod synthetic;
+mod verify;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bson::doc;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
@@ -87,66 +89,6 @@ struct Args {
     outcomes: Option<std::path::PathBuf>,
 }
 
-const PRODUCTS: [(&str, &str, &str); 8] = [
-    ("coffee", "Coffee", "4.50"),
-    ("mug", "Mug", "12.00"),
-    ("tea", "Green Tea", "3.20"),
-    ("beans-1kg", "Coffee Beans 1 kg", "24.90"),
-    ("filter", "Paper Filters", "2.99"),
-    ("grinder", "Hand Grinder", "49.00"),
-    ("kettle", "Gooseneck Kettle", "39.95"),
-    ("sticker", "Sticker", "0.10"),
-];
-
-/// Small deterministic PRNG (xorshift64*), enough for varied orders.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn order_body(id: &str, rng: &mut Rng) -> String {
-    let lines = 1 + rng.below(4);
-    let items: Vec<String> = (0..lines)
-        .map(|_| {
-            let (pid, name, price) = PRODUCTS[rng.below(PRODUCTS.len() as u64) as usize];
-            let qty = 1 + rng.below(3);
-            format!(
-                r#"{{"productId":"{pid}","name":"{name}","quantity":{qty},"unitPrice":{price}}}"#
-            )
-        })
-        .collect();
-    format!(
-        r#"{{"orderId":"{id}","customerId":"cust-{}","currency":"USD","items":[{}]}}"#,
-        rng.below(5000),
-        items.join(",")
-    )
-}
-
-/// This run's orders (`{prefix}-{n}`) as a range of `orderId`: every
-/// string that starts with `{prefix}-` and nothing else (`.` follows `-`,
-/// and MongoDB compares strings bytewise). The index answers it; the
-/// `$regex` it replaces cost the server half a second a count over 30 000
-/// orders, five times a second, while the run was being measured.
-fn of_run(prefix: &str) -> bson::Document {
-    doc! {"$gte": format!("{prefix}-"), "$lt": format!("{prefix}.")}
-}
-
-/// How long to wait before asking MongoDB again, given how long it took to
-/// answer: at least 200 ms, and never more than a fifth of the server's
-/// time, so checking does not slow what it checks.
-fn poll_pause(took: Duration) -> Duration {
-    (took * 4).max(Duration::from_millis(200))
-}
-
 #[derive(Default)]
 struct Stats {
     sent: AtomicU64,
@@ -154,111 +96,11 @@ struct Stats {
     failed: AtomicU64,
 }
 
-/// Stores `n` synthetic orders (statuses and amounts varied, received over
-/// the last 30 days) in batches of 1 000.
-async fn seed(mongo: &str, n: u64) -> anyhow::Result<()> {
-    use orderflow_domain::OrderStatus;
-    use orderflow_platform::mongo::documents::OrderDocument;
-    let client = mongodb::Client::with_uri_str(mongo).await?;
-    let db = client
-        .default_database()
-        .unwrap_or_else(|| client.database("orders"));
-    orderflow_platform::mongo::ensure_order_indexes(&db).await?;
-    let orders = db.collection::<OrderDocument>("orders");
-    let now = bson::DateTime::now().timestamp_millis();
-    let month = 30 * 24 * 3600 * 1000;
-    let mut rng = Rng(0x5EED);
-    let started = Instant::now();
-    let mut i = 0;
-    while i < n {
-        let batch: Vec<OrderDocument> = (i..(i + 1000).min(n))
-            .map(|k| {
-                let at = bson::DateTime::from_millis(now - (rng.below(month)) as i64);
-                let status = OrderStatus::ALL[rng.below(OrderStatus::ALL.len() as u64) as usize];
-                synthetic_order(format!("seed-{k:07}"), status, at, k as i64, 1, &mut rng)
-            })
-            .collect();
-        i += batch.len() as u64;
-        orders.insert_many(batch).ordered(false).await?;
-    }
-    println!(
-        "seeded {n} orders in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
-/// A stored order as persist writes it: one item of a catalogue product.
-fn synthetic_order(
-    order_id: String,
-    status: orderflow_domain::OrderStatus,
-    at: bson::DateTime,
-    offset: i64,
-    lines: u64,
-    rng: &mut Rng,
-) -> orderflow_platform::mongo::documents::OrderDocument {
-    use orderflow_platform::mongo::documents::{
-        ItemDocument, OrderDocument, SourceRef, StatusChange, Validation,
-    };
-    let items: Vec<ItemDocument> = (0..lines.max(1))
-        .map(|_| {
-            let (pid, name, price) = PRODUCTS[rng.below(PRODUCTS.len() as u64) as usize];
-            let cents = orderflow_domain::Money::parse(price)
-                .map(|m| m.minor())
-                .unwrap_or(0);
-            let qty = 1 + rng.below(3) as i64;
-            ItemDocument {
-                product_id: pid.into(),
-                name: name.into(),
-                quantity: qty,
-                unit_price_cents: Some(cents),
-                line_total_cents: Some(cents * qty),
-                client_unit_price_cents: None,
-                tracked: true,
-            }
-        })
-        .collect();
-    let total_cents = items.iter().filter_map(|i| i.line_total_cents).sum();
-    OrderDocument {
-        order_id,
-        customer_id: format!("cust-{}", rng.below(5000)),
-        currency: "USD".into(),
-        status,
-        status_reason: None,
-        items,
-        total_cents,
-        client_total_cents: None,
-        received_at: at,
-        processed_at: at,
-        updated_at: at,
-        version: 1,
-        history: vec![StatusChange {
-            status,
-            at,
-            reason: None,
-        }],
-        validation: Validation {
-            accepted: true,
-            reason: None,
-            detail: None,
-        },
-        source: SourceRef {
-            topic: orderflow_platform::topology::topic(
-                orderflow_platform::topology::TopicRole::Orders,
-            )
-            .name
-            .into(),
-            partition: 0,
-            offset,
-        },
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(n) = args.seed_orders {
-        return seed(&args.seed_mongo, n).await;
+        return seed::seed(&args.seed_mongo, n).await;
     }
     if let Some(n) = args.mongo_ceiling {
         let notify = ceiling::Notify {
@@ -272,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("lg-{}", std::process::id()));
     if args.check_only {
-        return verify(&args, &prefix, args.count, None).await;
+        return verify::verify(&args, &prefix, args.count, None).await;
     }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections)
@@ -359,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
             );
             let count = args.count;
             tokio::spawn(async move {
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1));
+                let mut rng = synthetic::Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1));
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= count {
@@ -381,7 +223,7 @@ async fn main() -> anyhow::Result<()> {
                         };
                         (r, reqwest::StatusCode::OK)
                     } else {
-                        let body = order_body(&format!("{prefix}-{i}"), &mut rng);
+                        let body = synthetic::order_body(&format!("{prefix}-{i}"), &mut rng);
                         let r = client
                             .post(&url)
                             .header("content-type", "application/json")
@@ -468,116 +310,5 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    verify(&args, &prefix, accepted, Some(started)).await
-}
-
-/// Without --verify-mongo, nothing. Otherwise waits until the `accepted`
-/// orders of run `prefix` are in --verify-mongo
-/// (and with --verify-final, past placed / reserved), failing past
-/// --verify-timeout; with `started` (the first request), reports the rates
-/// since.
-async fn verify(
-    args: &Args,
-    prefix: &str,
-    accepted: u64,
-    started: Option<Instant>,
-) -> anyhow::Result<()> {
-    let Some(mongo) = &args.verify_mongo else {
-        return Ok(());
-    };
-    let client = mongodb::Client::with_uri_str(mongo).await?;
-    let db = client
-        .default_database()
-        .unwrap_or_else(|| client.database("orders"));
-    let orders = db.collection::<bson::Document>("orders");
-    let filter = doc! {"orderId": of_run(prefix)};
-    let deadline = Instant::now() + args.verify_timeout;
-    let stored = loop {
-        let asked = Instant::now();
-        let n = orders.count_documents(filter.clone()).await?;
-        if n >= accepted || Instant::now() > deadline {
-            break n;
-        }
-        tokio::time::sleep(poll_pause(asked.elapsed())).await;
-    };
-    println!("\nverification against MongoDB");
-    println!("  stored     {stored} of {accepted} accepted");
-    if let Some(started) = started {
-        let e2e = started.elapsed();
-        println!(
-            "  end-to-end {:.0} orders/s into MongoDB ({:.2} s from first request)",
-            stored as f64 / e2e.as_secs_f64(),
-            e2e.as_secs_f64()
-        );
-    }
-    if stored != accepted {
-        anyhow::bail!(
-            "{} accepted orders are missing from MongoDB",
-            accepted - stored
-        );
-    }
-    if args.verify_final {
-        let open = doc! {"orderId": of_run(prefix),
-        "status": {"$in": ["placed", "reserved"]}};
-        let settled_at = loop {
-            let asked = Instant::now();
-            let n = orders.count_documents(open.clone()).await?;
-            if n == 0 {
-                break started.map(|s| s.elapsed());
-            }
-            if Instant::now() > deadline {
-                anyhow::bail!("{n} orders still placed or reserved");
-            }
-            tokio::time::sleep(poll_pause(asked.elapsed())).await;
-        };
-        let mut by_status = BTreeMap::new();
-        for s in ["confirmed", "rejected"] {
-            let f = doc! {"orderId": of_run(prefix), "status": s};
-            by_status.insert(s, orders.count_documents(f).await?);
-        }
-        match settled_at {
-            Some(at) => println!(
-                "  through all stages {:.0} orders/s ({:.2} s from first request; {by_status:?})",
-                accepted as f64 / at.as_secs_f64(),
-                at.as_secs_f64()
-            ),
-            None => println!("  final      {accepted} of {accepted} ({by_status:?})"),
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_run_is_the_ids_with_its_prefix_and_a_dash() {
-        let range = of_run("lg-42");
-        let (from, to) = (
-            range.get_str("$gte").unwrap(),
-            range.get_str("$lt").unwrap(),
-        );
-        let within = |id: &str| from <= id && id < to;
-        for id in ["lg-42-0", "lg-42-19999", "lg-42-", "lg-42-z"] {
-            assert!(within(id), "{id}");
-        }
-        for id in [
-            "lg-42", "lg-420-1", "lg-42.1", "lg-41-1", "lg-43-1", "lg-42_1",
-        ] {
-            assert!(!within(id), "{id}");
-        }
-    }
-
-    #[test]
-    fn polling_takes_at_most_a_fifth_of_the_server() {
-        assert_eq!(
-            poll_pause(Duration::from_millis(1)),
-            Duration::from_millis(200)
-        );
-        assert_eq!(
-            poll_pause(Duration::from_millis(100)),
-            Duration::from_millis(400)
-        );
-    }
+    verify::verify(&args, &prefix, accepted, Some(started)).await
 }
