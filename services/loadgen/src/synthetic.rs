@@ -56,9 +56,7 @@ pub fn synthetic_order(
     lines: u64,
     rng: &mut Rng,
 ) -> orderflow_platform::mongo::documents::OrderDocument {
-    use orderflow_platform::mongo::documents::{
-        ItemDocument, OrderDocument, SourceRef, StatusChange, Validation,
-    };
+    use orderflow_platform::mongo::documents::{ItemDocument, OrderDocument, SourceRef};
     let items: Vec<ItemDocument> = (0..lines.max(1))
         .map(|_| {
             let (pid, name, price) = PRODUCTS[rng.below(PRODUCTS.len() as u64) as usize];
@@ -77,38 +75,22 @@ pub fn synthetic_order(
             }
         })
         .collect();
-    let total_cents = items.iter().filter_map(|i| i.line_total_cents).sum();
-    OrderDocument {
+    // The customer after the items: the generator's sequence, and so the
+    // data set, stays what it was.
+    let customer = format!("cust-{}", rng.below(5000));
+    let topic =
+        orderflow_platform::topology::topic(orderflow_platform::topology::TopicRole::Orders);
+    OrderDocument::accepted(
         order_id,
-        customer_id: format!("cust-{}", rng.below(5000)),
-        currency: "USD".into(),
-        status,
-        status_reason: None,
+        customer,
+        "USD",
         items,
-        total_cents,
-        client_total_cents: None,
-        received_at: at,
-        processed_at: at,
-        updated_at: at,
-        version: 1,
-        history: vec![StatusChange {
-            status,
-            at,
-            reason: None,
-        }],
-        validation: Validation {
-            accepted: true,
-            reason: None,
-            detail: None,
-        },
-        source: SourceRef {
-            topic: orderflow_platform::topology::topic(
-                orderflow_platform::topology::TopicRole::Orders,
-            )
-            .name
-            .into(),
+        status,
+        at,
+        SourceRef {
+            topic: topic.name.into(),
             partition: 0,
             offset,
         },
-    }
+    )
 }

@@ -6,9 +6,7 @@ use bson::DateTime;
 use clap::Parser;
 use orderflow_domain::OrderStatus;
 use orderflow_orders_api::{start, Args};
-use orderflow_platform::mongo::documents::{
-    ItemDocument, OrderDocument, SourceRef, StatusChange, Validation,
-};
+use orderflow_platform::mongo::documents::{ItemDocument, OrderDocument, SourceRef};
 use orderflow_platform::shutdown::CancellationToken;
 use orderflow_testkit as kit;
 use reqwest::StatusCode;
@@ -92,14 +90,11 @@ fn order(
     cents: i64,
     received_ms: i64,
 ) -> OrderDocument {
-    let at = DateTime::from_millis(received_ms);
-    OrderDocument {
-        order_id: id.into(),
-        customer_id: customer.into(),
-        currency: "USD".into(),
-        status,
-        status_reason: None,
-        items: vec![ItemDocument {
+    OrderDocument::accepted(
+        id,
+        customer,
+        "USD",
+        vec![ItemDocument {
             product_id: "p".into(),
             name: "P".into(),
             quantity: 1,
@@ -108,28 +103,14 @@ fn order(
             client_unit_price_cents: None,
             tracked: false,
         }],
-        total_cents: cents,
-        client_total_cents: None,
-        received_at: at,
-        processed_at: at,
-        updated_at: at,
-        version: 1,
-        history: vec![StatusChange {
-            status,
-            at,
-            reason: None,
-        }],
-        validation: Validation {
-            accepted: true,
-            reason: None,
-            detail: None,
-        },
-        source: SourceRef {
+        status,
+        DateTime::from_millis(received_ms),
+        SourceRef {
             topic: "orders".into(),
             partition: 0,
             offset: 0,
         },
-    }
+    )
 }
 
 /// The test's own definition of a paid order, independent of the service's.

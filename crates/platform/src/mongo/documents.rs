@@ -99,6 +99,46 @@ pub fn bson_date(t: time::OffsetDateTime) -> DateTime {
 }
 
 impl OrderDocument {
+    /// An accepted order as stored without the pipeline (the read
+    /// benchmarks' data set, tests): `status` since `at`, its only history
+    /// entry; received, processed and updated at `at`; version 1; the total
+    /// its items' line totals.
+    pub fn accepted(
+        order_id: impl Into<String>,
+        customer_id: impl Into<String>,
+        currency: &str,
+        items: Vec<ItemDocument>,
+        status: OrderStatus,
+        at: DateTime,
+        source: SourceRef,
+    ) -> Self {
+        OrderDocument {
+            order_id: order_id.into(),
+            customer_id: customer_id.into(),
+            currency: currency.to_owned(),
+            status,
+            status_reason: None,
+            total_cents: items.iter().filter_map(|i| i.line_total_cents).sum(),
+            items,
+            client_total_cents: None,
+            received_at: at,
+            processed_at: at,
+            updated_at: at,
+            version: 1,
+            history: vec![StatusChange {
+                status,
+                at,
+                reason: None,
+            }],
+            validation: Validation {
+                accepted: true,
+                reason: None,
+                detail: None,
+            },
+            source,
+        }
+    }
+
     /// The OrderValidated event of an accepted order, rebuilt from what is
     /// stored, so a redelivered message re-emits exactly the same facts.
     pub fn to_validated(&self) -> Option<OrderValidated> {
