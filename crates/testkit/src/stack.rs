@@ -92,12 +92,9 @@ impl Stack {
     }
 
     /// One stage in this stack's group for it (the same on a restart), on
-    /// a free port unless `extra` names its `CONSUMER_PORT`.
+    /// a free port ([`Stack::stage_url`]).
     pub fn spawn_stage(&mut self, stage: &str, extra: &[(&str, String)]) {
-        let port = match extra.iter().find(|(k, _)| *k == "CONSUMER_PORT") {
-            Some((_, p)) => p.parse().expect("CONSUMER_PORT is a port"),
-            None => free_port(),
-        };
+        let port = free_port();
         let mut env = vec![
             ("STAGE", stage.to_owned()),
             ("CONSUMER_PORT", port.to_string()),

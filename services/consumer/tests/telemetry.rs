@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use orderflow_platform::topology::STAGES;
 use orderflow_testkit as kit;
 use orderflow_testkit::otlp::{ReceivedSpan, Receiver};
 use orderflow_testkit::stack::Stack;
@@ -237,13 +238,10 @@ async fn every_stage_reports_its_messages_and_its_producers_view_of_the_broker()
     stack.spawn_stages();
     let client = reqwest::Client::new();
     kit::ready(&producer).await;
-    for stage in ["persist", "inventory", "payment", "notify"] {
-        kit::ready(&stack.stage_url(stage)).await;
+    for stage in &STAGES {
+        kit::ready(&stack.stage_url(stage.name)).await;
     }
 
-    // The stages that publish decisions report their producer's round trip
-    // to the broker; notify publishes nothing, but its gauges are there.
-    let publishing = ["persist", "inventory", "payment"];
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let mut missing;
     loop {
@@ -257,16 +255,16 @@ async fn every_stage_reports_its_messages_and_its_producers_view_of_the_broker()
             .unwrap();
         assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
         missing = Vec::new();
-        for stage in ["persist", "inventory", "payment", "notify"] {
-            let text = kit::scrape(&client, &stack.stage_url(stage)).await;
-            let prefix = format!("orderflow_{stage}");
+        for stage in &STAGES {
+            let text = kit::scrape(&client, &stack.stage_url(stage.name)).await;
+            let prefix = format!("orderflow_{}", stage.name);
             let done = kit::metric(
                 &text,
                 &format!("{prefix}_messages_total"),
                 &["outcome=\"done\""],
             );
             if done.unwrap_or(0.0) < 1.0 {
-                missing.push(format!("{stage}: no message done\n{text}"));
+                missing.push(format!("{}: no message done\n{text}", stage.name));
             }
             assert!(
                 kit::metric(
@@ -275,9 +273,13 @@ async fn every_stage_reports_its_messages_and_its_producers_view_of_the_broker()
                     &[]
                 )
                 .is_some(),
-                "{stage} does not export its producer's gauges:\n{text}"
+                "{} does not export its producer's gauges:\n{text}",
+                stage.name
             );
-            if publishing.contains(&stage) {
+            // The stages that publish decisions report their producer's
+            // round trip to the broker; notify publishes nothing, but its
+            // gauges are there.
+            if !stage.outputs.is_empty() {
                 match kit::metric(
                     &text,
                     &format!("{prefix}_kafka_producer_rtt_seconds"),
@@ -285,8 +287,12 @@ async fn every_stage_reports_its_messages_and_its_producers_view_of_the_broker()
                 ) {
                     // A real round trip on loopback: more than nothing, far
                     // less than a second.
-                    Some(rtt) => assert!(rtt > 0.0 && rtt < 1.0, "{stage}: rtt p99 {rtt}\n{text}"),
-                    None => missing.push(format!("{stage}: no broker round trip\n{text}")),
+                    Some(rtt) => assert!(
+                        rtt > 0.0 && rtt < 1.0,
+                        "{}: rtt p99 {rtt}\n{text}",
+                        stage.name
+                    ),
+                    None => missing.push(format!("{}: no broker round trip\n{text}", stage.name)),
                 }
             }
         }
@@ -301,7 +307,7 @@ async fn every_stage_reports_its_messages_and_its_producers_view_of_the_broker()
     }
     // The consumers got no statistics interval: rdkafka's default handler
     // would have logged every report.
-    for stage in ["persist", "inventory", "payment", "notify"] {
+    for stage in STAGES.iter().map(|s| s.name) {
         let log = stack.log(stage);
         assert!(
             !log.contains("Client stats"),
