@@ -71,6 +71,37 @@ pub async fn connect(args: &MongoArgs, app_name: &str) -> anyhow::Result<Databas
     Ok(client.database(&name))
 }
 
+/// `running`, whose task also closes `db`'s client once the service has
+/// stopped: the client ends its server sessions and its pool while the
+/// runtime still runs. Left to the last handle's drop, the driver spawns
+/// that work as the process exits, where it can race the runtime's
+/// shutdown (mongodb 3.9 then panics in `cmap/connection_requester.rs`,
+/// as loadgen did). Immediate: a background task that still holds a
+/// cursor does not hold up the exit (its next operation fails).
+pub fn close_when_stopped(running: crate::http::Running, db: Database) -> crate::http::Running {
+    let crate::http::Running {
+        addr,
+        shutdown,
+        task,
+    } = running;
+    let task = tokio::spawn(async move {
+        let stopped = task.await;
+        close(&db).await;
+        stopped?
+    });
+    crate::http::Running {
+        addr,
+        shutdown,
+        task,
+    }
+}
+
+/// Closes `db`'s client now (see [`close_when_stopped`]): every handle to
+/// it fails from here on.
+pub async fn close(db: &Database) {
+    db.client().clone().shutdown().immediate(true).await;
+}
+
 /// The `/readyz` check for a service that needs MongoDB.
 pub fn readiness(db: &Database) -> crate::http::ReadinessCheck {
     let db = db.clone();

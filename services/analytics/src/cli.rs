@@ -69,9 +69,20 @@ fn failed(p: orderflow_platform::http::Problem) -> anyhow::Error {
 
 /// Runs one command and prints its JSON answer.
 pub async fn run(args: &Args, command: &Command) -> anyhow::Result<()> {
-    let Command::Dlq(command) = command;
     let db = orderflow_platform::mongo::connect(&args.mongo, "analytics-cli").await?;
-    let console = Arc::new(Console::new(args, &db)?);
+    let out = answer(args, command, &db).await;
+    orderflow_platform::mongo::close(&db).await;
+    println!("{}", serde_json::to_string_pretty(&out?)?);
+    Ok(())
+}
+
+async fn answer(
+    args: &Args,
+    command: &Command,
+    db: &mongodb::Database,
+) -> anyhow::Result<serde_json::Value> {
+    let Command::Dlq(command) = command;
+    let console = Arc::new(Console::new(args, db)?);
     if !matches!(command, DlqCommand::Show { .. }) {
         let reader = orderflow_platform::kafka::group_reader(
             &args.kafka,
@@ -131,6 +142,5 @@ pub async fn run(args: &Args, command: &Command) -> anyhow::Result<()> {
             )?
         }
     };
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
+    Ok(out)
 }

@@ -394,11 +394,12 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         http_task.await??;
         worked
     });
-    Ok(Running {
+    let running = Running {
         addr,
         shutdown,
         task,
-    })
+    };
+    Ok(orderflow_platform::mongo::close_when_stopped(running, db))
 }
 
 #[cfg(test)]

@@ -54,13 +54,9 @@ pub struct Notify {
     pub records_per_write: usize,
 }
 
-pub async fn run(mongo: &str, orders: u64, batch: usize, notify: &Notify) -> anyhow::Result<()> {
-    let client = mongodb::Client::with_uri_str(mongo).await?;
-    let db = client
-        .default_database()
-        .unwrap_or_else(|| client.database("ceiling"));
+pub async fn run(db: &Database, orders: u64, batch: usize, notify: &Notify) -> anyhow::Result<()> {
     db.drop().await?;
-    orderflow_platform::mongo::ensure_order_indexes(&db).await?;
+    orderflow_platform::mongo::ensure_order_indexes(db).await?;
     let inventory = db.collection::<Document>(INVENTORY);
     for (id, name, _) in PRODUCTS {
         inventory
@@ -176,10 +172,6 @@ pub async fn run(mongo: &str, orders: u64, batch: usize, notify: &Notify) -> any
         done as f64 / seconds
     );
     db.drop().await?;
-    // Ends the transactions' sessions now: left to the client's drop, that
-    // runs in a task spawned as the runtime shuts down, and it panicked
-    // once (the driver's pool worker already gone) after a bench ceiling.
-    client.shutdown().await;
     Ok(())
 }
 

@@ -20,6 +20,25 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
 
+/// Runs `work` on the database `url` names (`default` if it names none),
+/// then shuts the client down, whatever `work` returned. Left to the
+/// client's drop, ending its sessions runs in a task spawned as the runtime
+/// shuts down, and it panicked once there (the driver's pool worker
+/// already gone) after a bench ceiling.
+async fn with_database<T>(
+    url: &str,
+    default: &str,
+    work: impl AsyncFnOnce(&mongodb::Database) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let client = mongodb::Client::with_uri_str(url).await?;
+    let db = client
+        .default_database()
+        .unwrap_or_else(|| client.database(default));
+    let result = work(&db).await;
+    orderflow_platform::mongo::close(&db).await;
+    result
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(name = "loadgen", about = "Load generator for the orderflow producer")]
 struct Args {
@@ -100,14 +119,21 @@ struct Stats {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(n) = args.seed_orders {
-        return seed::seed(&args.seed_mongo, n).await;
+        return with_database(&args.seed_mongo, "orders", async |db| {
+            seed::seed(db, n).await
+        })
+        .await;
     }
     if let Some(n) = args.mongo_ceiling {
         let notify = ceiling::Notify {
             channels: args.ceiling_channels.clone(),
             records_per_write: args.ceiling_records_per_write.max(1),
         };
-        return ceiling::run(&args.seed_mongo, n, args.ceiling_batch.max(1), &notify).await;
+        let batch = args.ceiling_batch.max(1);
+        return with_database(&args.seed_mongo, "ceiling", async |db| {
+            ceiling::run(db, n, batch, &notify).await
+        })
+        .await;
     }
     let prefix = args
         .prefix

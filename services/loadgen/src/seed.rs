@@ -6,14 +6,10 @@ use crate::synthetic::{synthetic_order, Rng};
 
 /// Stores `n` synthetic orders (statuses and amounts varied, received over
 /// the last 30 days) in batches of 1 000.
-pub async fn seed(mongo: &str, n: u64) -> anyhow::Result<()> {
+pub async fn seed(db: &mongodb::Database, n: u64) -> anyhow::Result<()> {
     use orderflow_domain::OrderStatus;
     use orderflow_platform::mongo::documents::OrderDocument;
-    let client = mongodb::Client::with_uri_str(mongo).await?;
-    let db = client
-        .default_database()
-        .unwrap_or_else(|| client.database("orders"));
-    orderflow_platform::mongo::ensure_order_indexes(&db).await?;
+    orderflow_platform::mongo::ensure_order_indexes(db).await?;
     let orders = db.collection::<OrderDocument>("orders");
     let now = bson::DateTime::now().timestamp_millis();
     let month = 30 * 24 * 3600 * 1000;

@@ -38,10 +38,19 @@ pub async fn verify(
     let Some(mongo) = &args.verify_mongo else {
         return Ok(());
     };
-    let client = mongodb::Client::with_uri_str(mongo).await?;
-    let db = client
-        .default_database()
-        .unwrap_or_else(|| client.database("orders"));
+    crate::with_database(mongo, "orders", async |db| {
+        check(args, prefix, accepted, started, db).await
+    })
+    .await
+}
+
+async fn check(
+    args: &Args,
+    prefix: &str,
+    accepted: u64,
+    started: Option<Instant>,
+    db: &mongodb::Database,
+) -> anyhow::Result<()> {
     let orders = db.collection::<bson::Document>("orders");
     let filter = doc! {"orderId": of_run(prefix)};
     let deadline = Instant::now() + args.verify_timeout;

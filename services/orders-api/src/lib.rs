@@ -143,5 +143,6 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
             registry,
         },
     );
-    http::launch(SERVICE, &args.http, args.port, app, shutdown).await
+    let running = http::launch(SERVICE, &args.http, args.port, app, shutdown).await?;
+    Ok(orderflow_platform::mongo::close_when_stopped(running, db))
 }
