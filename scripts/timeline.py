@@ -9,14 +9,16 @@ process's CPU per order and when each stage was through.
 RUN_DIR holds each process's pid file (NAME.pid).
 """
 import os
-import re
 import sys
 import time
-import urllib.request
+
+sys.path.insert(0, os.path.dirname(__file__))
+from prom import Stages  # noqa: E402
 
 run_dir, orders = sys.argv[1], int(sys.argv[2])
 split = sys.argv.index("--")
-stages = dict(a.split("=", 1) for a in sys.argv[3:split])
+stages = {s: int(p) for s, p in (a.split("=", 1) for a in sys.argv[3:split])}
+scraper = Stages(stages)
 processes = sys.argv[split + 1:]
 pids = {p: open(f"{run_dir}/{p}.pid").read().strip() for p in processes}
 ticks = os.sysconf("SC_CLK_TCK")
@@ -27,19 +29,13 @@ def cpu(pid):
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def done(stage):
-    text = urllib.request.urlopen(f"http://127.0.0.1:{stages[stage]}/metrics", timeout=2).read().decode()
-    m = re.search(r'orderflow_%s_messages_total\{outcome="done"\} (\d+)' % re.escape(stage), text)
-    return int(m.group(1)) if m else 0
-
-
 def machine():
     fields = [int(x) for x in open("/proc/stat").readline().split()[1:8]]
     return fields[3], sum(fields)
 
 
 def sample():
-    return time.time(), {p: cpu(pid) for p, pid in pids.items()}, {s: done(s) for s in stages}, machine()
+    return time.time(), {p: cpu(pid) for p, pid in pids.items()}, {s: scraper.done(s) for s in stages}, machine()
 
 
 first = prev = sample()
