@@ -154,6 +154,18 @@ pub fn init(service: &'static str) -> anyhow::Result<Telemetry> {
         .with(fmt.with_filter(filter))
         .with(traces)
         .try_init();
+    if let Some(slice) = crate::runtime::slice_outcome() {
+        match &slice.result {
+            Ok(got) if *got == slice.asked => {
+                tracing::info!(slice = ?got, "scheduler slice set for every thread")
+            }
+            Ok(got) => tracing::warn!(
+                asked = ?slice.asked, kernel = ?got,
+                "the kernel keeps its own scheduler slice (custom slices need Linux 6.12)"
+            ),
+            Err(e) => tracing::warn!(asked = ?slice.asked, error = %e, "scheduler slice not set"),
+        }
+    }
     Ok(Telemetry { provider })
 }
 

@@ -117,6 +117,16 @@ impl Stack {
         format!("http://127.0.0.1:{port}")
     }
 
+    /// The process id of `service`.
+    pub fn pid(&self, service: &str) -> u32 {
+        self.processes
+            .iter()
+            .find(|(s, _)| s == service)
+            .unwrap_or_else(|| panic!("{service} does not run"))
+            .1
+            .id()
+    }
+
     /// The stage's consumer group in this stack.
     pub fn group(&self, stage: &str) -> &str {
         &self

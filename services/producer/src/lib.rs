@@ -24,6 +24,13 @@ pub use recent::RecentOrders;
 
 pub const SERVICE: &str = "producer";
 
+/// The scheduler slice of the producer's threads unless `SCHED_SLICE` says
+/// otherwise: Linux's shortest, so a request's wake-ups preempt the back
+/// end's tasks on the same cores instead of waiting out their slices
+/// (ADR 0014; `POST /orders` p99 at half rate 16.4–18.6 ms against
+/// 19.4–21.3 with the kernel's 1.4 ms, docs/benchmarks.md).
+pub const SCHED_SLICE: std::time::Duration = std::time::Duration::from_micros(100);
+
 #[derive(Parser, Debug, Clone)]
 #[command(name = "producer", about = "orderflow producer: POST /orders → Kafka")]
 pub struct Args {

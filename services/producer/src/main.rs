@@ -1,8 +1,8 @@
 use clap::Parser;
-use orderflow_producer::{start, Args, SERVICE};
+use orderflow_producer::{start, Args, SCHED_SLICE, SERVICE};
 
 fn main() -> anyhow::Result<()> {
-    orderflow_platform::runtime::run(async_main())
+    orderflow_platform::runtime::run_with_slice(Some(SCHED_SLICE), async_main())
 }
 
 async fn async_main() -> anyhow::Result<()> {
