@@ -221,13 +221,25 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for (_, child) in &mut self.processes {
+        let panicking = std::thread::panicking();
+        for (service, child) in &mut self.processes {
+            // Whether each process still ran when the test failed, and as
+            // which pid (a CI run once found analytics' log empty while
+            // something answered on its port).
+            if panicking {
+                let state = match child.try_wait() {
+                    Ok(Some(status)) => format!("had exited ({status})"),
+                    Ok(None) => "was running".to_owned(),
+                    Err(e) => format!("unknown ({e})"),
+                };
+                eprintln!("--- {service} (pid {}) {state}", child.id());
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
         // A failing test's stack: what each service said last, before the
         // logs' directory goes (a flake seen once is otherwise unexplained).
-        if std::thread::panicking() {
+        if panicking {
             let mut logs: Vec<_> = std::fs::read_dir(&self.logs.0)
                 .into_iter()
                 .flatten()
