@@ -243,6 +243,23 @@ pub async fn ready(url: &str) {
     .await;
 }
 
+/// [`ready`], and the service answering is `service` (its `/readyz` names
+/// it): a port taken by another process between choosing it and the
+/// service's bind fails here, by name, instead of later as a timeout.
+pub async fn ready_as(url: &str, service: &str) {
+    ready(url).await;
+    let body: serde_json::Value = reqwest::get(format!("{url}/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["service"], service,
+        "{url} is answered by another service: {body}"
+    );
+}
+
 /// Another crate's binary of this workspace (`producer`, `consumer`, …):
 /// scripts/test builds them all before the tests run.
 pub fn binary(name: &str) -> std::path::PathBuf {

@@ -46,8 +46,8 @@ impl Console {
             env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         stack.spawn("analytics", "analytics", &as_ref);
         let analytics = format!("http://127.0.0.1:{analytics_port}");
-        kit::ready(&producer).await;
-        kit::ready(&analytics).await;
+        kit::ready_as(&producer, "producer").await;
+        kit::ready_as(&analytics, "analytics").await;
         Console {
             stack,
             topics,
