@@ -296,12 +296,37 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     })
 }
 
+/// A port free now, below the kernel's ephemeral range (from 20 000 up to
+/// where `ip_local_port_range` starts). A port from that range, which
+/// binding port 0 gives, is also where client connections take their
+/// source ports: until the service binds it, a connection to it (a
+/// readiness probe) can get it as its own source port and connect to
+/// itself, after which the service cannot bind it. Two tests flaked that
+/// way in this suite (a restarted SMTP server, a console test's
+/// analytics). Each call in a process walks on from a random start.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    const LOW: u32 = 20_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|start| *start > LOW + 1_000)
+        .unwrap_or(32_768);
+    let span = high - LOW;
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (uuid::Uuid::new_v4().as_u128() % span as u128) as u32,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port from {LOW} to {high}");
 }
 
 /// The first of `len` consecutive free ports, for a server that takes a run
