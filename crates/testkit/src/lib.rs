@@ -233,27 +233,25 @@ where
     }
 }
 
-/// Waits until `{url}/readyz` answers 2xx, for at most a minute.
-pub async fn ready(url: &str) {
+/// Waits until `{url}/readyz` answers 2xx, for at most a minute; its
+/// answer (`null` if it is not JSON).
+pub async fn ready(url: &str) -> serde_json::Value {
     let http = reqwest::Client::new();
     eventually(Duration::from_secs(60), url, || async {
         let r = http.get(format!("{url}/readyz")).send().await.ok()?;
-        r.status().is_success().then_some(())
+        if !r.status().is_success() {
+            return None;
+        }
+        Some(r.json().await.unwrap_or(serde_json::Value::Null))
     })
-    .await;
+    .await
 }
 
 /// [`ready`], and the service answering is `service` (its `/readyz` names
 /// it): a port taken by another process between choosing it and the
 /// service's bind fails here, by name, instead of later as a timeout.
 pub async fn ready_as(url: &str, service: &str) {
-    ready(url).await;
-    let body: serde_json::Value = reqwest::get(format!("{url}/readyz"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = ready(url).await;
     assert_eq!(
         body["service"], service,
         "{url} is answered by another service: {body}"
@@ -306,22 +304,21 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
 /// analytics). Each call in a process walks on from a random start.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
     const LOW: u32 = 20_000;
-    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
-        .filter(|start| *start > LOW + 1_000)
-        .unwrap_or(32_768);
+    // Where the ephemeral range starts, and the next candidate's offset.
+    static PORTS: std::sync::OnceLock<(u32, AtomicU32)> = std::sync::OnceLock::new();
+    let (high, next) = PORTS.get_or_init(|| {
+        let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+            .filter(|start| *start > LOW + 1_000)
+            .unwrap_or(32_768);
+        let start = uuid::Uuid::new_v4().as_u128() % u128::from(high - LOW);
+        (high, AtomicU32::new(start as u32))
+    });
     let span = high - LOW;
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        (uuid::Uuid::new_v4().as_u128() % span as u128) as u32,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
     for _ in 0..span {
-        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
+        let port = (LOW + next.fetch_add(1, Ordering::Relaxed) % span) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
