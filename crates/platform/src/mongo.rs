@@ -44,13 +44,27 @@ pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
 /// `MONGO_DATABASE` if set, else the one named in the URL path, `orders` if
 /// none.
 pub async fn connect(args: &MongoArgs, app_name: &str) -> anyhow::Result<Database> {
-    let mut opts = ClientOptions::parse(&args.url)
+    let opts = client_options(&args.url, app_name).await?;
+    let name = args
+        .database
+        .clone()
+        .filter(|d| !d.is_empty())
+        .or_else(|| opts.default_database.clone())
+        .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
+    let client = Client::with_options(opts).context("creating MongoDB client")?;
+    Ok(client.database(&name))
+}
+
+/// The options every orderflow client connects with, `url`'s own first.
+/// Offsets are committed once a write is acknowledged, so the
+/// acknowledgement must mean durable: journaled, on a majority, unless
+/// the URL's `w`/`journal` say otherwise. Also what loadgen's MongoDB
+/// ceiling writes with, so the bench compares like with like.
+pub async fn client_options(url: &str, app_name: &str) -> anyhow::Result<ClientOptions> {
+    let mut opts = ClientOptions::parse(url)
         .await
         .with_context(|| "parsing MONGO_URL".to_string())?;
     opts.app_name = Some(app_name.to_owned());
-    // Offsets are committed once a write is acknowledged, so the
-    // acknowledgement must mean durable: journaled, on a majority. A
-    // `w`/`journal` in the URL overrides this.
     if opts.write_concern.is_none() {
         opts.write_concern = Some(
             WriteConcern::builder()
@@ -61,14 +75,7 @@ pub async fn connect(args: &MongoArgs, app_name: &str) -> anyhow::Result<Databas
     }
     opts.server_selection_timeout = Some(Duration::from_secs(5));
     opts.connect_timeout = Some(Duration::from_secs(3));
-    let name = args
-        .database
-        .clone()
-        .filter(|d| !d.is_empty())
-        .or_else(|| opts.default_database.clone())
-        .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
-    let client = Client::with_options(opts).context("creating MongoDB client")?;
-    Ok(client.database(&name))
+    Ok(opts)
 }
 
 /// `running`, whose task also closes `db`'s client once the service has

@@ -30,10 +30,15 @@ async fn with_database<T>(
     default: &str,
     work: impl AsyncFnOnce(&mongodb::Database) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let client = mongodb::Client::with_uri_str(url).await?;
-    let db = client
-        .default_database()
-        .unwrap_or_else(|| client.database(default));
+    // The services' options (majority, journaled): the MongoDB ceiling
+    // writes as the stages do.
+    let opts = orderflow_platform::mongo::client_options(url, "loadgen").await?;
+    let name = opts
+        .default_database
+        .clone()
+        .unwrap_or_else(|| default.to_owned());
+    let client = mongodb::Client::with_options(opts)?;
+    let db = client.database(&name);
     let result = work(&db).await;
     orderflow_platform::mongo::close(&db).await;
     result
