@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 pub mod auth;
+pub mod observe;
 
 use crate::metrics::HttpMetrics;
 use crate::shutdown::CancellationToken;
@@ -160,52 +161,7 @@ pub fn with_ops(app: Router, mut ops: Ops) -> Router {
             "this endpoint does not support that method",
         )
     })
-    .layer(axum::middleware::from_fn_with_state(
-        http_metrics,
-        crate::metrics::track,
-    ))
-    .layer(axum::middleware::from_fn(trace_request))
-}
-
-/// A server span per request (not for the operational endpoints), child of
-/// the caller's W3C trace context, with the HTTP semantic-convention
-/// attributes; handlers' spans, and the traces they send on through Kafka,
-/// hang below it.
-async fn trace_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    use tracing::Instrument as _;
-    let path = request.uri().path();
-    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
-        return next.run(request).await;
-    }
-    let method = request.method().as_str();
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(axum::extract::MatchedPath::as_str);
-    let span = tracing::info_span!(
-        "http request",
-        otel.name = match route {
-            Some(r) => format!("{method} {r}"),
-            None => method.to_owned(),
-        },
-        otel.kind = "server",
-        http.request.method = method,
-        http.route = route.unwrap_or_default(),
-        url.path = path,
-        http.response.status_code = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    );
-    crate::telemetry::set_parent(
-        &span,
-        crate::telemetry::extract(&HttpHeaderExtractor(request.headers())),
-    );
-    let response = next.run(request).instrument(span.clone()).await;
-    let status = response.status();
-    span.record("http.response.status_code", status.as_u16());
-    if status.is_server_error() {
-        span.record("otel.status_code", "ERROR");
-    }
-    response
+    .layer(observe::ObserveLayer::new(http_metrics))
 }
 
 async fn readiness(service: &'static str, checks: Arc<Vec<ReadinessCheck>>) -> Response {
@@ -277,34 +233,38 @@ pub async fn bind(bind: &str, port: u16) -> anyhow::Result<tokio::net::TcpListen
 /// `REQUEST_TIMEOUT` (tower-http's timeout), else 503. Both are problem
 /// documents.
 pub fn with_limits(app: Router, args: &crate::config::HttpArgs) -> Router {
-    use tower::ServiceBuilder;
-    let shed = ServiceBuilder::new()
-        .layer(axum::error_handling::HandleErrorLayer::new(
-            |_: tower::BoxError| async {
-                Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "overloaded",
-                    "the service is serving as many requests as it may; retry shortly",
-                )
-                .with_retry_after(Duration::from_secs(1))
-            },
-        ))
-        .load_shed()
-        // Global: Router::layer wraps each route on its own, and a plain
-        // concurrency limit would then be one per route.
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            args.max_concurrency.max(1),
-        ));
-    app.layer(shed)
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            args.request_timeout,
-        ))
-        .layer(axum::middleware::map_response(timeout_problem))
+    // One `Router::layer` call for the whole stack: each call wraps every
+    // route in a boxed service of its own, cloned and boxed again per
+    // request. Only the shedder's refusal boxes a future (axum's
+    // HandleError); the concurrency limit is global because Router::layer wraps
+    // each route on its own, and a plain one would then be one per route.
+    app.layer(
+        tower::ServiceBuilder::new()
+            .map_response(timeout_problem)
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                args.request_timeout,
+            ))
+            .layer(axum::error_handling::HandleErrorLayer::new(overloaded))
+            .load_shed()
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                args.max_concurrency.max(1),
+            )),
+    )
+}
+
+/// The load shedder's refusal as a problem.
+async fn overloaded(_: tower::BoxError) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "the service is serving as many requests as it may; retry shortly",
+    )
+    .with_retry_after(Duration::from_secs(1))
 }
 
 /// tower-http's timeout answers with an empty 503; make it a problem.
-async fn timeout_problem(response: Response) -> Response {
+fn timeout_problem(response: Response) -> Response {
     if response.status() == StatusCode::SERVICE_UNAVAILABLE
         && !response.headers().contains_key(header::CONTENT_TYPE)
     {
@@ -390,6 +350,18 @@ mod tests {
             let name = attrs.metadata().name().to_owned();
             self.0.lock().unwrap().push((name, fields));
         }
+
+        // Fields recorded later (the status) go to the newest span.
+        fn on_record(
+            &self,
+            _: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            _: Context<'_, S>,
+        ) {
+            if let Some((_, fields)) = self.0.lock().unwrap().last_mut() {
+                values.record(&mut Fields(fields));
+            }
+        }
     }
 
     /// The request span's attributes for one request to a route that
@@ -400,7 +372,9 @@ mod tests {
             tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
         let app = Router::new()
             .route("/orders/{id}", axum::routing::any(|| async { "ok" }))
-            .layer(axum::middleware::from_fn(trace_request));
+            .layer(observe::ObserveLayer::new(HttpMetrics::register(
+                &mut Registry::default(),
+            )));
         let request = axum::extract::Request::builder()
             .method(axum::http::Method::from_bytes(method.as_bytes()).unwrap())
             .uri(uri)
@@ -436,6 +410,45 @@ mod tests {
             assert_eq!(field(&fields, "http.route"), "/orders/{id}");
             assert_eq!(field(&fields, "url.path"), "/orders/o-1");
             assert_eq!(field(&fields, "otel.kind"), "server");
+        }
+    }
+
+    /// Every request is counted and timed by method, route template and
+    /// status; the routes' requests get a span with the answer's status
+    /// (an error status for a 5xx), the operational endpoints none.
+    #[tokio::test]
+    async fn each_request_is_counted_and_a_failed_one_marks_its_span() {
+        let spans = Spans::default();
+        let _default =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+        let mut registry = Registry::default();
+        let app = Router::new()
+            .route("/orders/{id}", get(|| async { StatusCode::BAD_GATEWAY }))
+            .route("/healthz", get(|| async { "ok" }))
+            .layer(observe::ObserveLayer::new(HttpMetrics::register(
+                &mut registry,
+            )));
+        for uri in ["/orders/o-1", "/orders/o-2", "/healthz"] {
+            let request = axum::extract::Request::builder()
+                .uri(uri)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            app.clone().oneshot(request).await.unwrap();
+        }
+        let spans = spans.0.lock().unwrap();
+        assert_eq!(spans.len(), 2, "one span per /orders request: {spans:?}");
+        for (name, fields) in spans.iter() {
+            assert_eq!(name, "http request");
+            assert_eq!(field(fields, "http.response.status_code"), "502");
+            assert_eq!(field(fields, "otel.status_code"), "ERROR");
+        }
+        let metrics = crate::metrics::encode(&Arc::new(registry));
+        for line in [
+            r#"http_requests_total{method="GET",route="/orders/{id}",status="502"} 2"#,
+            r#"http_requests_total{method="GET",route="/healthz",status="200"} 1"#,
+            r#"http_request_duration_seconds_count{method="GET",route="/orders/{id}",status="502"} 2"#,
+        ] {
+            assert!(metrics.contains(line), "no {line} in {metrics}");
         }
     }
 }

@@ -4,9 +4,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -67,27 +64,14 @@ pub fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
-/// Middleware recording count and latency per route template and status.
-pub async fn track(State(metrics): State<HttpMetrics>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = method_label(req.method());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let response = next.run(req).await;
-    let labels = HttpLabels {
-        method,
-        route,
-        status: response.status().as_u16(),
-    };
-    metrics.requests.get_or_create(&labels).inc();
-    metrics
-        .duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    response
+impl HttpMetrics {
+    /// Counts one answered request and its latency.
+    pub fn record(&self, labels: &HttpLabels, started: Instant) {
+        self.requests.get_or_create(labels).inc();
+        self.duration
+            .get_or_create(labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
 }
 
 pub fn encode(registry: &Arc<Registry>) -> String {
