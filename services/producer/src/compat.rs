@@ -11,8 +11,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -70,7 +68,7 @@ struct ExpressAnswer<'a> {
 pub(crate) async fn express(
     State(state): State<Arc<AppState>>,
     request_headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Response, Problem> {
     let event = accept(&state, &request_headers, body).await?;
     let answer = ExpressAnswer {
@@ -84,7 +82,7 @@ pub(crate) async fn express(
 pub(crate) async fn nest(
     State(state): State<Arc<AppState>>,
     request_headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Response, Problem> {
     let event = accept(&state, &request_headers, body).await?;
     Ok((

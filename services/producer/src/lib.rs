@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
 use axum::routing::post;
 use axum::Router;
 use clap::Parser;
@@ -76,6 +75,8 @@ pub(crate) struct AppState {
     /// The publish span's name, `"<topic> publish"`, made once.
     publish_span: Arc<str>,
     publish_timeout: Duration,
+    /// Largest accepted request body (`BODY_LIMIT`).
+    body_limit: usize,
     recent: Arc<RecentOrders>,
     metrics: orders::Metrics,
 }
@@ -96,6 +97,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         topic: args.topics.orders.as_str().into(),
         publish_span: format!("{} publish", args.topics.orders).into(),
         publish_timeout: args.publish_timeout,
+        body_limit: args.body_limit,
         recent,
         metrics: orders::Metrics::register(&mut registry),
     };
@@ -107,7 +109,6 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         .route("/api/v1/orders", post(compat::express))
         .route("/api/v1/order", post(compat::express))
         .route("/order", post(compat::nest))
-        .layer(DefaultBodyLimit::max(args.body_limit))
         .with_state(Arc::new(state));
     let app = http::with_ops(
         app,

@@ -3,8 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -96,7 +95,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 pub(crate) async fn create_order(
     State(state): State<Arc<AppState>>,
     request_headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Problem> {
     let event = accept(&state, &request_headers, body).await?;
     let body = Accepted {
@@ -117,7 +116,7 @@ pub(crate) fn location(event: &OrderPlaced) -> [(header::HeaderName, String); 1]
 pub(crate) async fn accept(
     state: &AppState,
     request_headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<OrderPlaced, Problem> {
     if !is_json(request_headers) {
         state.metrics.count("unsupported_media_type");
@@ -127,18 +126,7 @@ pub(crate) async fn accept(
             "send the order as application/json",
         ));
     }
-    let body = body.map_err(|rejection| {
-        state.metrics.count("too_large");
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                "the request body exceeds the size limit",
-            )
-        } else {
-            Problem::new(rejection.status(), "bad-request", rejection.body_text())
-        }
-    })?;
+    let body = read_body(state, body).await?;
     let mut submission = parse_submission(&body).map_err(|e| match e {
         IntakeError::Malformed(detail) => {
             state.metrics.count("malformed");
@@ -157,11 +145,10 @@ pub(crate) async fn accept(
     let event = OrderPlaced::from_submission(submission, order_id, OffsetDateTime::now_utc());
     let order_id = event.order_id.as_str();
 
-    // The request's server span (platform::http) continues the caller's
-    // trace; publishing and the Redis write are its children.
-    let request_span = tracing::Span::current();
+    // The request's server span (platform::http::observe), the current
+    // one here, continues the caller's trace; publishing and the Redis write
+    // are its children.
     let span = tracing::info_span!(
-        parent: &request_span,
         "orders publish",
         otel.name = &*state.publish_span,
         otel.kind = "producer",
@@ -172,14 +159,11 @@ pub(crate) async fn accept(
         messaging.kafka.message.key = order_id,
         order_id,
     );
-    publish(state, &event).instrument(span.clone()).await?;
+    publish(state, &event, &span)
+        .instrument(span.clone())
+        .await?;
 
-    if let Err(e) = state
-        .recent
-        .push(&event)
-        .instrument(request_span.clone())
-        .await
-    {
+    if let Err(e) = state.recent.push(&event).await {
         state.metrics.recent_failures.inc();
         tracing::warn!(order_id = %order_id, error = %e, "recent-orders list not updated");
     }
@@ -187,9 +171,43 @@ pub(crate) async fn accept(
     Ok(event)
 }
 
-/// Sends the event and waits for the broker's acknowledgement, for at most
-/// the publish timeout.
-async fn publish(state: &AppState, event: &OrderPlaced) -> Result<(), Problem> {
+/// Reads the body, at most `BODY_LIMIT` bytes of it (413 beyond). Here
+/// rather than in axum's `DefaultBodyLimit` layer, which would wrap each
+/// route in one more boxed service per request.
+async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Problem> {
+    use http_body_util::BodyExt as _;
+    match http_body_util::Limited::new(body, state.body_limit)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            state.metrics.count("too_large");
+            Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "the request body exceeds the size limit",
+            ))
+        }
+        Err(e) => {
+            state.metrics.count("malformed");
+            Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                format!("the request body could not be read: {e}"),
+            ))
+        }
+    }
+}
+
+/// Sends the event (its trace context that of `span`, the publish span it
+/// runs in) and waits for the broker's acknowledgement, for at most the
+/// publish timeout.
+async fn publish(
+    state: &AppState,
+    event: &OrderPlaced,
+    span: &tracing::Span,
+) -> Result<(), Problem> {
     let payload = serde_json::to_vec(event).map_err(|e| {
         tracing::error!(error = %e, "serializing OrderPlaced");
         Problem::new(
@@ -207,7 +225,7 @@ async fn publish(state: &AppState, event: &OrderPlaced) -> Result<(), Problem> {
     let record = FutureRecord::to(&state.topic)
         .key(event.order_id.as_bytes())
         .payload(&payload)
-        .headers(headers::for_event(&envelope, &tracing::Span::current()));
+        .headers(headers::for_event(&envelope, span));
     let started = Instant::now();
     let outcome = tokio::time::timeout(
         state.publish_timeout,
