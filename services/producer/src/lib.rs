@@ -19,7 +19,7 @@ mod compat;
 mod orders;
 mod recent;
 
-pub use recent::RecentOrders;
+use recent::RecentOrders;
 
 pub const SERVICE: &str = "producer";
 
@@ -85,21 +85,23 @@ pub(crate) struct AppState {
 /// on the way out the Kafka producer is flushed.
 pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let producer = orderflow_platform::kafka::producer(&args.kafka, SERVICE, args.publish_timeout)?;
-    let recent = Arc::new(RecentOrders::new(
+    let mut registry = Registry::with_prefix("orderflow_producer");
+    producer.stats().register(&mut registry);
+    let metrics = orders::Metrics::register(&mut registry);
+    let (recent, recent_writer) = RecentOrders::start(
         LazyRedis::new(&args.redis, args.redis_timeout)?,
         args.recent_key.clone(),
         args.recent_limit,
-    ));
-    let mut registry = Registry::with_prefix("orderflow_producer");
-    producer.stats().register(&mut registry);
+        metrics.recent_failures.clone(),
+    );
     let state = AppState {
         producer: producer.clone(),
         topic: args.topics.orders.as_str().into(),
         publish_span: format!("{} publish", args.topics.orders).into(),
         publish_timeout: args.publish_timeout,
         body_limit: args.body_limit,
-        recent,
-        metrics: orders::Metrics::register(&mut registry),
+        recent: Arc::new(recent),
+        metrics,
     };
     let checks = vec![orderflow_platform::kafka::readiness(std::sync::Arc::new(
         producer.clone(),
@@ -123,9 +125,19 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
     let addr = listener.local_addr()?;
     tracing::info!(%addr, topic = %args.topics.orders, "producer listening");
     let http_args = args.http.clone();
+    let redis_timeout = args.redis_timeout;
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
         let served = http::serve(listener, app, token, &http_args).await;
+        // The app held the recent-orders list's last handle: its writer
+        // ends once the entries still queued are written (one write, and
+        // the one in progress, each bounded by REDIS_TIMEOUT).
+        if tokio::time::timeout(redis_timeout * 3, recent_writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the last recent-orders entries were not written before the exit");
+        }
         // Whatever was acknowledged is already durable; flush the rest.
         let flushed =
             tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;

@@ -74,6 +74,20 @@ impl Drop for Producer {
     }
 }
 
+/// The list once it holds `len` entries: the producer writes it after the
+/// 202, in the background.
+async fn recent_list_of(url: &str, key: &str, len: usize) -> Vec<String> {
+    kit::eventually(
+        Duration::from_secs(10),
+        &format!("{len} entries in {key}"),
+        || async {
+            let list = recent_list(url, key).await;
+            (list.len() == len).then_some(list)
+        },
+    )
+    .await
+}
+
 async fn recent_list(url: &str, key: &str) -> Vec<String> {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -346,8 +360,8 @@ async fn redis_down_still_accepts_orders() {
             .status(),
         StatusCode::ACCEPTED
     );
-    let list = recent_list(&url, &p.recent_key()).await;
-    assert_eq!(list.len(), 1);
+    let list = recent_list_of(&url, &p.recent_key(), 1).await;
+    assert!(list[0].contains(r#""orderId":"r-up""#), "{list:?}");
 
     redis.kill();
     let started = Instant::now();
@@ -359,6 +373,26 @@ async fn redis_down_still_accepts_orders() {
         started.elapsed() < Duration::from_secs(2),
         "Redis must not hold the request up"
     );
+    // The entry Redis did not get is counted.
+    kit::eventually(
+        Duration::from_secs(10),
+        "the failed write counted",
+        || async {
+            let metrics = p
+                .client
+                .get(format!("{}/metrics", p.base))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            metrics
+                .contains("orderflow_producer_recent_orders_failures_total 1")
+                .then_some(())
+        },
+    )
+    .await;
 
     // And with Redis never reachable at all.
     let unreachable = format!("redis://127.0.0.1:{}", kit::free_port());
@@ -381,7 +415,18 @@ async fn recent_orders_list_keeps_the_newest_ten() {
             StatusCode::ACCEPTED
         );
     }
-    let list = recent_list(&kit::redis_url(), &p.recent_key()).await;
+    // Trimmed to ten once the twelfth is in.
+    let list = kit::eventually(
+        Duration::from_secs(10),
+        "recent-11 at the head of the list",
+        || async {
+            let list = recent_list(&kit::redis_url(), &p.recent_key()).await;
+            list.first()?
+                .contains(r#""orderId":"recent-11""#)
+                .then_some(list)
+        },
+    )
+    .await;
     assert_eq!(list.len(), 10);
     let first: Value = serde_json::from_str(&list[0]).unwrap();
     assert_eq!(first["orderId"], "recent-11", "newest first");
@@ -577,4 +622,42 @@ async fn the_clients_view_of_the_broker_is_in_the_metrics() {
         "{text}"
     );
     assert!(!text.contains("bootstrap"), "{text}");
+}
+
+/// The entries still queued when the producer stops are written before it
+/// exits: a 202 answered just before a shutdown still reaches the list.
+#[tokio::test]
+async fn entries_queued_at_shutdown_are_written_before_the_exit() {
+    let redis = kit::spawn_redis();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let mut p = Producer::start(&kit::kafka(), &url, &["--redis-timeout", "20s"]).await;
+    // Redis answers nothing: every entry stays queued (or in the write in
+    // progress), and the 202s do not wait for it.
+    redis.pause();
+    let posts = (0..20).map(|i| {
+        let body = json!({"orderId": format!("last-{i}"), "customerId": "c", "productId": "p"});
+        let p = &p;
+        async move { p.post(&body.to_string()).await.status() }
+    });
+    let answered = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(posts))
+        .await
+        .expect("a stopped Redis holds no request up");
+    assert!(
+        answered.iter().all(|s| *s == StatusCode::ACCEPTED),
+        "{answered:?}"
+    );
+    p.running.shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !p.running.task.is_finished(),
+        "the producer exited with entries still queued"
+    );
+    redis.resume();
+    tokio::time::timeout(Duration::from_secs(15), &mut p.running.task)
+        .await
+        .expect("the producer stops once the entries are written")
+        .unwrap()
+        .unwrap();
+    let list = recent_list(&url, &p.recent_key()).await;
+    assert_eq!(list.len(), 10, "{list:?}");
 }
