@@ -160,11 +160,11 @@ pub(crate) async fn accept(
         messaging.kafka.message.key = order_id,
         order_id,
     );
-    publish(state, &event, &span)
+    let published = publish(state, &event, &span)
         .instrument(span.clone())
         .await?;
 
-    state.recent.push(&event);
+    state.recent.push(&event, &published);
     state.metrics.count("accepted");
     Ok(event)
 }
@@ -200,12 +200,12 @@ async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Problem> {
 
 /// Sends the event (its trace context that of `span`, the publish span it
 /// runs in) and waits for the broker's acknowledgement, for at most the
-/// publish timeout.
+/// publish timeout. Returns the event's JSON as published.
 async fn publish(
     state: &AppState,
     event: &OrderPlaced,
     span: &tracing::Span,
-) -> Result<(), Problem> {
+) -> Result<Vec<u8>, Problem> {
     let payload = serde_json::to_vec(event).map_err(|e| {
         tracing::error!(error = %e, "serializing OrderPlaced");
         Problem::new(
@@ -256,7 +256,7 @@ async fn publish(
                 offset = delivery.offset,
                 "order acknowledged"
             );
-            Ok(())
+            Ok(payload)
         }
         Ok(Err((e, _))) => Err(unavailable(e.to_string())),
         Err(_) => Err(unavailable("timed out waiting for acknowledgement".into())),

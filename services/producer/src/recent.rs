@@ -7,14 +7,19 @@ use orderflow_platform::redis::LazyRedis;
 use prometheus_client::metrics::counter::Counter;
 use tracing::Instrument as _;
 
-/// One entry of the list: the OrderPlaced event plus an item count. Typed so
-/// money stays an exact decimal literal.
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct RecentOrder<'a> {
-    #[serde(flatten)]
-    order: &'a OrderPlaced,
-    item_count: u64,
+/// One entry of the list: the OrderPlaced event as published (`event_json`,
+/// a JSON object) with `itemCount`, the sum of its quantities, added as the
+/// last member. Spliced into the published bytes rather than serialised a
+/// second time (the tests compare it with serde's flattened struct).
+fn entry(event_json: &[u8], order: &OrderPlaced) -> Result<String, String> {
+    let item_count: u64 = order.items.iter().map(|i| u64::from(i.quantity)).sum();
+    let object = std::str::from_utf8(event_json)
+        .ok()
+        .and_then(|json| json.strip_suffix('}'))
+        .filter(|head| head.starts_with('{'))
+        .ok_or("the published event is not a JSON object")?;
+    let separator = if object.len() > 1 { "," } else { "" };
+    Ok(format!("{object}{separator}\"itemCount\":{item_count}}}"))
 }
 
 /// The list's writer. A request queues its entry once the broker has
@@ -29,8 +34,14 @@ pub struct RecentOrders {
     failures: Counter,
 }
 
-/// Entries one round trip carries at most, and how many wait behind it.
+/// Entries one round trip takes at most, and how many wait behind it.
 const ENTRIES_PER_WRITE: usize = 256;
+
+/// The writer's pause after each write, while entries gather for the next:
+/// the list keeps only the newest, so one write every few milliseconds
+/// shows the same orders as one per request for a fraction of the round
+/// trips. Nobody waits for it.
+const WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl RecentOrders {
     /// Starts the writer on the current runtime. Its task ends once the
@@ -46,17 +57,20 @@ impl RecentOrders {
         let failed = failures.clone();
         let (writer, task) = Coalescer::spawn_joined(
             ENTRIES_PER_WRITE,
-            move |entries: Vec<(String, tracing::Span)>| {
+            move |mut entries: Vec<(String, tracing::Span)>| {
                 let mut pipe = redis::pipe();
+                // Older entries than the newest `limit` would be trimmed
+                // at once: they are not sent.
                 let count = entries.len();
+                let kept = entries.split_off(count.saturating_sub(limit.max(1)));
                 // The span of the first request the write carries.
-                let span = entries
+                let span = kept
                     .first()
                     .map(|(_, span)| span.clone())
                     .unwrap_or_else(tracing::Span::none);
                 // LPUSH puts each value at the head in turn: the newest
                 // ends up first.
-                let values: Vec<String> = entries.into_iter().map(|(entry, _)| entry).collect();
+                let values: Vec<String> = kept.into_iter().map(|(entry, _)| entry).collect();
                 pipe.atomic()
                     .lpush(&key, values)
                     .ignore()
@@ -65,36 +79,81 @@ impl RecentOrders {
                 let redis = redis.clone();
                 let failed = failed.clone();
                 async move {
-                    let written = redis.run::<()>(&pipe).await;
+                    let written = redis.run::<()>(&pipe).instrument(span).await;
                     if let Err(e) = &written {
                         failed.inc_by(count as u64);
                         tracing::warn!(entries = count, error = %e, "recent-orders list not updated");
                     }
+                    tokio::time::sleep(WRITE_INTERVAL).await;
                     written
                 }
-                .instrument(span)
             },
         );
         (RecentOrders { writer, failures }, task)
     }
 
-    /// Queues the order for the list (newest first, trimmed) and returns at
-    /// once.
-    pub fn push(&self, order: &OrderPlaced) {
-        let entry = serde_json::to_string(&RecentOrder {
-            item_count: order.items.iter().map(|i| u64::from(i.quantity)).sum(),
-            order,
-        });
-        let queued = match entry {
-            Ok(entry) => self
-                .writer
+    /// Queues the order (`event_json`: its event as published) for the
+    /// list, newest first, and returns at once.
+    pub fn push(&self, order: &OrderPlaced, event_json: &[u8]) {
+        let queued = entry(event_json, order).and_then(|entry| {
+            self.writer
                 .offer((entry, tracing::Span::current()))
-                .map_err(|_| "the writer is a full queue behind or has stopped".to_owned()),
-            Err(e) => Err(e.to_string()),
-        };
+                .map_err(|_| "the writer is a full queue behind or has stopped".to_owned())
+        });
         if let Err(e) = queued {
             self.failures.inc();
             tracing::warn!(order_id = %order.order_id, error = %e, "recent-orders list not updated");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orderflow_domain::intake::parse_submission;
+
+    /// What the list held before the splice: serde's own serialisation.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Flattened<'a> {
+        #[serde(flatten)]
+        order: &'a OrderPlaced,
+        item_count: u64,
+    }
+
+    #[test]
+    fn the_spliced_entry_is_the_event_with_its_item_count() {
+        for body in [
+            r#"{"orderId":"o-1","customerId":"c","items":[{"id":"p","quantity":3,"price":0.1},{"id":"q","quantity":2,"name":"Q \"x\" }"}]}"#,
+            r#"{"customerId":"c","productId":"p"}"#,
+            r#"{"orderId":"o-3","customerId":"c","productId":"p","quantity":7,"totalAmount":12.30,"currency":"EUR"}"#,
+        ] {
+            let mut submission = parse_submission(body.as_bytes()).unwrap();
+            let id = submission
+                .order_id
+                .take()
+                .unwrap_or_else(|| "server-id".into());
+            let order =
+                OrderPlaced::from_submission(submission, id, time::OffsetDateTime::now_utc());
+            let published = serde_json::to_vec(&order).unwrap();
+            let expected = serde_json::to_string(&Flattened {
+                order: &order,
+                item_count: order.items.iter().map(|i| u64::from(i.quantity)).sum(),
+            })
+            .unwrap();
+            assert_eq!(entry(&published, &order).unwrap(), expected, "{body}");
+        }
+    }
+
+    #[test]
+    fn what_is_not_a_json_object_is_refused() {
+        let mut submission = parse_submission(br#"{"customerId":"c","productId":"p"}"#).unwrap();
+        submission.order_id = None;
+        let order =
+            OrderPlaced::from_submission(submission, "x".into(), time::OffsetDateTime::now_utc());
+        for bad in [&b"[1]"[..], b"", b"{", b"\xff}"] {
+            assert!(entry(bad, &order).is_err(), "{bad:?}");
+        }
+        assert_eq!(entry(b"{}", &order).unwrap(), r#"{"itemCount":1}"#);
     }
 }
