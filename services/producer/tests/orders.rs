@@ -378,18 +378,13 @@ async fn redis_down_still_accepts_orders() {
         Duration::from_secs(10),
         "the failed write counted",
         || async {
-            let metrics = p
-                .client
-                .get(format!("{}/metrics", p.base))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            metrics
-                .contains("orderflow_producer_recent_orders_failures_total 1")
-                .then_some(())
+            let metrics = kit::scrape(&p.client, &p.base).await;
+            (kit::metric(
+                &metrics,
+                "orderflow_producer_recent_orders_failures_total",
+                &[],
+            ) == Some(1.0))
+            .then_some(())
         },
     )
     .await;
