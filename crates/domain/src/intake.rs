@@ -112,11 +112,38 @@ struct RawItem<'a> {
 struct Violations(Vec<FieldError>);
 
 impl Violations {
-    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    /// `field` is formatted only here, for a violation: a valid order's
+    /// field paths are never built.
+    fn add(&mut self, field: impl std::fmt::Display, message: impl Into<String>) {
         self.0.push(FieldError {
-            field: field.into(),
+            field: field.to_string(),
             message: message.into(),
         });
+    }
+}
+
+/// The path of a field of a list's entry, `items[2].quantity` (or of the
+/// entry itself, `items[2]`, when `name` is empty).
+#[derive(Clone, Copy)]
+struct ItemField<'a> {
+    list: &'a str,
+    index: usize,
+    name: &'static str,
+}
+
+impl ItemField<'_> {
+    fn named(self, name: &'static str) -> Self {
+        ItemField { name, ..self }
+    }
+}
+
+impl std::fmt::Display for ItemField<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.list, self.index)?;
+        if !self.name.is_empty() {
+            write!(f, ".{}", self.name)?;
+        }
+        Ok(())
     }
 }
 
@@ -124,7 +151,11 @@ fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
     raw.filter(|r| r.get() != "null")
 }
 
-fn read_string(raw: &RawValue, field: &str, v: &mut Violations) -> Option<String> {
+fn read_string(
+    raw: &RawValue,
+    field: impl std::fmt::Display,
+    v: &mut Violations,
+) -> Option<String> {
     match serde_json::from_str::<String>(raw.get()) {
         Ok(s) => Some(s),
         Err(_) => {
@@ -134,7 +165,12 @@ fn read_string(raw: &RawValue, field: &str, v: &mut Violations) -> Option<String
     }
 }
 
-fn read_id(raw: &RawValue, field: &str, max: usize, v: &mut Violations) -> Option<String> {
+fn read_id(
+    raw: &RawValue,
+    field: impl std::fmt::Display + Copy,
+    max: usize,
+    v: &mut Violations,
+) -> Option<String> {
     let s = read_string(raw, field, v)?;
     let len = s.chars().count();
     if len == 0 || len > max {
@@ -148,7 +184,7 @@ fn read_id(raw: &RawValue, field: &str, max: usize, v: &mut Violations) -> Optio
     Some(s)
 }
 
-fn read_money(raw: &RawValue, field: &str, v: &mut Violations) -> Option<Money> {
+fn read_money(raw: &RawValue, field: impl std::fmt::Display, v: &mut Violations) -> Option<Money> {
     match Money::parse(raw.get()) {
         Ok(m) if m.is_negative() => {
             v.add(field, "must be greater than or equal to 0");
@@ -166,7 +202,11 @@ fn read_money(raw: &RawValue, field: &str, v: &mut Violations) -> Option<Money> 
     }
 }
 
-fn read_quantity(raw: Option<&RawValue>, field: &str, v: &mut Violations) -> Option<u32> {
+fn read_quantity(
+    raw: Option<&RawValue>,
+    field: impl std::fmt::Display,
+    v: &mut Violations,
+) -> Option<u32> {
     let Some(raw) = present(raw) else {
         return Some(1);
     };
@@ -228,10 +268,11 @@ fn read_currency(raw: Option<&RawValue>, v: &mut Violations) -> Option<String> {
     }
 }
 
-fn read_item(raw: &RawValue, path: &str, v: &mut Violations) -> Option<SubmittedItem> {
+fn read_item(raw: &RawValue, path: ItemField<'_>, v: &mut Violations) -> Option<SubmittedItem> {
     let text = raw.get();
+    let id_field = path.named("productId");
     if text.starts_with('"') {
-        let product_id = read_id(raw, &format!("{path}.productId"), 128, v)?;
+        let product_id = read_id(raw, id_field, 128, v)?;
         return Some(SubmittedItem {
             product_id,
             name: None,
@@ -243,24 +284,23 @@ fn read_item(raw: &RawValue, path: &str, v: &mut Violations) -> Option<Submitted
         v.add(path, "must be an object or a product id string");
         return None;
     };
-    let id_field = format!("{path}.productId");
     let product_id = match present(item.product_id)
         .or(present(item.id))
         .or(present(item.sku))
     {
-        Some(raw) => read_id(raw, &id_field, 128, v),
+        Some(raw) => read_id(raw, id_field, 128, v),
         None => {
-            v.add(&id_field, "is required");
+            v.add(id_field, "is required");
             None
         }
     };
     let name = match present(item.name) {
-        Some(raw) => read_id(raw, &format!("{path}.name"), 200, v).map(Some),
+        Some(raw) => read_id(raw, path.named("name"), 200, v).map(Some),
         None => Some(None),
     };
-    let quantity = read_quantity(item.quantity, &format!("{path}.quantity"), v);
+    let quantity = read_quantity(item.quantity, path.named("quantity"), v);
     let unit_price = match present(item.unit_price).or(present(item.price)) {
-        Some(raw) => read_money(raw, &format!("{path}.unitPrice"), v).map(Some),
+        Some(raw) => read_money(raw, path.named("unitPrice"), v).map(Some),
         None => Some(None),
     };
     Some(SubmittedItem {
@@ -284,7 +324,14 @@ fn read_items(list: &RawValue, field: &str, v: &mut Violations) -> Option<Vec<Su
     let items: Vec<SubmittedItem> = entries
         .iter()
         .enumerate()
-        .filter_map(|(i, raw)| read_item(raw, &format!("{field}[{i}]"), v))
+        .filter_map(|(index, raw)| {
+            let path = ItemField {
+                list: field,
+                index,
+                name: "",
+            };
+            read_item(raw, path, v)
+        })
         .collect();
     (v.0.len() == before).then_some(items)
 }
