@@ -91,8 +91,13 @@ fn build<T: rdkafka::config::FromClientConfig>(
         .context("creating a Kafka client")
 }
 
+/// How long librdkafka lets a partition's messages gather before it sends
+/// them: 2 ms since 2026-12-07, 5 before (ADR 0008; scripts/bench reads
+/// this line for its ProducerPerformance ceiling).
+pub const LINGER_MS: u32 = 2;
+
 /// An idempotent producer that waits for every in-sync replica (acks=all),
-/// with a 5 ms linger (measured against none: ADR 0008).
+/// with a [`LINGER_MS`] linger (measured against 0, 1 and 5: ADR 0008).
 /// `delivery_timeout` bounds how long librdkafka keeps retrying a message.
 /// Its delivery reports are served on the Tokio runtime ([`Producer`]):
 /// call it from within one.
@@ -107,7 +112,7 @@ pub fn producer(
         &[
             ("enable.idempotence", "true".into()),
             ("acks", "all".into()),
-            ("linger.ms", "5".into()),
+            ("linger.ms", LINGER_MS.to_string()),
             (STATISTICS_INTERVAL, stats::STATS_INTERVAL_MS.to_string()),
             (
                 "message.timeout.ms",
