@@ -235,9 +235,11 @@ pub async fn bind(bind: &str, port: u16) -> anyhow::Result<tokio::net::TcpListen
 pub fn with_limits(app: Router, args: &crate::config::HttpArgs) -> Router {
     // One `Router::layer` call for the whole stack: each call wraps every
     // route in a boxed service of its own, cloned and boxed again per
-    // request. Only the shedder's refusal boxes a future (axum's
-    // HandleError); the concurrency limit is global because Router::layer wraps
-    // each route on its own, and a plain one would then be one per route.
+    // request. The layers' futures are concrete but axum's HandleError's,
+    // which boxes one and clones the route for every request (tower's
+    // `map_result` cannot turn the shedder's error into `Infallible`). The
+    // concurrency limit is global because Router::layer wraps each route on
+    // its own, and a plain one would then be one per route.
     app.layer(
         tower::ServiceBuilder::new()
             .map_response(timeout_problem)
