@@ -77,7 +77,7 @@ pub(crate) struct AppState {
     publish_timeout: Duration,
     /// Largest accepted request body (`BODY_LIMIT`).
     body_limit: usize,
-    recent: Arc<RecentOrders>,
+    recent: RecentOrders,
     metrics: orders::Metrics,
 }
 
@@ -100,7 +100,7 @@ pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Ru
         publish_span: format!("{} publish", args.topics.orders).into(),
         publish_timeout: args.publish_timeout,
         body_limit: args.body_limit,
-        recent: Arc::new(recent),
+        recent,
         metrics,
     };
     let checks = vec![orderflow_platform::kafka::readiness(std::sync::Arc::new(
