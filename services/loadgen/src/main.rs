@@ -6,6 +6,7 @@
 //! instead; with `--seed-orders N` it stores N synthetic orders directly in
 //! MongoDB (the data set of the read benchmarks).
 
+mod arrivals;
 mod ceiling;
 mod seed;
 mod synthetic;
@@ -18,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use tokio::sync::Semaphore;
 
 /// Runs `work` on the database `url` names (`default` if it names none),
 /// then shuts the client down, whatever `work` returned. Left to the
@@ -162,23 +162,15 @@ async fn main() -> anyhow::Result<()> {
     )?));
     let errors: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let next = Arc::new(AtomicU64::new(0));
-    // Paced runs hand out one permit per order at the target rate.
-    let pace = (args.rate > 0).then(|| Arc::new(Semaphore::new(0)));
-    if let (Some(pace), rate) = (pace.clone(), args.rate) {
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let mut granted = 0u64;
-            loop {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
-                if due > granted {
-                    pace.add_permits((due - granted) as usize);
-                    granted = due;
-                }
-            }
-        });
-    }
-
+    // A paced run's requests arrive as a Poisson process (arrivals.rs).
+    // `latency` times a request from when it is sent; `from due` from when
+    // it arrived, which adds the wait for a free connection (all of them
+    // busy in a stall) and this process's own lateness on a busy machine.
+    let arrivals =
+        (args.rate > 0).then(|| arrivals::Arrivals::start(args.rate, args.count, 0x5EED));
+    let from_due = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     println!(
         "loadgen: {} {} {url}, {} connections, rate {}",
         args.count,
@@ -220,16 +212,17 @@ async fn main() -> anyhow::Result<()> {
     let workers: Vec<_> = (0..args.connections)
         .map(|w| {
             let outcomes = outcomes.clone();
-            let (client, url, stats, latencies, errors, next, pace, prefix) = (
+            let (client, url, stats, latencies, errors, next, arrivals, prefix) = (
                 client.clone(),
                 url.clone(),
                 stats.clone(),
                 latencies.clone(),
                 errors.clone(),
                 next.clone(),
-                pace.clone(),
+                arrivals.clone(),
                 prefix.clone(),
             );
+            let from_due = from_due.clone();
             let count = args.count;
             tokio::spawn(async move {
                 let mut rng = synthetic::Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1));
@@ -238,9 +231,10 @@ async fn main() -> anyhow::Result<()> {
                     if i >= count {
                         break;
                     }
-                    if let Some(p) = &pace {
-                        p.acquire().await.expect("pacer alive").forget();
-                    }
+                    let due = match &arrivals {
+                        Some(a) => Some(a.next().await),
+                        None => None,
+                    };
                     stats.sent.fetch_add(1, Ordering::Relaxed);
                     let t = Instant::now();
                     let (result, expected) = if reading {
@@ -291,6 +285,10 @@ async fn main() -> anyhow::Result<()> {
                         Ok(()) => {
                             stats.accepted.fetch_add(1, Ordering::Relaxed);
                             latencies.lock().unwrap().record(micros.max(1)).ok();
+                            if let Some(due) = due {
+                                let micros = due.elapsed().as_micros() as u64;
+                                from_due.lock().unwrap().record(micros.max(1)).ok();
+                            }
                         }
                         Err(e) => {
                             stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -339,6 +337,17 @@ async fn main() -> anyhow::Result<()> {
             ms(0.99),
             h.max() as f64 / 1000.0
         );
+        let d = from_due.lock().unwrap().clone();
+        if !d.is_empty() {
+            let ms = |q: f64| d.value_at_quantile(q) as f64 / 1000.0;
+            println!(
+                "  from due   p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms (from each arrival's due time: also the wait for a free connection and loadgen's own lateness)",
+                ms(0.50),
+                ms(0.90),
+                ms(0.99),
+                d.max() as f64 / 1000.0
+            );
+        }
     }
 
     verify::verify(&args, &prefix, accepted, Some(started)).await
