@@ -100,6 +100,45 @@ async fn recent_list(url: &str, key: &str) -> Vec<String> {
         .unwrap()
 }
 
+/// Sends `request` as written over a fresh connection, closes the writing
+/// half, and returns the answer's status and body (the producer answers
+/// with Content-Length).
+async fn raw_exchange(base: &str, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut conn = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    conn.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// The producer's count of requests refused as malformed.
+async fn malformed(p: &Producer) -> f64 {
+    let text = kit::scrape(&p.client, &p.base).await;
+    kit::metric(
+        &text,
+        "orderflow_producer_orders_total",
+        &["outcome=\"malformed\""],
+    )
+    .unwrap_or(0.0)
+}
+
 async fn problem(resp: reqwest::Response, status: StatusCode) -> Value {
     assert_eq!(resp.status(), status);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
@@ -294,6 +333,39 @@ async fn bad_input_gets_a_problem_and_publishes_nothing() {
             .collect();
         assert_eq!(got, fields, "{body}");
     }
+    // A body that cannot be read at all (not the size limit): the chunked
+    // encoding broken, or the client's half of the connection closed before
+    // the Content-Length it announced. Each is a 400 `bad-request`, counted
+    // as malformed.
+    let before = malformed(&p).await;
+    let head = "POST /orders HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n";
+    for (what, request) in [
+        (
+            "a broken chunk size",
+            format!("{head}transfer-encoding: chunked\r\n\r\nzz\r\n{{}}\r\n0\r\n\r\n"),
+        ),
+        (
+            "a body cut short",
+            format!("{head}content-length: 100\r\n\r\n{{\"customerId\":\"c\""),
+        ),
+    ] {
+        let (status, body) = raw_exchange(&p.base, &request).await;
+        assert_eq!(status, 400, "{what}: {body}");
+        let problem: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: {e}: {body}"));
+        assert!(
+            problem["type"].as_str().unwrap().ends_with("/bad-request"),
+            "{what}: {problem}"
+        );
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("the request body could not be read"),
+            "{what}: {problem}"
+        );
+    }
+    assert_eq!(malformed(&p).await, before + 2.0);
     assert_eq!(
         kit::message_count(&brokers, &p.topics.orders),
         0,
