@@ -176,6 +176,25 @@ pub fn set_parent(span: &tracing::Span, parent: Context) {
     }
 }
 
+/// A span's trace context, to parent work that runs after the span's own
+/// is over (a write queued behind the answer). A clone of the span would
+/// parent it too, but keeps the span open: its recorded end would be when
+/// the last clone went, not when its work did.
+#[derive(Clone, Default)]
+pub struct Parent(Context);
+
+impl Parent {
+    pub fn of(span: &tracing::Span) -> Parent {
+        Parent(span.context())
+    }
+
+    /// Makes this context the parent of `span` (if it is one: a context
+    /// without a span, as when tracing is off, leaves `span` a root).
+    pub fn adopt(&self, span: &tracing::Span) {
+        set_parent(span, self.0.clone());
+    }
+}
+
 /// Injects the context of `span` through the global propagator.
 pub fn inject(span: &tracing::Span, carrier: &mut dyn opentelemetry::propagation::Injector) {
     let cx = span.context();

@@ -29,6 +29,9 @@ pub struct ReceivedSpan {
     pub attributes: BTreeMap<String, String>,
     /// Each span event: its name and its attributes' keys.
     pub events: Vec<(String, Vec<String>)>,
+    /// Its start and end, Unix nanoseconds.
+    pub start_ns: u64,
+    pub end_ns: u64,
 }
 
 type Spans = Arc<Mutex<Vec<ReceivedSpan>>>;
@@ -100,6 +103,8 @@ async fn receive(State(spans): State<Spans>, body: Bytes) -> &'static str {
                             (e.name.clone(), keys)
                         })
                         .collect(),
+                    start_ns: span.start_time_unix_nano,
+                    end_ns: span.end_time_unix_nano,
                 });
             }
         }

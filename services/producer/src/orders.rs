@@ -147,8 +147,8 @@ pub(crate) async fn accept(
     let order_id = event.order_id.as_str();
 
     // The request's server span (platform::http::observe), the current
-    // one here, continues the caller's trace; publishing and the Redis write
-    // are its children.
+    // one here, continues the caller's trace; publishing is its child, and
+    // so is the Redis write (recent.rs), by trace context only.
     let span = tracing::info_span!(
         "orders publish",
         otel.name = &*state.publish_span,

@@ -4,6 +4,7 @@
 use orderflow_domain::events::OrderPlaced;
 use orderflow_platform::coalesce::Coalescer;
 use orderflow_platform::redis::LazyRedis;
+use orderflow_platform::telemetry::Parent;
 use prometheus_client::metrics::counter::Counter;
 use tracing::Instrument as _;
 
@@ -30,7 +31,7 @@ fn entry(event_json: &[u8], order: &OrderPlaced) -> Result<String, String> {
 /// full queue behind) or written is counted and logged, never retried: the
 /// list is a view of the newest orders, not a record of them.
 pub struct RecentOrders {
-    writer: Coalescer<(String, tracing::Span), String>,
+    writer: Coalescer<(String, Parent), String>,
     failures: Counter,
 }
 
@@ -57,17 +58,19 @@ impl RecentOrders {
         let failed = failures.clone();
         let (writer, task) = Coalescer::spawn_joined(
             ENTRIES_PER_WRITE,
-            move |mut entries: Vec<(String, tracing::Span)>| {
+            move |mut entries: Vec<(String, Parent)>| {
                 let mut pipe = redis::pipe();
                 // Older entries than the newest `limit` would be trimmed
                 // at once: they are not sent.
                 let count = entries.len();
                 let kept = entries.split_off(count.saturating_sub(limit.max(1)));
-                // The span of the first request the write carries.
-                let span = kept
-                    .first()
-                    .map(|(_, span)| span.clone())
-                    .unwrap_or_else(tracing::Span::none);
+                // A child of the first request the write carries (of its
+                // trace context: the request's span itself ended with the
+                // answer).
+                let span = tracing::info_span!("recent orders write", entries = kept.len());
+                if let Some((_, parent)) = kept.first() {
+                    parent.adopt(&span);
+                }
                 // LPUSH puts each value at the head in turn: the newest
                 // ends up first.
                 let values: Vec<String> = kept.into_iter().map(|(entry, _)| entry).collect();
@@ -97,7 +100,7 @@ impl RecentOrders {
     pub fn push(&self, order: &OrderPlaced, event_json: &[u8]) {
         let queued = entry(event_json, order).and_then(|entry| {
             self.writer
-                .offer((entry, tracing::Span::current()))
+                .offer((entry, Parent::of(&tracing::Span::current())))
                 .map_err(|_| "the writer is a full queue behind or has stopped".to_owned())
         });
         if let Err(e) = queued {
