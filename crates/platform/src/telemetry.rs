@@ -177,9 +177,10 @@ pub fn set_parent(span: &tracing::Span, parent: Context) {
 }
 
 /// A span's trace context, to parent work that runs after the span's own
-/// is over (a write queued behind the answer). A clone of the span would
-/// parent it too, but keeps the span open: its recorded end would be when
-/// the last clone went, not when its work did.
+/// is over (a write queued behind the answer). Running that work in a
+/// clone of the span would parent it too, but enters the span again, and
+/// tracing-opentelemetry ends a span at its last exit: its recorded end
+/// would move to the later work's.
 #[derive(Clone, Default)]
 pub struct Parent(Context);
 
