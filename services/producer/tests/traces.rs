@@ -52,8 +52,11 @@ async fn the_request_span_ends_with_the_answer_not_with_the_redis_write() {
     redis.pause();
     let trace_id = "5af92f3577b34da6a3ce929d0e0e4736";
     let answered_in = post(Some(format!("00-{trace_id}-00f067aa0ba902b7-01"))).await;
-    assert!(answered_in < Duration::from_millis(400), "{answered_in:?}");
     tokio::time::sleep(Duration::from_millis(800)).await;
+    let resumed_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     redis.resume();
     let spans = kit::eventually(
         Duration::from_secs(30),
@@ -86,8 +89,8 @@ async fn the_request_span_ends_with_the_answer_not_with_the_redis_write() {
         .find(|s| s.attributes.contains_key("http.request.method"))
         .unwrap_or_else(|| panic!("no server span: {described:#?}"));
     let write = spans.iter().find(|s| is_redis(s)).unwrap();
-    // The write waited for Redis for most of the 800 ms; the request did not.
-    assert!(ms(write) > 500.0, "{described:#?}");
+    // The write waited for Redis to answer again; the request did not.
+    assert!(write.end_ns >= resumed_ns, "{described:#?}");
     assert!(
         ms(server) <= answered_in.as_secs_f64() * 1e3,
         "the request's span outlasted its answer ({answered_in:?}): {described:#?}"
