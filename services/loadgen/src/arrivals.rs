@@ -35,11 +35,10 @@ impl Arrivals {
         std::thread::Builder::new()
             .name("loadgen-arrivals".into())
             .spawn(move || {
-                let mut intervals = Intervals::new(rate, seed);
-                let mut next = Instant::now();
+                let mut gaps = Intervals::new(rate, seed);
+                let mut next = Instant::now() + gaps.next();
                 let mut left = count;
                 while left > 0 {
-                    next += intervals.next();
                     let now = Instant::now();
                     if next > now {
                         std::thread::sleep(next - now);
@@ -47,22 +46,16 @@ impl Arrivals {
                     // Everything due by now, at once: a thread that woke
                     // late does not fall behind.
                     let now = Instant::now();
+                    let mut handed_out = 0;
                     let mut due = handed.due.lock().unwrap();
-                    due.push_back(next);
-                    let mut n = 1;
-                    while left > n as u64 {
-                        let after = next + intervals.peek();
-                        if after > now {
-                            break;
-                        }
-                        intervals.next();
-                        next = after;
+                    while left > 0 && next <= now {
                         due.push_back(next);
-                        n += 1;
+                        next += gaps.next();
+                        left -= 1;
+                        handed_out += 1;
                     }
                     drop(due);
-                    left -= n as u64;
-                    handed.ready.add_permits(n);
+                    handed.ready.add_permits(handed_out);
                 }
             })
             .expect("starting the arrivals thread");
@@ -88,7 +81,6 @@ impl Arrivals {
 struct Intervals {
     rng: Rng,
     mean: f64,
-    peeked: Option<Duration>,
 }
 
 impl Intervals {
@@ -96,24 +88,13 @@ impl Intervals {
         Intervals {
             rng: Rng(seed | 1),
             mean: 1.0 / rate.max(1) as f64,
-            peeked: None,
         }
     }
 
-    fn draw(&mut self) -> Duration {
+    fn next(&mut self) -> Duration {
         // Uniform in (0, 1]: 53 random bits, never zero.
         let u = ((self.rng.next() >> 11) + 1) as f64 / (1u64 << 53) as f64;
         Duration::from_secs_f64(-u.ln() * self.mean)
-    }
-
-    fn peek(&mut self) -> Duration {
-        let d = self.peeked.unwrap_or_else(|| self.draw());
-        self.peeked = Some(d);
-        d
-    }
-
-    fn next(&mut self) -> Duration {
-        self.peeked.take().unwrap_or_else(|| self.draw())
     }
 }
 
@@ -138,15 +119,6 @@ mod tests {
         // The standard deviation of an exponential equals its mean.
         let sd = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
         assert!((sd / mean - 1.0).abs() < 0.02, "sd {sd}, mean {mean}");
-    }
-
-    #[test]
-    fn a_peeked_gap_is_the_next_one() {
-        let mut gaps = Intervals::new(100, 3);
-        let peeked = gaps.peek();
-        assert_eq!(gaps.peek(), peeked);
-        assert_eq!(gaps.next(), peeked);
-        assert_ne!(gaps.next(), peeked);
     }
 
     #[tokio::test]
