@@ -113,6 +113,25 @@ struct Args {
     outcomes: Option<std::path::PathBuf>,
 }
 
+/// Request latencies in microseconds, up to a minute.
+fn microseconds() -> anyhow::Result<Arc<Mutex<Histogram<u64>>>> {
+    Ok(Arc::new(Mutex::new(Histogram::new_with_bounds(
+        1, 60_000_000, 3,
+    )?)))
+}
+
+/// `p50 … ms  p90 … ms  p99 … ms  max … ms` of a histogram of microseconds.
+fn percentiles(h: &Histogram<u64>) -> String {
+    let ms = |us: u64| us as f64 / 1000.0;
+    format!(
+        "p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        ms(h.value_at_quantile(0.50)),
+        ms(h.value_at_quantile(0.90)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.max())
+    )
+}
+
 #[derive(Default)]
 struct Stats {
     sent: AtomicU64,
@@ -157,9 +176,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let reading = args.get.is_some();
     let stats = Arc::new(Stats::default());
-    let latencies = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
+    let latencies = microseconds()?;
     let errors: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let next = Arc::new(AtomicU64::new(0));
     // A paced run's requests arrive as a Poisson process (arrivals.rs).
@@ -168,9 +185,7 @@ async fn main() -> anyhow::Result<()> {
     // busy in a stall) and this process's own lateness on a busy machine.
     let arrivals =
         (args.rate > 0).then(|| arrivals::Arrivals::start(args.rate, args.count, 0x5EED));
-    let from_due = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
+    let from_due = microseconds()?;
     println!(
         "loadgen: {} {} {url}, {} connections, rate {}",
         args.count,
@@ -310,8 +325,6 @@ async fn main() -> anyhow::Result<()> {
     progress.abort();
 
     let accepted = stats.accepted.load(Ordering::Relaxed);
-    let h = latencies.lock().unwrap().clone();
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!("\nresults");
     println!("  sent       {}", stats.sent.load(Ordering::Relaxed));
     println!("  accepted   {accepted}");
@@ -330,22 +343,12 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     if accepted > 0 {
-        println!(
-            "  latency    p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-            ms(0.50),
-            ms(0.90),
-            ms(0.99),
-            h.max() as f64 / 1000.0
-        );
-        let d = from_due.lock().unwrap().clone();
+        println!("  latency    {}", percentiles(&latencies.lock().unwrap()));
+        let d = from_due.lock().unwrap();
         if !d.is_empty() {
-            let ms = |q: f64| d.value_at_quantile(q) as f64 / 1000.0;
             println!(
-                "  from due   p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms (from each arrival's due time: also the wait for a free connection and loadgen's own lateness)",
-                ms(0.50),
-                ms(0.90),
-                ms(0.99),
-                d.max() as f64 / 1000.0
+                "  from due   {} (from each arrival's due time: also the wait for a free connection and loadgen's own lateness)",
+                percentiles(&d)
             );
         }
     }
