@@ -181,7 +181,7 @@ pub fn set_parent(span: &tracing::Span, parent: Context) {
 /// clone of the span would parent it too, but enters the span again, and
 /// tracing-opentelemetry ends a span at its last exit: its recorded end
 /// would move to the later work's.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Parent(Context);
 
 impl Parent {
