@@ -271,6 +271,35 @@ impl KafkaBrokers {
     }
 }
 
+impl KafkaBrokers {
+    /// Waits until the metadata shows `name` with at least `partitions`
+    /// partitions. A broker takes a new topic or partitions into its
+    /// metadata after the controller has answered the request (Kafka's
+    /// Admin API says so of CreatePartitions), so a reconcile right after
+    /// could still observe the topic as it was and ask for the same change
+    /// again, to be refused. The change is done when it can be read back.
+    async fn visible(&self, conn: &Connection, name: &str, partitions: i32) -> anyhow::Result<()> {
+        let reader = self.reader(conn, CLIENT_ID)?;
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let r = reader.clone();
+            let topics = blocking(move || existing_topics(&r, TIMEOUT)).await?;
+            if topics.get(name).is_some_and(|t| t.partitions >= partitions) {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "{name}: the brokers' metadata does not show {partitions} partitions {TIMEOUT:?} after the change"
+                );
+            }
+            tokio::time::sleep(METADATA_POLL).await;
+        }
+    }
+}
+
+/// How often [`KafkaBrokers::visible`] asks for the metadata again.
+const METADATA_POLL: Duration = Duration::from_millis(50);
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
@@ -307,7 +336,18 @@ impl Brokers for KafkaBrokers {
         conn: &'a Connection,
         action: &'a TopicAction,
     ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move { apply(&*self.admin(conn)?, action).await })
+        Box::pin(async move {
+            apply(&*self.admin(conn)?, action).await?;
+            let created = match action {
+                TopicAction::Create(t) => Some((&t.name, t.partitions)),
+                TopicAction::AddPartitions { name, total } => Some((name, *total)),
+                _ => None,
+            };
+            match created {
+                Some((name, partitions)) => self.visible(conn, name, partitions).await,
+                None => Ok(()),
+            }
+        })
     }
 
     fn delete<'a>(
