@@ -324,7 +324,9 @@ wait_http() {
 # it in a cluster (ADR 0014). BACKEND_NICE=0 runs everything alike.
 # BACKEND_SCHED=idle puts the back end in Linux's SCHED_IDLE class instead
 # of niceing it: the intake then preempts it at once on every wake-up, which
-# no CPU weight (nice, a cgroup's share) does; an experiment, ADR 0014.
+# no CPU weight (nice, a cgroup's share) does. scripts/bench does that by
+# default (ADR 0018); here nice stays the default, since an idle-class
+# stage would not run at all beside a developer's build or the tests.
 BACKEND_NICE=${BACKEND_NICE:-5}
 [[ $BACKEND_NICE =~ ^[0-9]+$ ]] && [ "$BACKEND_NICE" -le 19 ] \
   || die "BACKEND_NICE must be 0 to 19, not '$BACKEND_NICE'"
