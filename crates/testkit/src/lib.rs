@@ -294,6 +294,26 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     })
 }
 
+/// Each thread of process `pid`: its name and its scheduler slice in
+/// nanoseconds (`se.slice` in `/proc/PID/task/TID/sched`), for the tests of
+/// the services that ask for a short one (ADR 0014, ADR 0018).
+pub fn thread_slices(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let sched = std::fs::read_to_string(dir.join("sched")).unwrap_or_default();
+        if let Some(slice) = sched
+            .lines()
+            .find(|l| l.starts_with("se.slice"))
+            .and_then(|l| l.split(':').nth(1))
+        {
+            out.push((name.trim().to_owned(), slice.trim().parse().unwrap()));
+        }
+    }
+    out
+}
+
 /// A port free now, below the kernel's ephemeral range (from 20 000 up to
 /// where `ip_local_port_range` starts). A port from that range, which
 /// binding port 0 gives, is also where client connections take their

@@ -139,8 +139,31 @@ struct Stats {
     failed: AtomicU64,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// The scheduler slice of loadgen's threads unless `SCHED_SLICE` says
+/// otherwise. loadgen stands for clients on other machines: its wake-up to
+/// read an answer should not wait out a slice of the services it measures,
+/// which would count the client's own queueing as the request's latency
+/// (ADR 0018; the producer asks for the same, ADR 0014).
+const SCHED_SLICE: Duration = Duration::from_micros(100);
+
+fn main() -> anyhow::Result<()> {
+    use orderflow_platform::runtime;
+    let variable = std::env::var(runtime::SLICE_VARIABLE).ok();
+    if let Some(slice) =
+        runtime::slice(variable.as_deref(), Some(SCHED_SLICE)).map_err(anyhow::Error::msg)?
+    {
+        // Set before the runtime and the arrivals thread start: they inherit it.
+        if let Err(e) = runtime::set_thread_slice(slice) {
+            eprintln!("loadgen: the kernel kept its own scheduler slice ({e})");
+        }
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(n) = args.seed_orders {
         return with_database(&args.seed_mongo, "orders", async |db| {

@@ -10,24 +10,6 @@ use std::time::Duration;
 use orderflow_producer::SCHED_SLICE;
 use orderflow_testkit::{self as kit, stack::Stack};
 
-/// Each thread of `pid`: its name and its slice in nanoseconds.
-fn slices(pid: u32) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let dir = task.unwrap().path();
-        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        let sched = std::fs::read_to_string(dir.join("sched")).unwrap_or_default();
-        if let Some(slice) = sched
-            .lines()
-            .find(|l| l.starts_with("se.slice"))
-            .and_then(|l| l.split(':').nth(1))
-        {
-            out.push((name.trim().to_owned(), slice.trim().parse().unwrap()));
-        }
-    }
-    out
-}
-
 async fn spawn(stack: &mut Stack, service: &str, slice: Option<&str>) -> String {
     let port = kit::free_port();
     let mut env = vec![("API_PORT", port.to_string())];
@@ -56,7 +38,7 @@ async fn every_thread_of_the_producer_has_its_slice() {
         .await
         .unwrap();
     assert_eq!(accepted.status(), reqwest::StatusCode::ACCEPTED);
-    let threads = slices(stack.pid("producer"));
+    let threads = kit::thread_slices(stack.pid("producer"));
     assert!(threads.len() >= 5, "{threads:?}");
     let want = SCHED_SLICE.as_nanos() as u64;
     assert!(
@@ -75,13 +57,13 @@ async fn every_thread_of_the_producer_has_its_slice() {
 
     // Another slice, and none.
     spawn(&mut stack, "producer-2ms", Some("2ms")).await;
-    let threads = slices(stack.pid("producer-2ms"));
+    let threads = kit::thread_slices(stack.pid("producer-2ms"));
     assert!(
         threads.iter().all(|(_, slice)| *slice == 2_000_000),
         "{threads:?}"
     );
     spawn(&mut stack, "producer-kernel", Some("0")).await;
-    let threads = slices(stack.pid("producer-kernel"));
+    let threads = kit::thread_slices(stack.pid("producer-kernel"));
     assert!(
         threads.iter().all(|(_, slice)| *slice != want),
         "the kernel's own slice: {threads:?}"
