@@ -93,8 +93,15 @@ fn build<T: rdkafka::config::FromClientConfig>(
 
 /// How long librdkafka lets a partition's messages gather before it sends
 /// them: 2 ms since 2026-12-07, 5 before (ADR 0008; scripts/bench reads
-/// this line for its ProducerPerformance ceiling).
+/// this line for its ProducerPerformance ceiling). The pipeline's
+/// producers' linger; the intake's is [`INTAKE_LINGER_MS`].
 pub const LINGER_MS: u32 = 2;
+
+/// The producer service's linger: 1 ms since the evening of 2026-12-07.
+/// With the bench's back end in the idle class (ADR 0018) the linger is
+/// the largest part of a `POST /orders`'s wait in librdkafka; a stage
+/// produces a whole batch at once and keeps [`LINGER_MS`] (ADR 0008).
+pub const INTAKE_LINGER_MS: u32 = 1;
 
 /// An idempotent producer that waits for every in-sync replica (acks=all),
 /// with a [`LINGER_MS`] linger (measured against 0, 1 and 5: ADR 0008).
@@ -106,13 +113,32 @@ pub fn producer(
     client_id: &str,
     delivery_timeout: Duration,
 ) -> anyhow::Result<Producer> {
+    producer_with_linger(args, client_id, LINGER_MS, delivery_timeout)
+}
+
+/// [`producer`] with the intake's linger, [`INTAKE_LINGER_MS`]: the
+/// producer service's.
+pub fn intake_producer(
+    args: &KafkaArgs,
+    client_id: &str,
+    delivery_timeout: Duration,
+) -> anyhow::Result<Producer> {
+    producer_with_linger(args, client_id, INTAKE_LINGER_MS, delivery_timeout)
+}
+
+fn producer_with_linger(
+    args: &KafkaArgs,
+    client_id: &str,
+    linger_ms: u32,
+    delivery_timeout: Duration,
+) -> anyhow::Result<Producer> {
     build(
         args,
         client_id,
         &[
             ("enable.idempotence", "true".into()),
             ("acks", "all".into()),
-            ("linger.ms", LINGER_MS.to_string()),
+            ("linger.ms", linger_ms.to_string()),
             (STATISTICS_INTERVAL, stats::STATS_INTERVAL_MS.to_string()),
             (
                 "message.timeout.ms",

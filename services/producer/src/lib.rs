@@ -84,7 +84,8 @@ pub(crate) struct AppState {
 /// Binds, builds the app and serves it in a task until `shutdown` trips;
 /// on the way out the Kafka producer is flushed.
 pub async fn start(args: Args, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let producer = orderflow_platform::kafka::producer(&args.kafka, SERVICE, args.publish_timeout)?;
+    let producer =
+        orderflow_platform::kafka::intake_producer(&args.kafka, SERVICE, args.publish_timeout)?;
     let mut registry = Registry::with_prefix("orderflow_producer");
     producer.stats().register(&mut registry);
     let metrics = orders::Metrics::register(&mut registry);

@@ -680,9 +680,9 @@ async fn the_clients_view_of_the_broker_is_in_the_metrics() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     // A real round trip on loopback takes more than nothing and far less
-    // than a second; the queue time includes the linger (LINGER_MS).
+    // than a second; the queue time includes the linger (INTAKE_LINGER_MS).
     assert!(rtt > 0.0 && rtt < 1.0, "rtt p99 {rtt}\n{text}");
-    let linger = f64::from(orderflow_platform::kafka::LINGER_MS) / 1000.0;
+    let linger = f64::from(orderflow_platform::kafka::INTAKE_LINGER_MS) / 1000.0;
     assert!(
         (linger * 0.8..1.0).contains(&queue),
         "queue p99 {queue} with a {linger} s linger\n{text}"
