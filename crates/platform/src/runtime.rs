@@ -101,14 +101,26 @@ where
     F: Future<Output = anyhow::Result<T>>,
 {
     crate::memory::limit_arenas();
-    let variable = std::env::var(SLICE_VARIABLE).ok();
-    if let Some(asked) = slice(variable.as_deref(), default).map_err(anyhow::Error::msg)? {
-        let _ = SLICE.set(SliceOutcome {
-            asked,
-            result: set_thread_slice(asked),
-        });
-    }
+    ask_for_slice(default)?;
     run_with(std::env::var(WORKERS_VARIABLE).ok().as_deref(), main)
+}
+
+/// Gives the calling thread a scheduler slice of `default` (or what
+/// `SCHED_SLICE` says), which the threads it starts afterwards inherit,
+/// and returns what happened ([`slice_outcome`]): `None` when no slice was
+/// asked for. A bad `SCHED_SLICE` is an error that names it; a kernel that
+/// refuses is only recorded. [`run_with_slice`] calls it; a binary that
+/// builds its own runtime (loadgen) calls it before doing so.
+pub fn ask_for_slice(default: Option<Duration>) -> anyhow::Result<Option<&'static SliceOutcome>> {
+    let variable = std::env::var(SLICE_VARIABLE).ok();
+    let Some(asked) = slice(variable.as_deref(), default).map_err(anyhow::Error::msg)? else {
+        return Ok(None);
+    };
+    let _ = SLICE.set(SliceOutcome {
+        asked,
+        result: set_thread_slice(asked),
+    });
+    Ok(SLICE.get())
 }
 
 /// Sets the calling thread's scheduler slice (`sched_setattr`'s

@@ -147,13 +147,9 @@ struct Stats {
 const SCHED_SLICE: Duration = Duration::from_micros(100);
 
 fn main() -> anyhow::Result<()> {
-    use orderflow_platform::runtime;
-    let variable = std::env::var(runtime::SLICE_VARIABLE).ok();
-    if let Some(slice) =
-        runtime::slice(variable.as_deref(), Some(SCHED_SLICE)).map_err(anyhow::Error::msg)?
-    {
-        // Set before the runtime and the arrivals thread start: they inherit it.
-        if let Err(e) = runtime::set_thread_slice(slice) {
+    // Set before the runtime and the arrivals thread start: they inherit it.
+    if let Some(outcome) = orderflow_platform::runtime::ask_for_slice(Some(SCHED_SLICE))? {
+        if let Err(e) = &outcome.result {
             eprintln!("loadgen: the kernel kept its own scheduler slice ({e})");
         }
     }
