@@ -269,9 +269,13 @@ impl KafkaBrokers {
             orderflow_platform::kafka::group_reader(&Self::args(conn), CLIENT_ID, group)
         })
     }
-}
 
-impl KafkaBrokers {
+    /// The topics the brokers' metadata shows, without their configs.
+    async fn metadata(&self, conn: &Connection) -> anyhow::Result<BTreeMap<String, ObservedTopic>> {
+        let reader = self.reader(conn, CLIENT_ID)?;
+        blocking(move || existing_topics(&reader, TIMEOUT)).await
+    }
+
     /// Waits until the metadata shows `name` with at least `partitions`
     /// partitions. A broker takes a new topic or partitions into its
     /// metadata after the controller has answered the request (Kafka's
@@ -279,11 +283,9 @@ impl KafkaBrokers {
     /// could still observe the topic as it was and ask for the same change
     /// again, to be refused. The change is done when it can be read back.
     async fn visible(&self, conn: &Connection, name: &str, partitions: i32) -> anyhow::Result<()> {
-        let reader = self.reader(conn, CLIENT_ID)?;
         let deadline = std::time::Instant::now() + TIMEOUT;
         loop {
-            let r = reader.clone();
-            let topics = blocking(move || existing_topics(&r, TIMEOUT)).await?;
+            let topics = self.metadata(conn).await?;
             if topics.get(name).is_some_and(|t| t.partitions >= partitions) {
                 return Ok(());
             }
@@ -313,8 +315,7 @@ impl Brokers for KafkaBrokers {
         describe: &'a [String],
     ) -> BoxFuture<'a, anyhow::Result<BTreeMap<String, ObservedTopic>>> {
         Box::pin(async move {
-            let reader = self.reader(conn, CLIENT_ID)?;
-            let mut topics = blocking(move || existing_topics(&reader, TIMEOUT)).await?;
+            let mut topics = self.metadata(conn).await?;
             let present: Vec<&str> = describe
                 .iter()
                 .map(String::as_str)
