@@ -234,12 +234,14 @@ impl ConsumerContext for StageContext {
 /// How much a consumer fetches ahead of what it has handed out. The runner
 /// holds its own bounded share (`MAX_IN_FLIGHT` messages), so librdkafka's
 /// only needs to cover a fetch's round trip: 256 kB of records, fetched at
-/// most 256 kB a partition and 1 MB a response. librdkafka's defaults
+/// most 128 kB a partition and 512 kB a response. librdkafka's defaults
 /// (64 MB queued, 50 MB a fetch, which the queue limit may overshoot) are
 /// resident memory a consumer with a backlog fills whatever its rate, and
 /// the raw responses stay allocated while any of their records is queued,
 /// so a counted kilobyte costs several (issue 12: at most 30 MB a
-/// service; docs/benchmarks.md).
+/// service; docs/benchmarks.md). With 1 MB responses (256 kB a partition)
+/// a stage's response buffers were its largest allocation at its peak,
+/// 2.1 MB of persist's 9.6 MB of heap (heaptrack, 2026-12-07).
 ///
 /// A queue this small is over its limit after every fetch while a
 /// consumer is behind, and librdkafka then postpones that partition's next
@@ -247,15 +249,26 @@ impl ConsumerContext for StageContext {
 /// partition to about 256 kB (some 365 order events) a second and one
 /// payment replica with a backlog to 1 535–1 933 orders/s. 20 ms, a
 /// lane's `BATCH_WAIT`, gave 2 626–2 953/s (ADR 0002).
-fn prefetch() -> [(&'static str, String); 4] {
+fn prefetch() -> [(&'static str, String); 5] {
     [
         ("queued.max.messages.kbytes", "256".into()),
-        ("max.partition.fetch.bytes", "262144".into()),
-        // librdkafka's floor: at least message.max.bytes (1 000 000).
-        ("fetch.max.bytes", "1048576".into()),
+        (
+            "max.partition.fetch.bytes",
+            FETCH_PARTITION_BYTES.to_string(),
+        ),
+        ("fetch.max.bytes", FETCH_RESPONSE_BYTES.to_string()),
+        // librdkafka raises fetch.max.bytes to at least this (1 000 000 by
+        // default). A consumer sends no records, and a record larger than
+        // a fetch still arrives (a fetch returns at least one batch).
+        ("message.max.bytes", FETCH_RESPONSE_BYTES.to_string()),
         ("fetch.queue.backoff.ms", "20".into()),
     ]
 }
+
+/// The most a consumer's fetch asks for of one partition ([`prefetch`]).
+pub const FETCH_PARTITION_BYTES: usize = 128 * 1024;
+/// The most a consumer's fetch asks for in all ([`prefetch`]).
+pub const FETCH_RESPONSE_BYTES: usize = 512 * 1024;
 
 /// A consumer role's `settings` followed by [`prefetch`].
 fn with_prefetch<const N: usize>(

@@ -11,7 +11,10 @@ use futures::stream::{self, StreamExt};
 use orderflow_domain::events::{OrderPlaced, OrderRejected, OrderValidated, PlacedItem};
 use orderflow_domain::Money;
 use orderflow_platform::config::TopicArgs;
-use orderflow_platform::kafka::headers::{self, dlq};
+use orderflow_platform::kafka::{
+    self,
+    headers::{self, dlq},
+};
 use orderflow_platform::mongo::documents::OrderDocument;
 use orderflow_platform::shutdown::CancellationToken;
 use orderflow_testkit as kit;
@@ -381,10 +384,14 @@ async fn poison_messages_go_to_the_dlq_and_the_partition_keeps_flowing() {
     let _turn = one_at_a_time().await;
     let p = Pipeline::start(&[]).await;
     let producer = kit::producer(&p.brokers);
-    let poisons: [(&str, &[u8], &str); 3] = [
+    // A record larger than a whole fetch (the stage's consumer asks for at
+    // most FETCH_RESPONSE_BYTES): it still arrives, and is dead-lettered whole.
+    let large = vec![b'x'; kafka::FETCH_RESPONSE_BYTES + 100 * 1024];
+    let poisons: [(&str, &[u8], &str); 4] = [
         ("poison-bytes", b"\x00\xffnot json {", "undecodable"),
         ("poison-shape", br#"{"orderId":"x"}"#, "undecodable"),
         ("poison-empty", br#"{"orderId":"e","customerId":"c","currency":"USD","items":[],"placedAt":"2026-11-22T10:00:00Z"}"#, "invalid_event"),
+        ("poison-large", &large, "undecodable"),
     ];
     for (key, payload, _) in &poisons {
         kit::produce(&producer, &p.topics.orders, key, payload).await;
@@ -414,8 +421,14 @@ async fn poison_messages_go_to_the_dlq_and_the_partition_keeps_flowing() {
     p.wait_count(1, Duration::from_secs(60)).await;
     p.order("after-poison").await;
 
-    let dead = kit::consume(&p.brokers, &p.topics.dlq, 3, Duration::from_secs(30)).await;
-    assert_eq!(dead.len(), 3);
+    let dead = kit::consume(
+        &p.brokers,
+        &p.topics.dlq,
+        poisons.len(),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(dead.len(), poisons.len());
     for (key, payload, reason) in poisons {
         let m = dead
             .iter()
