@@ -34,6 +34,14 @@ pub struct ReceivedSpan {
     pub end_ns: u64,
 }
 
+impl ReceivedSpan {
+    /// The database a client span called (`db.system.name`: "redis",
+    /// "mongodb"), if it is one.
+    pub fn db_system(&self) -> Option<&str> {
+        self.attributes.get("db.system.name").map(String::as_str)
+    }
+}
+
 type Spans = Arc<Mutex<Vec<ReceivedSpan>>>;
 
 /// An OTLP/HTTP (protobuf) trace receiver on a free port. Call it from a

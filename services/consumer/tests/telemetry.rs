@@ -191,7 +191,7 @@ async fn one_order_is_one_trace_across_every_service() {
     };
     let redis = spans
         .iter()
-        .find(|s| s.attributes.get("db.system.name").map(String::as_str) == Some("redis"))
+        .find(|s| s.db_system() == Some("redis"))
         .unwrap_or_else(|| panic!("no Redis span:\n{}", describe()));
     assert!(child_of(redis, "producer"), "{}", describe());
     // persist writes a whole batch at once: its insert is linked to the
@@ -215,7 +215,7 @@ async fn one_order_is_one_trace_across_every_service() {
     for stage in ["inventory", "payment"] {
         assert!(
             spans.iter().any(|s| s.service == stage
-                && s.attributes.get("db.system.name").map(String::as_str) == Some("mongodb")
+                && s.db_system() == Some("mongodb")
                 && child_of(s, stage)),
             "no MongoDB child span in {stage}:\n{}",
             describe()

@@ -8,7 +8,7 @@ use orderflow_testkit::otlp::{ReceivedSpan, Receiver};
 use orderflow_testkit::{self as kit, stack::Stack};
 
 fn is_redis(span: &ReceivedSpan) -> bool {
-    span.attributes.get("db.system.name").map(String::as_str) == Some("redis")
+    span.db_system() == Some("redis")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
