@@ -79,8 +79,16 @@ impl Stack {
 
     /// The producer service on a free port; its base URL.
     pub fn spawn_producer(&mut self) -> String {
+        self.spawn_producer_as("producer", &[])
+    }
+
+    /// The producer binary as `service`, on a free port, with `extra`
+    /// environment; its base URL.
+    pub fn spawn_producer_as(&mut self, service: &str, extra: &[(&str, String)]) -> String {
         let port = free_port();
-        self.spawn("producer", "producer", &[("API_PORT", port.to_string())]);
+        let mut env = vec![("API_PORT", port.to_string())];
+        env.extend_from_slice(extra);
+        self.spawn("producer", service, &env);
         format!("http://127.0.0.1:{port}")
     }
 

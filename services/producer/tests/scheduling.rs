@@ -11,13 +11,11 @@ use orderflow_producer::SCHED_SLICE;
 use orderflow_testkit::{self as kit, stack::Stack};
 
 async fn spawn(stack: &mut Stack, service: &str, slice: Option<&str>) -> String {
-    let port = kit::free_port();
-    let mut env = vec![("API_PORT", port.to_string())];
-    if let Some(slice) = slice {
-        env.push(("SCHED_SLICE", slice.to_owned()));
-    }
-    stack.spawn("producer", service, &env);
-    let url = format!("http://127.0.0.1:{port}");
+    let env: Vec<_> = slice
+        .map(|s| ("SCHED_SLICE", s.to_owned()))
+        .into_iter()
+        .collect();
+    let url = stack.spawn_producer_as(service, &env);
     kit::ready(&url).await;
     url
 }
@@ -72,14 +70,7 @@ async fn every_thread_of_the_producer_has_its_slice() {
 
     // A value that is not a slice: the service does not start, and says why.
     let mut bad = Stack::new(&topics, &kit::unique("slice"), &[]);
-    bad.spawn(
-        "producer",
-        "producer-bad",
-        &[
-            ("API_PORT", kit::free_port().to_string()),
-            ("SCHED_SLICE", "fast".to_owned()),
-        ],
-    );
+    bad.spawn_producer_as("producer-bad", &[("SCHED_SLICE", "fast".to_owned())]);
     let mut log = String::new();
     for _ in 0..100 {
         log = bad.log("producer-bad");
