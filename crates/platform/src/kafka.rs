@@ -17,9 +17,11 @@ use crate::config::KafkaArgs;
 pub mod headers;
 pub mod offsets;
 mod producer;
+mod received;
 pub mod stats;
 
 pub use producer::Producer;
+pub use received::{Received, ReceivedHeaders, TopicNames};
 
 /// A client configuration: brokers and client id, then the role's
 /// `defaults`, then the `KAFKA_CONFIG` extras (security, tuning), which win.

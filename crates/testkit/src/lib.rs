@@ -12,9 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use orderflow_platform::config::{KafkaArgs, TopicArgs};
-use orderflow_platform::kafka::Producer;
+use orderflow_platform::kafka::{Producer, Received};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureRecord;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
@@ -117,6 +116,49 @@ pub async fn produce(producer: &Producer, topic: &str, key: &str, payload: &[u8]
         .expect("producing a test message");
 }
 
+/// Produces `payload` with one header named by raw bytes: librdkafka lets
+/// any producer name a header with bytes that are not UTF-8, which rdkafka's
+/// `Header` (its key a `&str`) cannot express.
+pub async fn produce_with_raw_header(
+    producer: &Producer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    (name, value): (&[u8], &[u8]),
+) {
+    let headers = rdkafka::message::OwnedHeaders::new();
+    // SAFETY: a `&BorrowedHeaders` is the address of librdkafka's own
+    // `rd_kafka_headers_t` (rdkafka casts the native pointer to it), which
+    // `headers` owns and nothing else uses yet; librdkafka copies the name
+    // and the value.
+    let err = unsafe {
+        let native = headers.as_borrowed() as *const rdkafka::message::BorrowedHeaders
+            as *mut rdkafka::bindings::rd_kafka_headers_t;
+        rdkafka::bindings::rd_kafka_header_add(
+            native,
+            name.as_ptr().cast(),
+            name.len() as isize,
+            value.as_ptr().cast(),
+            value.len() as isize,
+        )
+    };
+    assert_eq!(
+        err,
+        rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+    );
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("producing a test message");
+}
+
 /// Total number of messages in a topic (Σ high − low watermarks). Right
 /// after a topic is created Kafka may not yet name its partitions' leaders
 /// (NotLeaderForPartition): that is asked again, for up to 15 s.
@@ -150,18 +192,13 @@ pub fn message_count(brokers: &str, topic: &str) -> i64 {
 
 /// Reads a topic from the beginning until `count` messages arrived or
 /// `timeout` passed; returns what it got.
-pub async fn consume(
-    brokers: &str,
-    topic: &str,
-    count: usize,
-    timeout: Duration,
-) -> Vec<OwnedMessage> {
+pub async fn consume(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Received> {
     let consumer = subscribed(brokers, &unique("reader"), topic);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < count {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(m)) => out.push(m.detach()),
+            Ok(Ok(m)) => out.push(Received::detach(&m, m.topic().into())),
             Ok(Err(e)) => panic!("consuming {topic}: {e}"),
             Err(_) => break,
         }
@@ -211,8 +248,8 @@ pub async fn consume_in_group(
     n
 }
 
-pub fn header<'a>(msg: &'a OwnedMessage, key: &str) -> Option<&'a str> {
-    orderflow_platform::kafka::headers::get(msg.headers().map(|h| h.as_borrowed()), key)
+pub fn header<'a>(msg: &'a Received, key: &str) -> Option<&'a str> {
+    msg.header(key)
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes.

@@ -29,7 +29,7 @@ use orderflow_platform::kafka::headers::{self, dlq, HeaderBuilder};
 use orderflow_platform::kafka::Producer;
 use orderflow_platform::shutdown::CancellationToken;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -63,7 +63,7 @@ pub struct Entry {
 
 impl Entry {
     fn of(msg: &BorrowedMessage<'_>) -> Entry {
-        let get = |k: &str| headers::get(msg.headers(), k).map(str::to_owned);
+        let get = |k: &str| headers::get(msg, k).map(str::to_owned);
         Entry {
             partition: msg.partition(),
             offset: msg.offset(),
@@ -402,14 +402,16 @@ impl Fetcher {
         while std::time::Instant::now() < deadline {
             match self.reader.poll(Duration::from_millis(250)) {
                 Some(Ok(msg)) if msg.offset() == offset => {
-                    let headers: Vec<(String, Option<Vec<u8>>)> = msg
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                                .collect()
+                    // A name that is not UTF-8 is re-driven with U+FFFD
+                    // in place of what is not (headers::pairs reads them).
+                    let headers: Vec<(String, Option<Vec<u8>>)> = headers::pairs(&msg)
+                        .map(|(name, value)| {
+                            (
+                                String::from_utf8_lossy(name).into_owned(),
+                                value.map(<[u8]>::to_vec),
+                            )
                         })
-                        .unwrap_or_default();
+                        .collect();
                     let payload = msg.payload().unwrap_or_default().to_vec();
                     return Ok(Some(Letter {
                         entry: Entry::of(&msg),

@@ -219,7 +219,7 @@ impl LiveMetrics {
         let Some(payload) = msg.payload() else {
             return;
         };
-        let ce_type = headers::get(msg.headers(), headers::TYPE);
+        let ce_type = headers::get(msg, headers::TYPE);
         self.count(msg.topic() == orders_topic, ce_type, payload, second);
     }
 

@@ -63,7 +63,7 @@ fn writer(source: &str) -> String {
 }
 
 fn header(msg: &BorrowedMessage<'_>, key: &str) -> Option<String> {
-    headers::get(msg.headers(), key).map(str::to_owned)
+    headers::get(msg, key).map(str::to_owned)
 }
 
 fn event(msg: &BorrowedMessage<'_>, dlq_topic: &str) -> TimelineEvent {

@@ -26,11 +26,16 @@ async fn dead_letters_are_listed_shown_and_redriven_once_over_http_and_the_comma
     let c = Console::start("console", &[]).await;
     let brokers = kit::kafka();
     let poison = b"{not json at all";
-    kit::produce(
+    // With a header whose name is not UTF-8, as any librdkafka producer
+    // may send: it is carried along (with U+FFFD for what is not UTF-8)
+    // through persist's dead-lettering and analytics' reads, and stops
+    // neither (rdkafka's own header reader panics on it).
+    kit::produce_with_raw_header(
         &kit::producer(&brokers),
         &c.topics.orders,
         "poison-1",
         poison,
+        (b"x-\xff\xfe", b"kept"),
     )
     .await;
 
@@ -67,6 +72,7 @@ async fn dead_letters_are_listed_shown_and_redriven_once_over_http_and_the_comma
         dlq::TOPIC,
         dlq::PARTITION,
         dlq::OFFSET,
+        "x-\u{FFFD}\u{FFFD}",
     ] {
         assert!(header_keys.contains(k), "{k}: {header_keys:?}");
     }

@@ -6,8 +6,9 @@ use bson::Document;
 use futures::TryStreamExt;
 use mongodb::Collection;
 use orderflow_platform::kafka::headers::{self, Envelope};
+use orderflow_platform::kafka::Received;
 use orderflow_platform::telemetry;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -16,13 +17,13 @@ use crate::runner::{Outgoing, Transient};
 use crate::stage::Refusal;
 
 /// The message's `ce_type`, if it carries one.
-pub fn event_type(msg: &OwnedMessage) -> Option<&str> {
-    headers::get(msg.headers().map(|h| h.as_borrowed()), headers::TYPE)
+pub fn event_type(msg: &Received) -> Option<&str> {
+    msg.header(headers::TYPE)
 }
 
 /// Decodes a payload of type `T`, refusing a message whose `ce_type` names
 /// another event.
-pub fn decode<T: DeserializeOwned>(msg: &OwnedMessage, expected: &str) -> Result<T, Refusal> {
+pub fn decode<T: DeserializeOwned>(msg: &Received, expected: &str) -> Result<T, Refusal> {
     if let Some(t) = event_type(msg) {
         if t != expected {
             return Err(("unexpected_event_type", format!("ce_type {t}")));
@@ -31,7 +32,7 @@ pub fn decode<T: DeserializeOwned>(msg: &OwnedMessage, expected: &str) -> Result
     decode_payload(msg)
 }
 
-pub fn decode_payload<T: DeserializeOwned>(msg: &OwnedMessage) -> Result<T, Refusal> {
+pub fn decode_payload<T: DeserializeOwned>(msg: &Received) -> Result<T, Refusal> {
     let payload = msg
         .payload()
         .ok_or(("undecodable", "empty payload".to_string()))?;
@@ -40,7 +41,7 @@ pub fn decode_payload<T: DeserializeOwned>(msg: &OwnedMessage) -> Result<T, Refu
 
 /// The span a stage processes one order's message in, child of the trace
 /// the message carries.
-pub fn process_span(msg: &OwnedMessage, group: &str, order_id: &str) -> tracing::Span {
+pub fn process_span(msg: &Received, group: &str, order_id: &str) -> tracing::Span {
     let span = tracing::info_span!(
         "process",
         otel.name = format!("{} process", msg.topic()),
@@ -53,10 +54,7 @@ pub fn process_span(msg: &OwnedMessage, group: &str, order_id: &str) -> tracing:
         messaging.kafka.offset = msg.offset(),
         order_id = %order_id,
     );
-    telemetry::set_parent(
-        &span,
-        headers::parent_context(msg.headers().map(|h| h.as_borrowed())),
-    );
+    telemetry::set_parent(&span, headers::parent_context(msg));
     span
 }
 

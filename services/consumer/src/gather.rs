@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::message::OwnedMessage;
+use orderflow_platform::kafka::Received;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::runner::Transient;
@@ -23,7 +23,7 @@ use crate::stage::{self, Outcome, Prepared, Stage};
 type Reply = oneshot::Sender<Result<Vec<Outcome>, Transient>>;
 
 struct Request<P> {
-    batch: Arc<[OwnedMessage]>,
+    batch: Arc<[Received]>,
     prepared: Prepared<P>,
     reply: Reply,
 }
@@ -68,7 +68,7 @@ impl<S: Stage> Gather<S> {
     /// carried it, given what the lane prepared for it.
     pub async fn outcomes(
         &self,
-        batch: Arc<[OwnedMessage]>,
+        batch: Arc<[Received]>,
         prepared: Prepared<S::Prepared>,
     ) -> Result<Vec<Outcome>, Transient> {
         let (reply, answer) = oneshot::channel();
@@ -133,7 +133,7 @@ async fn gather<S: Stage + 'static>(
             for request in &mut taken {
                 prepared.extend(std::mem::take(&mut request.prepared));
             }
-            let messages: Vec<&OwnedMessage> = taken.iter().flat_map(|r| r.batch.iter()).collect();
+            let messages: Vec<&Received> = taken.iter().flat_map(|r| r.batch.iter()).collect();
             match stage::outcomes_within(&*stage, &group, &messages, &prepared, timeout).await {
                 Ok(outcomes) => {
                     let mut outcomes = outcomes.into_iter();
@@ -188,7 +188,7 @@ mod tests {
         type Decision = String;
         type Prepared = String;
 
-        fn decode(&self, message: &OwnedMessage) -> Result<String, Refusal> {
+        fn decode(&self, message: &Received) -> Result<String, Refusal> {
             Ok(String::from_utf8(message.payload().unwrap_or_default().to_vec()).unwrap())
         }
 
@@ -233,7 +233,7 @@ mod tests {
         }
     }
 
-    fn batch(partition: i32, keys: &[&str]) -> Arc<[OwnedMessage]> {
+    fn batch(partition: i32, keys: &[&str]) -> Arc<[Received]> {
         messages(partition, keys).into()
     }
 

@@ -26,12 +26,12 @@ use orderflow_domain::events::{types, LowStock, OrderRejected, OrderValidated, S
 use orderflow_domain::stock::{crossed_low, low_stock_threshold, reservation};
 use orderflow_domain::{Money, OrderStatus};
 use orderflow_platform::in_transaction;
+use orderflow_platform::kafka::Received;
 use orderflow_platform::mongo::documents::{
     bson_date, offset_date_time, status_change, InventoryDocument, LowStockCrossing, OrderDocument,
     ReservationDocument, ReservationState, ReservedItemDocument,
 };
 use orderflow_platform::mongo::{Tx, INVENTORY, ORDERS, RESERVATIONS};
-use rdkafka::message::OwnedMessage;
 use time::OffsetDateTime;
 
 use crate::event::{batch_span, decode, find_by_ids, together, transient, NewEvent};
@@ -394,7 +394,7 @@ fn reservation_document(
     }
 }
 
-fn decode_validated(msg: &OwnedMessage) -> Result<OrderValidated, Refusal> {
+fn decode_validated(msg: &Received) -> Result<OrderValidated, Refusal> {
     let order: OrderValidated = decode(msg, types::ORDER_VALIDATED)?;
     if order.order_id.is_empty() || order.items.iter().any(|i| i.quantity == 0) {
         return Err((
@@ -410,7 +410,7 @@ impl Stage for Inventory {
     type Decision = ReservationDocument;
     type Prepared = ();
 
-    fn decode(&self, message: &OwnedMessage) -> Result<OrderValidated, Refusal> {
+    fn decode(&self, message: &Received) -> Result<OrderValidated, Refusal> {
         decode_validated(message)
     }
 

@@ -33,10 +33,10 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use mongodb::{Collection, Database};
 use orderflow_domain::events::{types, LowStock, OrderConfirmed, OrderRejected};
 use orderflow_platform::coalesce::Coalescer;
+use orderflow_platform::kafka::Received;
 use orderflow_platform::mongo::documents::{bson_date, DeliveryDocument, DeliveryStatus};
 use orderflow_platform::mongo::{DUPLICATE_KEY, NOTIFICATIONS};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use rdkafka::message::OwnedMessage;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -241,7 +241,7 @@ impl Notify {
     }
 
     /// What the message asks to notify.
-    fn notification(&self, msg: &OwnedMessage) -> Result<Notification, Refusal> {
+    fn notification(&self, msg: &Received) -> Result<Notification, Refusal> {
         let ce_type = event_type(msg).unwrap_or_default().to_owned();
         let n = match ce_type.as_str() {
             types::LOW_STOCK => {
@@ -596,7 +596,7 @@ impl Stage for Notify {
     type Decision = ();
     type Prepared = ();
 
-    fn decode(&self, message: &OwnedMessage) -> Result<Notification, Refusal> {
+    fn decode(&self, message: &Received) -> Result<Notification, Refusal> {
         self.notification(message)
     }
 

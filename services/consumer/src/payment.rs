@@ -26,11 +26,11 @@ use orderflow_domain::events::{
 use orderflow_domain::payment::{decline, DeclineRule, PAYMENT_DECLINED};
 use orderflow_domain::{Money, OrderStatus};
 use orderflow_platform::in_transaction;
+use orderflow_platform::kafka::Received;
 use orderflow_platform::mongo::documents::{
     bson_date, offset_date_time, status_change, OrderDocument, PaymentDocument, PaymentOutcome,
 };
 use orderflow_platform::mongo::{stock, Tx, ORDERS, PAYMENTS};
-use rdkafka::message::OwnedMessage;
 use time::OffsetDateTime;
 
 use crate::event::{batch_span, decode, find_by_ids, together, transient, NewEvent};
@@ -343,7 +343,7 @@ fn payment_document(
     }
 }
 
-fn decode_reserved(msg: &OwnedMessage) -> Result<StockReserved, Refusal> {
+fn decode_reserved(msg: &Received) -> Result<StockReserved, Refusal> {
     let order: StockReserved = decode(msg, types::STOCK_RESERVED)?;
     if order.order_id.is_empty() || order.total_amount.is_negative() {
         return Err((
@@ -359,7 +359,7 @@ impl Stage for Payment {
     type Decision = PaymentDocument;
     type Prepared = Charge;
 
-    fn decode(&self, message: &OwnedMessage) -> Result<StockReserved, Refusal> {
+    fn decode(&self, message: &Received) -> Result<StockReserved, Refusal> {
         decode_reserved(message)
     }
 
@@ -369,7 +369,7 @@ impl Stage for Payment {
 
     /// Charges the lane's orders (an undecodable message is the call's to
     /// dead-letter).
-    async fn prepare(&self, batch: &[OwnedMessage]) -> Result<Prepared<Charge>, Transient> {
+    async fn prepare(&self, batch: &[Received]) -> Result<Prepared<Charge>, Transient> {
         let decoded: Vec<StockReserved> = batch
             .iter()
             .filter_map(|m| decode_reserved(m).ok())

@@ -15,11 +15,12 @@ use mongodb::{Collection, Database};
 use orderflow_domain::events::{types, OrderPlaced, OrderRejected};
 use orderflow_domain::pricing::{price_order, Catalogue, CatalogueEntry};
 use orderflow_domain::{Money, OrderStatus};
+use orderflow_platform::kafka::Received;
 use orderflow_platform::mongo::documents::{
     bson_date, ItemDocument, OrderDocument, SourceRef, StatusChange, Validation,
 };
 use orderflow_platform::mongo::{DUPLICATE_KEY, INVENTORY, ORDERS};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use time::OffsetDateTime;
 
 use crate::event::{decode, find_all, NewEvent};
@@ -169,7 +170,7 @@ fn catalogue_entry(d: &Document) -> Option<CatalogueEntry> {
 }
 
 /// Decodes an OrderPlaced, or says why the message can never be one.
-fn decode_placed(msg: &OwnedMessage) -> Result<OrderPlaced, Refusal> {
+fn decode_placed(msg: &Received) -> Result<OrderPlaced, Refusal> {
     let order: OrderPlaced = decode(msg, types::ORDER_PLACED)?;
     let valid_id = !order.order_id.is_empty() && order.order_id.len() <= 64;
     if !valid_id
@@ -187,7 +188,7 @@ fn decode_placed(msg: &OwnedMessage) -> Result<OrderPlaced, Refusal> {
 
 fn document(
     order: &OrderPlaced,
-    msg: &OwnedMessage,
+    msg: &Received,
     catalogue: &Catalogue,
     strict: bool,
     now: OffsetDateTime,
@@ -268,7 +269,7 @@ impl Stage for Persist {
     type Decision = OrderDocument;
     type Prepared = ();
 
-    fn decode(&self, message: &OwnedMessage) -> Result<OrderPlaced, Refusal> {
+    fn decode(&self, message: &Received) -> Result<OrderPlaced, Refusal> {
         decode_placed(message)
     }
 

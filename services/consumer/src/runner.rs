@@ -23,6 +23,7 @@ use futures::future::join_all;
 use orderflow_platform::kafka::headers::{dlq, HeaderBuilder};
 use orderflow_platform::kafka::Producer;
 use orderflow_platform::kafka::StageConsumer;
+use orderflow_platform::kafka::{Received, TopicNames};
 use orderflow_platform::shutdown::CancellationToken;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -30,7 +31,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use time::format_description::well_known::Rfc3339;
@@ -198,11 +199,11 @@ struct Work<S: Stage> {
 }
 
 /// A partition, as the lanes are keyed.
-type PartitionKey = (String, i32);
+type PartitionKey = (Arc<str>, i32);
 
 /// A message on its way through a lane, holding its share of the
 /// process's in-flight budget until its batch is done or dropped.
-type Held = (OwnedMessage, tokio::sync::OwnedSemaphorePermit);
+type Held = (Received, tokio::sync::OwnedSemaphorePermit);
 
 /// One assigned partition's work: a queue its messages arrive on, in
 /// order, and a task that takes them a batch at a time.
@@ -385,7 +386,7 @@ fn revoke(
         partitions
             .elements()
             .iter()
-            .filter_map(|e| lanes.open.remove(&(e.topic().to_owned(), e.partition())))
+            .filter_map(|e| lanes.open.remove(&(Arc::from(e.topic()), e.partition())))
             .collect()
     };
     let until = Instant::now() + drain;
@@ -501,6 +502,7 @@ async fn dispatch<S: Stage + 'static>(
         work.config.max_in_flight.max(1),
     ));
     let (room, mut rooms) = mpsc::unbounded_channel::<PartitionKey>();
+    let mut topics = TopicNames::default();
     loop {
         // Within budget first: what is not taken yet stays in librdkafka's
         // bounded prefetch.
@@ -522,8 +524,9 @@ async fn dispatch<S: Stage + 'static>(
         };
         match next {
             Ok(m) => {
-                let key = (m.topic().to_owned(), m.partition());
-                let m = m.detach();
+                let topic = topics.of(m.topic());
+                let key = (topic.clone(), m.partition());
+                let m = Received::detach(&m, topic);
                 let queued = lock(lanes)
                     .lane(key.clone(), &work, &room, shutdown, runtime)
                     .offer((m, permit));
@@ -559,6 +562,7 @@ fn unpark(lanes: &std::sync::Mutex<Lanes>, consumer: &StageConsumer, key: &Parti
 
 /// Pauses or resumes one partition's fetching.
 fn pause_resume(consumer: &StageConsumer, (topic, partition): &PartitionKey, pause: bool) {
+    let topic: &str = topic;
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition(topic, *partition);
     let done = if pause {
@@ -593,7 +597,7 @@ impl<S: Stage> Work<S> {
             }
             let _in_hand = InHand(&state);
             // The budget is given back once the batch is done.
-            let (batch, _permits): (Vec<OwnedMessage>, Vec<_>) = held.into_iter().unzip();
+            let (batch, _permits): (Vec<Received>, Vec<_>) = held.into_iter().unzip();
             if !self.process(batch.into(), &stop).await {
                 break;
             }
@@ -627,7 +631,7 @@ impl<S: Stage> Work<S> {
 
     /// Handles, publishes and acknowledges one batch; false when `stop`
     /// came first (nothing is acknowledged then: the batch is redelivered).
-    async fn process(&self, batch: Arc<[OwnedMessage]>, stop: &CancellationToken) -> bool {
+    async fn process(&self, batch: Arc<[Received]>, stop: &CancellationToken) -> bool {
         let started = Instant::now();
         let Some(outcomes) = self.handle_with_retry(&batch, stop).await else {
             return false;
@@ -655,7 +659,7 @@ impl<S: Stage> Work<S> {
 
     async fn handle_with_retry(
         &self,
-        batch: &Arc<[OwnedMessage]>,
+        batch: &Arc<[Received]>,
         shutdown: &CancellationToken,
     ) -> Option<Vec<Outcome>> {
         let mut backoff = Backoff::new(self.config.max_backoff);
@@ -678,7 +682,7 @@ impl<S: Stage> Work<S> {
 
     /// One try at a batch's outcomes: the lane prepares it, then the stage
     /// decides it, in a gathered call or on its own.
-    async fn attempt(&self, batch: &Arc<[OwnedMessage]>) -> Result<Vec<Outcome>, Transient> {
+    async fn attempt(&self, batch: &Arc<[Received]>) -> Result<Vec<Outcome>, Transient> {
         let timeout = self.config.batch_timeout;
         let prepared = stage::prepare_within(&*self.stage, batch, timeout).await?;
         match &self.gather {
@@ -695,7 +699,7 @@ impl<S: Stage> Work<S> {
     /// acknowledged, false if shutdown came first.
     async fn publish(
         &self,
-        batch: &[OwnedMessage],
+        batch: &[Received],
         outcomes: Vec<Outcome>,
         shutdown: &CancellationToken,
     ) -> bool {
@@ -760,7 +764,7 @@ impl<S: Stage> Work<S> {
         true
     }
 
-    fn dead_letter(&self, msg: &OwnedMessage, reason: &str, error: &str) -> Outgoing {
+    fn dead_letter(&self, msg: &Received, reason: &str, error: &str) -> Outgoing {
         let mut headers = HeaderBuilder(OwnedHeaders::new());
         if let Some(original) = msg.headers() {
             for h in original.iter() {

@@ -14,7 +14,7 @@ use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
-use rdkafka::message::OwnedMessage;
+use orderflow_platform::kafka::Received;
 
 use crate::event::process_span;
 use crate::runner::{Outgoing, Transient};
@@ -28,7 +28,7 @@ pub type Refusal = (&'static str, String);
 /// `prepare` found out about it, if it did.
 pub struct Fresh<'a, I, P = ()> {
     pub input: &'a I,
-    pub message: &'a OwnedMessage,
+    pub message: &'a Received,
     pub span: &'a tracing::Span,
     pub prepared: Option<&'a P>,
 }
@@ -49,7 +49,7 @@ pub trait Stage: Send + Sync {
     type Prepared: Send + Sync + 'static;
 
     /// Decodes a message, or says why it can never be one of this stage's.
-    fn decode(&self, message: &OwnedMessage) -> Result<Self::Input, Refusal>;
+    fn decode(&self, message: &Received) -> Result<Self::Input, Refusal>;
 
     /// The key the input's decision is recorded under.
     fn key<'i>(&self, input: &'i Self::Input) -> &'i str;
@@ -62,7 +62,7 @@ pub trait Stage: Send + Sync {
     /// to do. Bounded by the batch timeout; retried with the batch.
     fn prepare(
         &self,
-        _batch: &[OwnedMessage],
+        _batch: &[Received],
     ) -> impl Future<Output = Result<Prepared<Self::Prepared>, Transient>> + Send {
         async { Ok(Prepared::new()) }
     }
@@ -108,7 +108,7 @@ pub enum Outcome {
 /// The batch is one lane's, or several lanes' gathered into one call
 /// ([`crate::gather`]): the messages themselves or references to them,
 /// with what `prepare` found out about their keys.
-pub async fn outcomes<S: Stage, M: Borrow<OwnedMessage> + Sync>(
+pub async fn outcomes<S: Stage, M: Borrow<Received> + Sync>(
     stage: &S,
     group: &str,
     batch: &[M],
@@ -191,7 +191,7 @@ pub async fn outcomes<S: Stage, M: Borrow<OwnedMessage> + Sync>(
 
 /// [`outcomes`], bounded by `timeout`: a stage that hangs instead of
 /// failing is a transient failure of the batch.
-pub async fn outcomes_within<S: Stage, M: Borrow<OwnedMessage> + Sync>(
+pub async fn outcomes_within<S: Stage, M: Borrow<Received> + Sync>(
     stage: &S,
     group: &str,
     batch: &[M],
@@ -204,7 +204,7 @@ pub async fn outcomes_within<S: Stage, M: Borrow<OwnedMessage> + Sync>(
 /// The stage's `prepare` of one lane's batch, bounded by `timeout`.
 pub async fn prepare_within<S: Stage>(
     stage: &S,
-    batch: &[OwnedMessage],
+    batch: &[Received],
     timeout: std::time::Duration,
 ) -> Result<Prepared<S::Prepared>, Transient> {
     within(timeout, stage.prepare(batch)).await
@@ -252,7 +252,7 @@ pub(crate) mod tests {
         type Decision = String;
         type Prepared = String;
 
-        fn decode(&self, message: &OwnedMessage) -> Result<Self::Input, Refusal> {
+        fn decode(&self, message: &Received) -> Result<Self::Input, Refusal> {
             let text = std::str::from_utf8(message.payload().unwrap_or_default()).unwrap();
             match text.split_once(':') {
                 _ if text.is_empty() => Err(("undecodable", "empty".into())),
@@ -302,19 +302,19 @@ pub(crate) mod tests {
     }
 
     /// One partition's messages with these payloads, from offset 0.
-    pub(crate) fn messages(partition: i32, payloads: &[&str]) -> Vec<OwnedMessage> {
+    pub(crate) fn messages(partition: i32, payloads: &[&str]) -> Vec<Received> {
         payloads
             .iter()
             .enumerate()
             .map(|(offset, p)| {
-                OwnedMessage::new(
-                    Some(p.as_bytes().to_vec()),
+                Received::new(
+                    Some(p.as_bytes()),
                     None,
-                    "in".into(),
-                    Timestamp::NotAvailable,
+                    None,
+                    "in",
                     partition,
                     offset as i64,
-                    None,
+                    Timestamp::NotAvailable,
                 )
             })
             .collect()
@@ -330,7 +330,7 @@ pub(crate) mod tests {
         }]
     }
 
-    fn batch(payloads: &[&str]) -> Vec<OwnedMessage> {
+    fn batch(payloads: &[&str]) -> Vec<Received> {
         messages(0, payloads)
     }
 

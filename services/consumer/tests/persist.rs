@@ -181,7 +181,7 @@ async fn seed_catalogue(db: &mongodb::Database) {
         .unwrap();
 }
 
-fn trace_id(msg: &rdkafka::message::OwnedMessage) -> String {
+fn trace_id(msg: &orderflow_platform::kafka::Received) -> String {
     kit::header(msg, "traceparent")
         .expect("traceparent")
         .split('-')
@@ -396,30 +396,41 @@ async fn poison_messages_go_to_the_dlq_and_the_partition_keeps_flowing() {
     for (key, payload, _) in &poisons {
         kit::produce(&producer, &p.topics.orders, key, payload).await;
     }
+    // A valid order with a header whose name is not UTF-8 (any librdkafka
+    // producer may send one): an unknown header, not a poison; it is stored.
+    let valid = |id: &str| OrderPlaced {
+        order_id: id.into(),
+        customer_id: "c".into(),
+        currency: "USD".into(),
+        items: vec![PlacedItem {
+            product_id: "p".into(),
+            name: None,
+            quantity: 1,
+            unit_price: Some(Money::from_minor(100)),
+        }],
+        total_amount: Some(Money::from_minor(100)),
+        client_total: None,
+        placed_at: time::OffsetDateTime::now_utc(),
+    };
+    kit::produce_with_raw_header(
+        &producer,
+        &p.topics.orders,
+        "poison-bytes",
+        &serde_json::to_vec(&valid("odd-header-name")).unwrap(),
+        (b"x-\xff\xfe", b"v"),
+    )
+    .await;
     // Same key, so the same partition as a poison message: it must not block.
     kit::produce(
         &producer,
         &p.topics.orders,
         "poison-bytes",
-        &serde_json::to_vec(&OrderPlaced {
-            order_id: "after-poison".into(),
-            customer_id: "c".into(),
-            currency: "USD".into(),
-            items: vec![PlacedItem {
-                product_id: "p".into(),
-                name: None,
-                quantity: 1,
-                unit_price: Some(Money::from_minor(100)),
-            }],
-            total_amount: Some(Money::from_minor(100)),
-            client_total: None,
-            placed_at: time::OffsetDateTime::now_utc(),
-        })
-        .unwrap(),
+        &serde_json::to_vec(&valid("after-poison")).unwrap(),
     )
     .await;
-    p.wait_count(1, Duration::from_secs(60)).await;
+    p.wait_count(2, Duration::from_secs(60)).await;
     p.order("after-poison").await;
+    p.order("odd-header-name").await;
 
     let dead = kit::consume(
         &p.brokers,

@@ -5,7 +5,9 @@
 //! that OpenTelemetry's messaging instrumentation reads.
 
 use opentelemetry::propagation::{Extractor, Injector};
-use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+
+use super::Received;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -77,29 +79,86 @@ impl Injector for HeaderBuilder {
     }
 }
 
-/// The first header named `key`, as UTF-8.
-pub fn get<'a>(headers: Option<&'a BorrowedHeaders>, key: &str) -> Option<&'a str> {
-    headers?
-        .iter()
-        .find(|h| h.key == key)
-        .and_then(|h| h.value)
+/// A received header as (name, value): the name's bytes as they came.
+pub type Pair<'a> = (&'a [u8], Option<&'a [u8]>);
+
+/// The value of the first header named `key`, as UTF-8.
+pub fn find<'a>(pairs: impl IntoIterator<Item = Pair<'a>>, key: &str) -> Option<&'a str> {
+    pairs
+        .into_iter()
+        .find(|(name, _)| *name == key.as_bytes())
+        .and_then(|(_, value)| value)
         .and_then(|v| std::str::from_utf8(v).ok())
 }
 
+/// The value of the first header of a consumed message named `key`, as UTF-8.
+pub fn get<'a>(msg: &'a BorrowedMessage<'_>, key: &str) -> Option<&'a str> {
+    find(pairs(msg), key)
+}
+
+/// A consumed message's headers, in order; none if it has no header list.
+/// Read from librdkafka itself: rdkafka's `BorrowedHeaders` panics on a
+/// name that is not UTF-8, which any librdkafka producer may send.
+pub fn pairs<'a>(msg: &'a BorrowedMessage<'_>) -> impl Iterator<Item = Pair<'a>> + Clone + 'a {
+    list(msg).into_iter().flatten()
+}
+
+/// A consumed message's headers, or `None` when it carries no header list.
+pub fn list<'a>(
+    msg: &'a BorrowedMessage<'_>,
+) -> Option<impl Iterator<Item = Pair<'a>> + Clone + 'a> {
+    use rdkafka::bindings as rd;
+    let mut native: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
+    // SAFETY: `msg.ptr()` is the live message `msg` borrows; librdkafka
+    // parses its headers into a list the message owns, or says there are none.
+    let err = unsafe { rd::rd_kafka_message_headers(msg.ptr(), &mut native) };
+    if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || native.is_null() {
+        return None;
+    }
+    let native = native as *const rd::rd_kafka_headers_t;
+    // SAFETY: the list lives as long as the message (`'a`).
+    let count = unsafe { rd::rd_kafka_header_cnt(native) };
+    Some((0..count).filter_map(move |idx| {
+        let mut name: *const std::os::raw::c_char = std::ptr::null();
+        let mut value: *const std::os::raw::c_void = std::ptr::null();
+        let mut size = 0usize;
+        // SAFETY: `idx` is below the list's count; librdkafka hands out
+        // pointers into the list, which lives as long as the message.
+        let err =
+            unsafe { rd::rd_kafka_header_get_all(native, idx, &mut name, &mut value, &mut size) };
+        if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+            return None;
+        }
+        // SAFETY: librdkafka stores each name NUL-terminated and each value
+        // as `size` bytes, both for the message's lifetime.
+        let name: &'a [u8] = unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes();
+        let value: Option<&'a [u8]> = (!value.is_null()).then(|| {
+            if size == 0 {
+                &[][..]
+            } else {
+                // SAFETY: as above.
+                unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) }
+            }
+        });
+        Some((name, value))
+    }))
+}
+
 /// Reads trace context out of a received message's headers.
-pub struct HeaderExtractor<'a>(pub Option<&'a BorrowedHeaders>);
+pub struct HeaderExtractor<'a>(pub &'a Received);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        get(self.0, key)
+        self.0.header(key)
     }
     fn keys(&self) -> Vec<&str> {
         self.0
-            .map(|h| h.iter().map(|h| h.key).collect())
-            .unwrap_or_default()
+            .header_pairs()
+            .filter_map(|(name, _)| std::str::from_utf8(name).ok())
+            .collect()
     }
 }
 
-pub fn parent_context(headers: Option<&BorrowedHeaders>) -> opentelemetry::Context {
-    crate::telemetry::extract(&HeaderExtractor(headers))
+pub fn parent_context(msg: &Received) -> opentelemetry::Context {
+    crate::telemetry::extract(&HeaderExtractor(msg))
 }
