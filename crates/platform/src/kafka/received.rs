@@ -72,7 +72,7 @@ impl Received {
         )
     }
 
-    /// A message as given (tests and replays): `headers` in order, `None`
+    /// A message as given (tests): `headers` in order, `None`
     /// for a message that carries no header list at all.
     #[allow(clippy::too_many_arguments)]
     pub fn new<'h>(
@@ -104,13 +104,11 @@ impl Received {
         offset: i64,
         timestamp: Timestamp,
     ) -> Received {
-        let header_bytes: usize = headers
-            .clone()
-            .map(|h| {
-                h.map(|(n, v)| n.as_ref().len() + v.map_or(0, <[u8]>::len))
-                    .sum()
+        let (count, header_bytes) = headers.clone().map_or((0, 0), |h| {
+            h.fold((0, 0), |(count, len), (n, v)| {
+                (count + 1, len + n.as_ref().len() + v.map_or(0, <[u8]>::len))
             })
-            .unwrap_or(0);
+        });
         let len = payload.map_or(0, <[u8]>::len) + key.map_or(0, <[u8]>::len) + header_bytes;
         // Ranges are u32: Kafka's records are far smaller than 4 GiB (a
         // broker's `message.max.bytes` is an i32 and about 1 MB by default).
@@ -130,18 +128,17 @@ impl Received {
             s..e
         });
         let has_headers = headers.is_some();
-        let at: Box<[At]> = headers
-            .into_iter()
-            .flatten()
-            .map(|(name, value)| At {
-                name: put(name.as_ref().as_bytes()),
-                value: value.map(&mut put),
-            })
-            .collect();
+        // Sized up front: collecting the flattened iterator would grow the
+        // vector three times for ten headers, then shrink it.
+        let mut at = Vec::with_capacity(count);
+        at.extend(headers.into_iter().flatten().map(|(name, value)| At {
+            name: put(name.as_ref().as_bytes()),
+            value: value.map(&mut put),
+        }));
         Received {
             parts: ReceivedHeaders {
                 bytes: bytes.into_boxed_slice(),
-                at,
+                at: at.into_boxed_slice(),
             },
             has_headers,
             payload,
