@@ -25,7 +25,7 @@ use base64::Engine as _;
 use bson::{doc, Document};
 use futures::TryStreamExt;
 use orderflow_platform::config::KafkaArgs;
-use orderflow_platform::kafka::headers::{self, dlq, HeaderBuilder};
+use orderflow_platform::kafka::headers::{self, dlq, AddHeader, HeaderBuilder};
 use orderflow_platform::kafka::Producer;
 use orderflow_platform::shutdown::CancellationToken;
 use rdkafka::consumer::{BaseConsumer, Consumer};

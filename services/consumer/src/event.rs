@@ -5,7 +5,7 @@
 use bson::Document;
 use futures::TryStreamExt;
 use mongodb::Collection;
-use orderflow_platform::kafka::headers::{self, Envelope};
+use orderflow_platform::kafka::headers::{self, Envelope, RecordHeaders};
 use orderflow_platform::kafka::Received;
 use orderflow_platform::telemetry;
 use rdkafka::message::Message;
@@ -92,7 +92,10 @@ pub struct NewEvent<'a, T> {
 impl<T: Serialize> NewEvent<'_, T> {
     pub fn build(self, span: &tracing::Span) -> Result<Outgoing, Transient> {
         let payload = serde_json::to_vec(self.payload).map_err(|e| Transient(e.to_string()))?;
-        let headers = headers::for_event(
+        // Ten CloudEvents and trace headers, about 300 bytes.
+        let mut headers = RecordHeaders::with_capacity(10, 320);
+        headers::write_event(
+            &mut headers,
             &Envelope {
                 event_type: self.event_type,
                 source: self.source,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use orderflow_platform::kafka::headers::{dlq, HeaderBuilder};
+use orderflow_platform::kafka::headers::{dlq, AddHeader, RecordHeaders};
 use orderflow_platform::kafka::Producer;
 use orderflow_platform::kafka::StageConsumer;
 use orderflow_platform::kafka::{Received, TopicNames};
@@ -31,7 +31,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::{Headers, Message, OwnedHeaders};
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use time::format_description::well_known::Rfc3339;
@@ -47,7 +47,7 @@ pub struct Outgoing {
     pub topic: String,
     pub key: Vec<u8>,
     pub payload: Vec<u8>,
-    pub headers: OwnedHeaders,
+    pub headers: RecordHeaders,
 }
 
 /// A failure worth retrying: the batch is attempted again after a backoff.
@@ -736,7 +736,7 @@ impl<S: Stage> Work<S> {
                 let record = FutureRecord::to(&r.topic)
                     .key(&r.key)
                     .payload(&r.payload)
-                    .headers(r.headers.clone());
+                    .headers(r.headers.to_owned_headers());
                 self.producer
                     .send(record, Timeout::After(Duration::from_secs(30)))
             });
@@ -765,7 +765,7 @@ impl<S: Stage> Work<S> {
     }
 
     fn dead_letter(&self, msg: &Received, reason: &str, error: &str) -> Outgoing {
-        let mut headers = HeaderBuilder(OwnedHeaders::new());
+        let mut headers = RecordHeaders::default();
         if let Some(original) = msg.headers() {
             for h in original.iter() {
                 headers.add_raw(h.key, h.value);
@@ -787,7 +787,7 @@ impl<S: Stage> Work<S> {
             topic: self.config.dlq_topic.clone(),
             key: msg.key().unwrap_or_default().to_vec(),
             payload: msg.payload().unwrap_or_default().to_vec(),
-            headers: headers.0,
+            headers,
         }
     }
 }

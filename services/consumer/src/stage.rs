@@ -222,7 +222,8 @@ async fn within<T>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use rdkafka::message::{Message, OwnedHeaders, Timestamp};
+    use orderflow_platform::kafka::headers::RecordHeaders;
+    use rdkafka::message::{Message, Timestamp};
     use std::sync::Mutex;
 
     /// Messages are `key` or `key:refuse`; anything empty is undecodable.
@@ -326,7 +327,7 @@ pub(crate) mod tests {
             topic: "out".into(),
             key: Vec::new(),
             payload: decision.as_bytes().to_vec(),
-            headers: OwnedHeaders::new(),
+            headers: RecordHeaders::default(),
         }]
     }
 

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, Timestamp};
 
-use super::headers::{self, Pair};
+use super::headers::{self, Pair, Placed};
 
 /// A consumed message, detached from the consumer.
 #[derive(Clone)]
@@ -46,13 +46,7 @@ pub struct Received {
 #[derive(Clone, Debug)]
 pub struct ReceivedHeaders {
     bytes: Box<[u8]>,
-    at: Box<[At]>,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct At {
-    name: (u32, u32),
-    value: Option<(u32, u32)>,
+    at: Box<[Placed]>,
 }
 
 impl Received {
@@ -117,24 +111,20 @@ impl Received {
         let mut put = |part: &[u8]| {
             let start = bytes.len() as u32;
             bytes.extend_from_slice(part);
-            (start, bytes.len() as u32)
+            start..bytes.len() as u32
         };
-        let payload = payload.map(|p| {
-            let (s, e) = put(p);
-            s..e
-        });
-        let key = key.map(|k| {
-            let (s, e) = put(k);
-            s..e
-        });
+        let payload = payload.map(&mut put);
+        let key = key.map(&mut put);
         let has_headers = headers.is_some();
         // Sized up front: collecting the flattened iterator would grow the
         // vector three times for ten headers, then shrink it.
         let mut at = Vec::with_capacity(count);
-        at.extend(headers.into_iter().flatten().map(|(name, value)| At {
-            name: put(name.as_ref().as_bytes()),
-            value: value.map(&mut put),
-        }));
+        at.extend(
+            headers
+                .into_iter()
+                .flatten()
+                .map(|(name, value)| Placed::put(&mut bytes, name.as_ref().as_bytes(), value)),
+        );
         Received {
             parts: ReceivedHeaders {
                 bytes: bytes.into_boxed_slice(),
@@ -168,10 +158,7 @@ impl Received {
 
 impl ReceivedHeaders {
     fn pair(&self, idx: usize) -> Pair<'_> {
-        let at = self.at[idx];
-        let bytes = &self.bytes;
-        let part = |(s, e): (u32, u32)| &bytes[s as usize..e as usize];
-        (part(at.name), at.value.map(part))
+        self.at[idx].read(&self.bytes)
     }
 }
 
