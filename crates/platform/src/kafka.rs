@@ -21,7 +21,7 @@ mod received;
 pub mod stats;
 
 pub use producer::Producer;
-pub use received::{Received, ReceivedHeaders, TopicNames};
+pub use received::{Received, TopicNames};
 
 /// A client configuration: brokers and client id, then the role's
 /// `defaults`, then the `KAFKA_CONFIG` extras (security, tuning), which win.

@@ -5,7 +5,9 @@
 //! that OpenTelemetry's messaging instrumentation reads.
 
 use opentelemetry::propagation::{Extractor, Injector};
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use std::ops::Range;
+
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 
 use super::Received;
 use time::format_description::well_known::Rfc3339;
@@ -93,13 +95,14 @@ impl Injector for HeaderBuilder {
     }
 }
 
-/// The headers of a record waiting to be published, names and values in
-/// one buffer. librdkafka takes a list of its own with each send
-/// ([`RecordHeaders::to_owned_headers`]) and keeps it until the record is
-/// acknowledged; a stage keeps the record itself for a retry. Kept as an
-/// [`OwnedHeaders`], as it was, a record being published had two
-/// librdkafka lists of ten allocations each (0.81 MB of persist's heap at
-/// its peak for the copies alone; docs/benchmarks.md).
+/// The headers of a record waiting to be published, names (UTF-8) and
+/// values in one buffer; a [`Received`] message keeps its payload and key
+/// in the same buffer, ahead of its headers. librdkafka takes a list of
+/// its own with each send ([`RecordHeaders::to_owned_headers`]) and keeps
+/// it until the record is acknowledged; a stage keeps the record itself
+/// for a retry. Kept as an [`OwnedHeaders`], as it was, a record being
+/// published had two librdkafka lists of ten allocations each (0.81 MB of
+/// persist's heap at its peak for the copies alone; docs/benchmarks.md).
 #[derive(Clone, Debug, Default)]
 pub struct RecordHeaders {
     bytes: Vec<u8>,
@@ -117,7 +120,14 @@ impl RecordHeaders {
 
     /// Every header as (name, value), in order.
     pub fn pairs(&self) -> impl Iterator<Item = Pair<'_>> + '_ {
-        self.at.iter().map(|p| p.read(&self.bytes))
+        self.at.iter().map(|p| self.read(p))
+    }
+
+    fn read(&self, p: &Placed) -> Pair<'_> {
+        (
+            self.slice(p.name.clone()),
+            p.value.clone().map(|v| self.slice(v)),
+        )
     }
 
     /// The value of the first header named `key`, as UTF-8.
@@ -128,21 +138,51 @@ impl RecordHeaders {
     /// A list for librdkafka to send and keep.
     pub fn to_owned_headers(&self) -> OwnedHeaders {
         let mut list = HeaderBuilder(OwnedHeaders::new_with_capacity(self.at.len()));
-        for (name, value) in self.pairs() {
-            // Names were added as `&str`.
-            list.add_raw(
-                std::str::from_utf8(name).expect("names are stored as UTF-8"),
-                value,
-            );
+        for h in self.iter() {
+            list.add_raw(h.key, h.value);
         }
         list.0
+    }
+
+    /// Appends bytes that are not a header (a received message's payload
+    /// or key); they are where the returned range says.
+    pub(super) fn append(&mut self, part: &[u8]) -> Range<u32> {
+        let start = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(part);
+        start..self.bytes.len() as u32
+    }
+
+    pub(super) fn slice(&self, range: Range<u32>) -> &[u8] {
+        &self.bytes[range.start as usize..range.end as usize]
+    }
+
+    pub(super) fn slice_mut(&mut self, range: Range<u32>) -> &mut [u8] {
+        &mut self.bytes[range.start as usize..range.end as usize]
+    }
+}
+
+impl Headers for RecordHeaders {
+    fn count(&self) -> usize {
+        self.at.len()
+    }
+
+    fn try_get(&self, idx: usize) -> Option<Header<'_, &[u8]>> {
+        self.at.get(idx).map(|p| {
+            let (name, value) = self.read(p);
+            Header {
+                // Names are only ever added as `&str`.
+                key: std::str::from_utf8(name).expect("names are stored as UTF-8"),
+                value,
+            }
+        })
     }
 }
 
 impl AddHeader for RecordHeaders {
     fn add_raw(&mut self, key: &str, value: Option<&[u8]>) {
-        let placed = Placed::put(&mut self.bytes, key.as_bytes(), value);
-        self.at.push(placed);
+        let name = self.append(key.as_bytes());
+        let value = value.map(|v| self.append(v));
+        self.at.push(Placed { name, value });
     }
 }
 
@@ -152,31 +192,11 @@ impl Injector for RecordHeaders {
     }
 }
 
-/// Where one header's name and value are in a buffer of several.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Placed {
-    name: (u32, u32),
-    value: Option<(u32, u32)>,
-}
-
-impl Placed {
-    /// Appends a header to `bytes`.
-    pub(super) fn put(bytes: &mut Vec<u8>, name: &[u8], value: Option<&[u8]>) -> Placed {
-        let mut put = |part: &[u8]| {
-            let start = bytes.len() as u32;
-            bytes.extend_from_slice(part);
-            (start, bytes.len() as u32)
-        };
-        Placed {
-            name: put(name),
-            value: value.map(put),
-        }
-    }
-
-    pub(super) fn read<'a>(&self, bytes: &'a [u8]) -> Pair<'a> {
-        let part = |(s, e): (u32, u32)| &bytes[s as usize..e as usize];
-        (part(self.name), self.value.map(part))
-    }
+/// Where one header's name and value are in a [`RecordHeaders`]' buffer.
+#[derive(Clone, Debug)]
+struct Placed {
+    name: Range<u32>,
+    value: Option<Range<u32>>,
 }
 
 /// A received header as (name, value): the name's bytes as they came.

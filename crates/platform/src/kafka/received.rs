@@ -22,14 +22,14 @@ use std::sync::Arc;
 
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, Timestamp};
 
-use super::headers::{self, Pair, Placed};
+use super::headers::{self, AddHeader, Pair, RecordHeaders};
 
 /// A consumed message, detached from the consumer.
 #[derive(Clone)]
 pub struct Received {
     /// The buffer (payload, then key, then the headers' names and values)
     /// and where each header is in it.
-    parts: ReceivedHeaders,
+    parts: RecordHeaders,
     /// Whether the record came with a header list (`headers()` is `None`
     /// otherwise, as for a borrowed message).
     has_headers: bool,
@@ -41,24 +41,14 @@ pub struct Received {
     timestamp: Timestamp,
 }
 
-/// A received message's headers: the message's buffer and where each
-/// header's name and value are in it.
-#[derive(Clone, Debug)]
-pub struct ReceivedHeaders {
-    bytes: Box<[u8]>,
-    at: Box<[Placed]>,
-}
-
 impl Received {
     /// Copies `msg` out of librdkafka's buffers; `topic` is its topic's
     /// name, shared by the messages of a topic (see [`TopicNames`]).
     pub fn detach(msg: &BorrowedMessage<'_>, topic: Arc<str>) -> Received {
-        let headers = headers::list(msg)
-            .map(|list| list.map(|(name, value)| (String::from_utf8_lossy(name), value)));
         Received::build(
             msg.payload(),
             msg.key(),
-            headers,
+            headers::list(msg),
             topic,
             msg.partition(),
             msg.offset(),
@@ -81,7 +71,7 @@ impl Received {
         Received::build(
             payload,
             key,
-            headers.map(|h| h.iter().map(|h| (h.key, h.value))),
+            headers.map(|h| h.iter().map(|h| (h.key.as_bytes(), h.value))),
             topic.into(),
             partition,
             offset,
@@ -89,10 +79,13 @@ impl Received {
         )
     }
 
-    fn build<'h, N: AsRef<str>>(
+    /// `headers` as they came: sized from the raw bytes, so that each name
+    /// is checked for UTF-8 once, when it is copied. A name that is not
+    /// UTF-8 takes a few bytes more than counted, and the buffer grows.
+    fn build<'h>(
         payload: Option<&[u8]>,
         key: Option<&[u8]>,
-        headers: Option<impl Iterator<Item = (N, Option<&'h [u8]>)> + Clone>,
+        headers: Option<impl Iterator<Item = Pair<'h>> + Clone>,
         topic: Arc<str>,
         partition: i32,
         offset: i64,
@@ -100,36 +93,22 @@ impl Received {
     ) -> Received {
         let (count, header_bytes) = headers.clone().map_or((0, 0), |h| {
             h.fold((0, 0), |(count, len), (n, v)| {
-                (count + 1, len + n.as_ref().len() + v.map_or(0, <[u8]>::len))
+                (count + 1, len + n.len() + v.map_or(0, <[u8]>::len))
             })
         });
         let len = payload.map_or(0, <[u8]>::len) + key.map_or(0, <[u8]>::len) + header_bytes;
         // Ranges are u32: Kafka's records are far smaller than 4 GiB (a
         // broker's `message.max.bytes` is an i32 and about 1 MB by default).
         assert!(u32::try_from(len).is_ok(), "a record of {len} bytes");
-        let mut bytes = Vec::with_capacity(len);
-        let mut put = |part: &[u8]| {
-            let start = bytes.len() as u32;
-            bytes.extend_from_slice(part);
-            start..bytes.len() as u32
-        };
-        let payload = payload.map(&mut put);
-        let key = key.map(&mut put);
+        let mut parts = RecordHeaders::with_capacity(count, len);
+        let payload = payload.map(|p| parts.append(p));
+        let key = key.map(|k| parts.append(k));
         let has_headers = headers.is_some();
-        // Sized up front: collecting the flattened iterator would grow the
-        // vector three times for ten headers, then shrink it.
-        let mut at = Vec::with_capacity(count);
-        at.extend(
-            headers
-                .into_iter()
-                .flatten()
-                .map(|(name, value)| Placed::put(&mut bytes, name.as_ref().as_bytes(), value)),
-        );
+        for (name, value) in headers.into_iter().flatten() {
+            parts.add_raw(&String::from_utf8_lossy(name), value);
+        }
         Received {
-            parts: ReceivedHeaders {
-                bytes: bytes.into_boxed_slice(),
-                at: at.into_boxed_slice(),
-            },
+            parts,
             has_headers,
             payload,
             key,
@@ -140,58 +119,31 @@ impl Received {
         }
     }
 
-    fn slice(&self, range: &Range<u32>) -> &[u8] {
-        &self.parts.bytes[range.start as usize..range.end as usize]
-    }
-
     /// The value of the first header named `key`, as UTF-8.
     pub fn header(&self, key: &str) -> Option<&str> {
-        headers::find(self.header_pairs(), key)
+        self.parts.get(key)
     }
 
     /// Every header as (name, value), in order.
     pub fn header_pairs(&self) -> impl Iterator<Item = Pair<'_>> + '_ {
-        let h = &self.parts;
-        (0..h.at.len()).map(move |i| h.pair(i))
-    }
-}
-
-impl ReceivedHeaders {
-    fn pair(&self, idx: usize) -> Pair<'_> {
-        self.at[idx].read(&self.bytes)
-    }
-}
-
-impl Headers for ReceivedHeaders {
-    fn count(&self) -> usize {
-        self.at.len()
-    }
-
-    fn try_get(&self, idx: usize) -> Option<Header<'_, &[u8]>> {
-        (idx < self.at.len()).then(|| {
-            let (name, value) = self.pair(idx);
-            Header {
-                key: std::str::from_utf8(name).expect("names are stored as UTF-8"),
-                value,
-            }
-        })
+        self.parts.pairs()
     }
 }
 
 impl Message for Received {
-    type Headers = ReceivedHeaders;
+    type Headers = RecordHeaders;
 
     fn key(&self) -> Option<&[u8]> {
-        self.key.as_ref().map(|r| self.slice(r))
+        self.key.clone().map(|r| self.parts.slice(r))
     }
 
     fn payload(&self) -> Option<&[u8]> {
-        self.payload.as_ref().map(|r| self.slice(r))
+        self.payload.clone().map(|r| self.parts.slice(r))
     }
 
     unsafe fn payload_mut(&mut self) -> Option<&mut [u8]> {
         let range = self.payload.clone()?;
-        Some(&mut self.parts.bytes[range.start as usize..range.end as usize])
+        Some(self.parts.slice_mut(range))
     }
 
     fn topic(&self) -> &str {
@@ -210,7 +162,7 @@ impl Message for Received {
         self.timestamp
     }
 
-    fn headers(&self) -> Option<&ReceivedHeaders> {
+    fn headers(&self) -> Option<&RecordHeaders> {
         self.has_headers.then_some(&self.parts)
     }
 }
@@ -334,6 +286,28 @@ mod tests {
         assert_eq!(m.header_pairs().count(), 0);
         let m = Received::new(None, None, Some(&[]), "t", 0, 0, Timestamp::NotAvailable);
         assert_eq!(m.headers().map(Headers::count), Some(0));
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_kept_lossily_and_read_without_panic() {
+        let raw: [Pair<'_>; 2] = [
+            (b"x-\xff\xfe".as_slice(), Some(b"v".as_slice())),
+            (b"ce_type".as_slice(), Some(b"t".as_slice())),
+        ];
+        // Sized from the raw names: the lossy one is longer, so the buffer grows.
+        let m = Received::build(
+            Some(b"payload"),
+            None,
+            Some(raw.iter().copied()),
+            "t".into(),
+            0,
+            0,
+            Timestamp::NotAvailable,
+        );
+        let names: Vec<_> = m.headers().unwrap().iter().map(|h| h.key).collect();
+        assert_eq!(names, ["x-\u{FFFD}\u{FFFD}", "ce_type"]);
+        assert_eq!(m.header("ce_type"), Some("t"));
+        assert_eq!(m.payload(), Some(b"payload".as_slice()));
     }
 
     #[test]
