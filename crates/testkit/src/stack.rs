@@ -21,6 +21,18 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// The producer alone, ready, on topics and a database of its own
+    /// named after `name`: what a client's test posts to. Its stack, its
+    /// topics and its URL.
+    pub async fn with_producer(name: &str) -> (Stack, TopicArgs, String) {
+        let topics = crate::topics(name);
+        crate::create_topics(&kafka(), &topics).await;
+        let mut stack = Stack::new(&topics, &crate::unique(name), &[]);
+        let url = stack.spawn_producer();
+        crate::ready(&url).await;
+        (stack, topics, url)
+    }
+
     /// A stack on `topics` and database `db`; `extra` is added to every
     /// process's environment.
     pub fn new(topics: &TopicArgs, db: &str, extra: &[(&str, &str)]) -> Stack {

@@ -8,6 +8,7 @@
 
 mod arrivals;
 mod ceiling;
+mod http;
 mod seed;
 mod synthetic;
 mod verify;
@@ -185,14 +186,11 @@ async fn run() -> anyhow::Result<()> {
     if args.check_only {
         return verify::verify(&args, &prefix, args.count, None).await;
     }
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.connections)
-        .timeout(Duration::from_secs(30))
-        .build()?;
     let url = match &args.get {
         Some(path) => format!("{}{path}", args.url.trim_end_matches('/')),
         None => format!("{}/orders", args.url.trim_end_matches('/')),
     };
+    let target = http::Target::parse(&url)?;
     let reading = args.get.is_some();
     let stats = Arc::new(Stats::default());
     let latencies = microseconds()?;
@@ -246,9 +244,8 @@ async fn run() -> anyhow::Result<()> {
     let workers: Vec<_> = (0..args.connections)
         .map(|w| {
             let outcomes = outcomes.clone();
-            let (client, url, stats, latencies, errors, next, arrivals, prefix) = (
-                client.clone(),
-                url.clone(),
+            let mut client = http::Client::new(target.clone(), Duration::from_secs(30));
+            let (stats, latencies, errors, next, arrivals, prefix) = (
                 stats.clone(),
                 latencies.clone(),
                 errors.clone(),
@@ -272,33 +269,21 @@ async fn run() -> anyhow::Result<()> {
                     stats.sent.fetch_add(1, Ordering::Relaxed);
                     let t = Instant::now();
                     let (result, expected) = if reading {
-                        let r = match client.get(&url).send().await {
-                            // The whole body, as a client would read it.
-                            Ok(r) => {
-                                let status = r.status();
-                                r.bytes().await.map(|_| status)
-                            }
-                            Err(e) => Err(e),
-                        };
-                        (r, reqwest::StatusCode::OK)
+                        (client.send(None).await, hyper::StatusCode::OK)
                     } else {
                         let body = synthetic::order_body(&format!("{prefix}-{i}"), &mut rng);
-                        let r = client
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .body(body)
-                            .send()
-                            .await
-                            .map(|r| r.status());
-                        (r, reqwest::StatusCode::ACCEPTED)
+                        (
+                            client.send(Some(body.into())).await,
+                            hyper::StatusCode::ACCEPTED,
+                        )
                     };
                     let micros = t.elapsed().as_micros() as u64;
                     if let Some(out) = &outcomes {
                         use std::io::Write as _;
                         let what = match &result {
                             Ok(status) => status.as_u16().to_string(),
-                            Err(e) if e.is_timeout() => "timeout".into(),
-                            Err(_) => "connection-error".into(),
+                            Err(http::Failure::Timeout) => "timeout".into(),
+                            Err(http::Failure::Connection) => "connection-error".into(),
                         };
                         let at = std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
@@ -309,11 +294,8 @@ async fn run() -> anyhow::Result<()> {
                     let outcome = match result {
                         Ok(status) if status == expected => Ok(()),
                         Ok(status) => Err(format!("HTTP {}", status.as_u16())),
-                        Err(e) => Err(if e.is_timeout() {
-                            "timeout".into()
-                        } else {
-                            "connection error".into()
-                        }),
+                        Err(http::Failure::Timeout) => Err("timeout".to_owned()),
+                        Err(http::Failure::Connection) => Err("connection error".to_owned()),
                     };
                     match outcome {
                         Ok(()) => {

@@ -22,11 +22,7 @@ fn figure(report: &str, line: &str, label: &str) -> f64 {
 
 #[tokio::test]
 async fn a_paced_run_sends_every_order_at_the_rate_and_times_it_from_its_arrival() {
-    let topics = kit::topics("paced");
-    kit::create_topics(&kit::kafka(), &topics).await;
-    let mut stack = Stack::new(&topics, &kit::unique("paced"), &[]);
-    let url = stack.spawn_producer();
-    kit::ready(&url).await;
+    let (mut stack, topics, url) = Stack::with_producer("paced").await;
 
     let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(["--url", &url, "--rate", "1000", "--count", "1500"])

@@ -39,11 +39,7 @@ async fn slices_while_running(child: &Child) -> Vec<(String, u64)> {
 
 #[tokio::test]
 async fn every_thread_of_loadgen_has_its_slice() {
-    let topics = kit::topics("lgslice");
-    kit::create_topics(&kit::kafka(), &topics).await;
-    let mut stack = Stack::new(&topics, &kit::unique("lgslice"), &[]);
-    let url = stack.spawn_producer();
-    kit::ready(&url).await;
+    let (mut stack, _topics, url) = Stack::with_producer("lgslice").await;
 
     // The default: 100 µs on every thread, workers and arrivals included.
     let mut run = paced(&url, None);
