@@ -286,7 +286,6 @@ pub fn parent_context(msg: &Received) -> opentelemetry::Context {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::message::Headers;
 
     #[test]
     fn record_headers_hand_librdkafka_the_list_they_were_given() {
